@@ -1,0 +1,66 @@
+"""The pipeline flow: DVC data stages -> baseline eval -> LoRA/QLoRA training -> fine-tuned eval
+-> MLflow record -> registered model version, approval pending.
+
+    loragate run                      # or: python -m flows.finetune [WORKSPACE]
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow
+
+from tasks.config import apply_overrides
+from tasks.evaluation import evaluate_task
+from tasks.io import read_jsonl
+from tasks.models import resolve_model_task
+from tasks.register import register_task
+from tasks.report import record_results_task
+from tasks.split import HOLDOUT, TRAIN
+from tasks.tracking import client_for, finish, start_run
+from tasks.train import train_task
+from tasks.versioning import reproduce_task
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    model_name: str
+    version: str
+    metrics: dict[str, float]
+    run_dir: str
+
+
+def _run_name(cfg) -> str:
+    q = "qlora" if cfg.quantization.enabled else "lora"
+    return f"{cfg.model.base.split('/')[-1]}-{q}-r{cfg.lora.r}-lr{cfg.train.learning_rate:g}-s{cfg.train.max_steps}"
+
+
+@flow(name="loragate-finetune")  # log_prints would log dill's captured bytecode dumps
+def finetune(workspace: str = ".", params: str = "params.yaml") -> RunSummary:
+    root = Path(workspace).resolve()
+    cfg = apply_overrides(root / params)  # DVC reads every param it lists from this file
+    data = reproduce_task(root)
+    run_id = start_run(cfg, root, _run_name(cfg), {f"loragate.data.{Path(p).stem}": h for p, h in data.hashes.items()}
+                       | {"loragate.base_model": cfg.model.base})
+    try:
+        run_dir = root / "runs" / run_id
+        model_dir = resolve_model_task(cfg.model.base, cfg.model.cache_dir)
+        baseline = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "baseline", label="baseline")
+        train_task(cfg, model_dir, root / TRAIN, run_dir / "train")
+        adapter = run_dir / "train" / "adapter"
+        finetuned = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "finetuned", str(adapter),
+                                  label="finetuned")
+        metrics = record_results_task(cfg, root, run_id, run_dir, baseline, finetuned, root / "data" / "reports")
+        first = read_jsonl(root / HOLDOUT)[0]["messages"]
+        system = first[0]["content"] if first[0]["role"] == "system" else None
+        reg = register_task(cfg, root, run_id, adapter, data.hashes, system)
+    except BaseException:
+        finish(client_for(cfg, root), run_id, ok=False)
+        raise
+    return RunSummary(run_id, reg.model_name, reg.version, metrics, str(run_dir))
+
+
+if __name__ == "__main__":
+    print(finetune(sys.argv[1] if len(sys.argv) > 1 else "."))

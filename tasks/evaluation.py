@@ -1,0 +1,95 @@
+"""Hold-out evaluation: batched greedy generation (left padding, KV cache, stop at EOS) of the
+base model or base + adapter, then ROUGE/BERTScore against the references.
+
+    python -m tasks.evaluation MODEL_DIR HOLDOUT.jsonl OUT_DIR [ADAPTER_DIR]
+
+Writes OUT_DIR/predictions.jsonl (id, prompt, reference, prediction, per-row scores) and
+OUT_DIR/metrics.json. The hold-out is already anonymized, so nothing here holds raw personal data.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from tasks.config import Config, load_config
+from tasks.io import read_jsonl, write_json, write_jsonl
+from tasks.scoring import metric_config, score
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    examples: int
+    metrics: dict[str, float]
+    metric_config: dict[str, str]
+    seconds: float
+
+
+def load_for_inference(model_dir: str, adapter_dir: str | None = None, quantization=None):
+    """Model (base, or base + LoRA adapter) in eval mode, and its tokenizer padding on the left."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir or model_dir)
+    tokenizer.padding_side = "left"  # decoder-only batches must end at the prompt's last token
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quantization)
+    if adapter_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    return model.eval(), tokenizer
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int,
+             desc: str = "generate") -> list[str]:
+    """Greedy answers for chat prompts, in input order; batches group prompts of similar length."""
+    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    answers: dict[int, str] = {}
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        idx = order[start:start + batch_size]
+        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(**batch.to(model.device), max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, use_cache=True)
+        new = out[:, batch["input_ids"].shape[1]:]
+        for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            answers[i] = text.strip()
+    return [answers[i] for i in range(len(texts))]
+
+
+def evaluate_holdout(cfg: Config, model_dir: str, holdout: str | Path, out_dir: str | Path,
+                     adapter_dir: str | None = None, label: str = "model") -> EvalReport:
+    rows = read_jsonl(holdout)
+    if cfg.eval.max_examples:
+        rows = rows[: cfg.eval.max_examples]
+    started = time.perf_counter()
+    model, tokenizer = load_for_inference(model_dir, adapter_dir)
+    prompts = [r["messages"][:-1] for r in rows]
+    references = [r["messages"][-1]["content"] for r in rows]
+    predictions = generate(model, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size, f"eval {label}")
+    means, per_row = score(cfg, predictions, references)
+    out_dir = Path(out_dir)
+    write_jsonl(out_dir / "predictions.jsonl", (
+        {"id": r["id"], "prompt": p[-1]["content"], "reference": ref, "prediction": pred,
+         "rougeL": rl, "bertscore_f1": bf}
+        for r, p, ref, pred, rl, bf in zip(rows, prompts, references, predictions,
+                                           per_row["rougeL"], per_row["bertscore_f1"])))
+    report = EvalReport(len(rows), means, metric_config(cfg), round(time.perf_counter() - started, 2))
+    write_json(out_dir / "metrics.json", asdict(report))
+    return report
+
+
+evaluate_task = task(evaluate_holdout, name="evaluate", cache_policy=NO_CACHE)
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    print(evaluate_holdout(load_config(), a[0], a[1], a[2], a[3] if len(a) > 3 else None).metrics)

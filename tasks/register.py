@@ -1,0 +1,48 @@
+"""Register stage: the adapter becomes a new version of the registered model, with approval
+status `pending`. Nothing here promotes it; only the gate moves the serving alias.
+
+    loragate status   # lists versions, their approval state and aliases
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+
+from tasks.config import Config
+from tasks.serving import AdapterChatModel
+from tasks.tracking import client_for, initiator
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+APPROVAL_TAG = "loragate.approval_status"
+PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class Registration:
+    model_name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+
+
+def register(cfg: Config, root: str | Path, run_id: str, adapter_dir: str | Path,
+             data_hashes: dict[str, str], system_prompt: str | None = None) -> Registration:
+    """Log the adapter as a pyfunc model in run_id and register it as a pending version."""
+    client_for(cfg, root)
+    model_config = {"base_model": cfg.model.base, "cache_dir": cfg.model.cache_dir,
+                    "max_new_tokens": cfg.eval.max_new_tokens, "system": system_prompt}
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=AdapterChatModel(), artifacts={"adapter": str(adapter_dir)},
+            model_config=model_config, pip_requirements=["loragate", "torch", "transformers", "peft"])
+    tags = {APPROVAL_TAG: PENDING, "loragate.initiator": initiator(), "loragate.base_model": cfg.model.base,
+            "loragate.run_id": run_id, **{f"loragate.data.{Path(p).stem}": h for p, h in sorted(data_hashes.items())
+                                          if p.startswith("data/splits/")}}
+    version = mlflow.register_model(info.model_uri, cfg.registry.model_name, tags=tags)
+    return Registration(cfg.registry.model_name, str(version.version), run_id, tags)
+
+
+register_task = task(register, name="register", cache_policy=NO_CACHE)

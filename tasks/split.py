@@ -1,0 +1,60 @@
+"""Split stage: a seeded, frozen train/hold-out split of the anonymized records.
+
+    python -m tasks.split [params.yaml]   # DVC stage: data/interim/anonymized.jsonl -> data/splits/{train,holdout}.jsonl
+
+A record goes to the hold-out when sha256(salt + record id) falls under split.holdout_fraction.
+The decision depends on the record alone, never on the rest of the data: when next quarter's
+data arrives, every record seen before keeps its side, so the hold-out stays frozen and scores
+stay comparable across retrainings. Changing split.salt re-draws it.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tasks.anonymize import ANONYMIZED
+from tasks.config import Config, load_config
+from tasks.io import read_jsonl, write_json, write_jsonl
+
+TRAIN = Path("data/splits/train.jsonl")
+HOLDOUT = Path("data/splits/holdout.jsonl")
+SPLIT_REPORT = Path("data/reports/split.json")
+
+
+@dataclass(frozen=True)
+class SplitReport:
+    train: int
+    holdout: int
+    holdout_share: float  # realised share; it tends to split.holdout_fraction as data grows
+
+
+def in_holdout(record_id: str, salt: str, fraction: float) -> bool:
+    digest = hashlib.sha256(f"{salt}:{record_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def split(cfg: Config, src: str | Path, train_dst: str | Path, holdout_dst: str | Path) -> SplitReport:
+    rows = read_jsonl(src)
+    side = [in_holdout(r["id"], cfg.split.salt, cfg.split.holdout_fraction) for r in rows]
+    held = [r for r, h in zip(rows, side) if h]
+    train = [r for r, h in zip(rows, side) if not h]
+    if not held or not train:
+        raise ValueError(f"{src}: {len(rows)} records leave an empty "
+                         f"{'hold-out' if not held else 'training set'}; add data or change split.holdout_fraction")
+    write_jsonl(train_dst, train)
+    write_jsonl(holdout_dst, held)
+    return SplitReport(len(train), len(held), round(len(held) / len(rows), 4))
+
+
+def main(argv: list[str]) -> int:
+    cfg = load_config(argv[1] if len(argv) > 1 else "params.yaml")
+    report = split(cfg, ANONYMIZED, TRAIN, HOLDOUT)
+    write_json(SPLIT_REPORT, asdict(report))
+    print(f"split: {report.train} train, {report.holdout} hold-out ({report.holdout_share:.1%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,74 @@
+"""The MLflow record of one pipeline run: store location, run start, params, metrics, curves,
+tables and plots. Callers pass run ids explicitly, so Prefect's threads never share fluent state.
+
+The store is local by default (sqlite under mlflow/, artifacts beside it); `registry.tracking_uri`
+can name a server instead.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tasks.config import Config
+
+
+def tracking_uri(cfg: Config, root: str | Path) -> str:
+    """sqlite paths in params are relative to the workspace; make them absolute."""
+    uri = cfg.registry.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        db = Path(root).resolve() / uri[len("sqlite:///"):]
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{db}"
+    return uri
+
+
+def client_for(cfg: Config, root: str | Path) -> MlflowClient:
+    uri = tracking_uri(cfg, root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def initiator() -> str:
+    """Who started the run (recorded at start; the gate compares reviewers against it)."""
+    return os.environ.get("LORAGATE_USER") or getpass.getuser()
+
+
+def experiment_id(client: MlflowClient, cfg: Config, root: str | Path) -> str:
+    exp = client.get_experiment_by_name(cfg.registry.experiment)
+    if exp:
+        return exp.experiment_id
+    artifacts = (Path(root).resolve() / cfg.registry.artifact_root).as_uri()
+    return client.create_experiment(cfg.registry.experiment, artifact_location=artifacts)
+
+
+def start_run(cfg: Config, root: str | Path, run_name: str, tags: dict[str, str]) -> str:
+    client = client_for(cfg, root)
+    run = client.create_run(experiment_id(client, cfg, root), run_name=run_name,
+                            tags={"loragate.initiator": initiator(), **tags})
+    params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in cfg.flat().items()]
+    client.log_batch(run.info.run_id, params=params)
+    return run.info.run_id
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], prefix: str = "", step: int = 0) -> None:
+    entities = [mlflow.entities.Metric(f"{prefix}{k}", float(v), 0, step) for k, v in metrics.items()]
+    client.log_batch(run_id, metrics=entities)
+
+
+def log_loss_curve(client: MlflowClient, run_id: str, history: list[dict[str, Any]]) -> None:
+    """trainer log history -> metric histories `train/loss`, `train/learning_rate`, ... by step."""
+    entities = [mlflow.entities.Metric(f"train/{k}", float(v), 0, int(entry.get("step", 0)))
+                for entry in history for k, v in entry.items()
+                if k in {"loss", "learning_rate", "grad_norm", "mean_token_accuracy"}]
+    if entities:
+        client.log_batch(run_id, metrics=entities)
+
+
+def finish(client: MlflowClient, run_id: str, ok: bool) -> None:
+    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")

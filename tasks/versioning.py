@@ -1,0 +1,75 @@
+"""Data versioning through DVC: reproduce the data stages of dvc.yaml and read the content
+hashes DVC recorded for the splits, so every MLflow run names the exact data it saw.
+
+    python -m tasks.versioning [WORKSPACE]   # same as `dvc repro`, then prints the split hashes
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tasks.split import HOLDOUT, TRAIN
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+
+class StageFailed(RuntimeError):
+    """A DVC data stage failed; one line naming the stage."""
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    hashes: dict[str, str]  # workspace-relative path -> DVC md5
+    reproduced: list[str]  # stages that ran (empty when everything was up to date)
+
+
+def _lock_hashes(root: Path) -> dict[str, str]:
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    hashes = {}
+    for stage in lock.get("stages", {}).values():
+        for out in stage.get("outs", []):
+            if "md5" in out:
+                hashes[out["path"]] = out["md5"]
+    return hashes
+
+
+def _run_streaming(cmd: list[str], cwd: Path, env: dict) -> tuple[int, str, str]:
+    """Run cmd, passing its stderr (progress bars, stage errors) through live while keeping a copy."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = bytearray()
+    while chunk := proc.stderr.read1(4096):
+        err += chunk
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+    out = proc.stdout.read().decode(errors="replace")
+    return proc.wait(), out, err.decode(errors="replace")
+
+
+def reproduce(root: str | Path) -> DataVersion:
+    """`dvc repro` in root, run by this interpreter so stage commands (`python -m tasks...`) find
+    the same environment. On failure, the stage's own one-line reason becomes the error."""
+    root = Path(root).resolve()
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    code, out, err = _run_streaming([sys.executable, "-m", "dvc", "repro"], root, env)
+    ran = re.findall(r"Running stage '([^']+)'", out)
+    if code != 0:
+        reasons = re.findall(r"^loragate: (.+)$", err, re.M) or re.findall(r"^ERROR: (.+)$", err, re.M)
+        raise StageFailed(reasons[-1] if reasons else f"dvc repro failed in {root}")
+    hashes = _lock_hashes(root)
+    missing = [str(p) for p in (TRAIN, HOLDOUT) if str(p) not in hashes]
+    if missing:
+        raise StageFailed(f"{root / 'dvc.lock'}: no hash recorded for {', '.join(missing)}")
+    return DataVersion(hashes, ran)
+
+reproduce_task = task(reproduce, name="dvc-repro", cache_policy=NO_CACHE)
+
+
+if __name__ == "__main__":
+    print(json.dumps(reproduce(sys.argv[1] if len(sys.argv) > 1 else ".").__dict__, indent=2))

@@ -1,0 +1,117 @@
+"""Shared fixtures: a tiny random causal LM + tokenizer built offline in seconds, a temporary
+DVC workspace with an MLflow store inside it, and a real (temporary) Prefect server."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tasks  # noqa: F401  (offline environment defaults)
+
+ROOT = Path(__file__).resolve().parents[1]
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location("sample_generate", ROOT / "data/sample/generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_env(tmp_path_factory):
+    """Keep DVC's and Hugging Face's global state out of the user's home."""
+    home = tmp_path_factory.mktemp("home")
+    for key, sub in {"DVC_GLOBAL_CONFIG_DIR": "dvc-global", "DVC_SITE_CACHE_DIR": "dvc-site",
+                     "HF_MODULES_CACHE": "hf-modules"}.items():
+        os.environ[key] = str(home / sub)
+    os.environ["LORAGATE_USER"] = "test-initiator"
+    yield
+
+
+@pytest.fixture(scope="session")
+def generated():
+    return load_generator().generate()
+
+
+@pytest.fixture(scope="session")
+def sample(generated) -> list[dict]:
+    return generated[0]
+
+
+@pytest.fixture(scope="session")
+def personal_values(generated) -> set[str]:
+    """Every personal value the seeded generator injected into the sample."""
+    return generated[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, sample) -> str:
+    """A 2-layer Llama with a BPE tokenizer trained on the sample texts, saved as an HF folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    import torch
+
+    texts = [m["content"] for r in sample[:200] for m in r["messages"]]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=special,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
+                                        eos_token="<|im_end|>", pad_token="<pad>")
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def tiny_params(model_dir: str, **extra) -> dict:
+    params = {
+        "data": {"raw": "data/raw/tickets.jsonl"},
+        "model": {"base": model_dir},
+        "train": {"max_steps": 4, "batch_size": 4, "max_length": 192, "logging_steps": 1, "learning_rate": 0.003},
+        "eval": {"max_new_tokens": 12, "batch_size": 8, "max_examples": 12},
+    }
+    for section, values in extra.items():
+        params.setdefault(section, {}).update(values)
+    return params
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_model, sample) -> Path:
+    """A fresh git + DVC repo holding dvc.yaml, params for the tiny model, and 80 sample records."""
+    ws = tmp_path / "ws"
+    (ws / "data" / "raw").mkdir(parents=True)
+    shutil.copy(ROOT / "dvc.yaml", ws / "dvc.yaml")
+    (ws / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model)))
+    (ws / "data/raw/tickets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sample[:80]))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "init", "-q"], cwd=ws, check=True, env=env)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=ws, check=True, env=env)
+    return ws

@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from tasks.config import Config, config_from_dict
+from tasks.data import DataError, validate
+from tasks.split import in_holdout, split
+
+
+def _write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("row, user, answer", [
+    ({"instruction": "Sum", "input": "2+2", "output": "4"}, "Sum\n\n2+2", "4"),
+    ({"prompt": "Hi", "completion": "Hello"}, "Hi", "Hello"),
+    ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}, "Hi", "Yo"),
+])
+def test_formats_are_detected_and_normalized_to_chat(tmp_path, row, user, answer):
+    dst = tmp_path / "clean.jsonl"
+    report = validate(Config(), _write(tmp_path / "in.jsonl", [row, row]), dst)
+    assert (report.records_in, report.records_out, report.duplicates_dropped) == (2, 1, 1)
+    (out,) = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert out["messages"][-2:] == [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ('{"messages": [', "in.jsonl:2: not valid JSON"),
+    ({"messages": [{"role": "user", "content": "Jane Roe, 555-0100"}]}, "in.jsonl:2: field 'messages'"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "bot", "content": "y"}]},
+     "in.jsonl:2: field 'messages[1].role'"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]},
+     "in.jsonl:2: messages[1]: field 'content'"),
+])
+def test_invalid_input_names_file_line_and_field_and_writes_nothing(tmp_path, bad, expected):
+    good = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
+    dst = tmp_path / "clean.jsonl"
+    with pytest.raises(DataError) as err:
+        validate(Config(), _write(tmp_path / "in.jsonl", [good, bad]), dst)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert "Jane" not in str(err.value)  # values never reach error messages
+    assert not dst.exists()
+
+
+def test_holdout_is_frozen_when_new_data_arrives(tmp_path):
+    cfg = config_from_dict({"split": {"holdout_fraction": 0.2}})
+    rows = [{"id": f"r{i}", "messages": []} for i in range(400)]
+    _write(tmp_path / "q1.jsonl", rows)
+    _write(tmp_path / "q2.jsonl", rows + [{"id": f"new{i}", "messages": []} for i in range(200)])
+    split(cfg, tmp_path / "q1.jsonl", tmp_path / "t1", tmp_path / "h1")
+    report = split(cfg, tmp_path / "q2.jsonl", tmp_path / "t2", tmp_path / "h2")
+    old_holdout = {json.loads(x)["id"] for x in (tmp_path / "h1").read_text().splitlines()}
+    new_holdout = {json.loads(x)["id"] for x in (tmp_path / "h2").read_text().splitlines()}
+    assert old_holdout == {i for i in new_holdout if i.startswith("r")}
+    assert 0.12 < report.holdout_share < 0.28
+    assert in_holdout("r1", "a", 0.2) == in_holdout("r1", "a", 0.2)

@@ -1,0 +1,73 @@
+"""End to end on the tiny model: real DVC repo, real MLflow store, real Prefect server."""
+import json
+from pathlib import Path
+
+import mlflow
+import yaml
+
+from flows.cli import main as cli
+from flows.finetune import finetune
+from tasks.config import load_config
+from tasks.register import APPROVAL_TAG
+from tasks.tracking import client_for
+
+
+def _files_holding(root: Path, values: list[str]) -> list[str]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            hits += [f"{path.relative_to(root)}" for v in values if v.encode() in data]
+    return hits
+
+
+def test_flow_registers_a_pending_version_with_its_record(workspace, prefect_server, personal_values):
+    summary = finetune(str(workspace))
+    cfg = load_config(workspace / "params.yaml")
+    client = client_for(cfg, workspace)
+
+    version = client.get_model_version(cfg.registry.model_name, summary.version)
+    assert version.tags[APPROVAL_TAG] == "pending"
+    assert version.tags["loragate.initiator"] == "test-initiator"
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())
+    split_outs = {o["path"]: o["md5"] for o in lock["stages"]["split"]["outs"]}
+    assert version.tags["loragate.data.holdout"] == split_outs["data/splits/holdout.jsonl"]
+    assert client.get_run(summary.run_id).data.tags["loragate.data.train"] == split_outs["data/splits/train.jsonl"]
+
+    run = client.get_run(summary.run_id)
+    for name in ("baseline/rougeL", "finetuned/rougeL", "delta/rougeL", "finetuned/bertscore_f1", "pii/PERSON"):
+        assert name in run.data.metrics, name
+    assert run.data.params["train.max_steps"] == "4"
+    assert [m.step for m in client.get_metric_history(summary.run_id, "train/loss")] == [1, 2, 3, 4]
+    artifacts = {a.path for a in client.list_artifacts(summary.run_id, "eval")}
+    assert "eval/predictions.json" in artifacts
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=summary.run_id,
+                                                                artifact_path="eval/predictions.json")).read_text())
+    assert {"input", "reference", "baseline", "finetuned"} <= set(table["columns"])
+
+    # the registered version is the adapter only, and it serves
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}/{summary.version}")
+    (answer,) = model.predict(["My router is broken, call me."])
+    assert isinstance(answer, str)
+
+    raw = (workspace / "data/raw/tickets.jsonl").read_text()
+    present = [v for v in personal_values if v in raw]
+    assert len(present) >= 80  # at least one name per record
+    assert _files_holding(workspace / "mlflow", present) == []
+    assert _files_holding(workspace / "data/splits", present) == []
+    assert _files_holding(workspace / "runs", present) == []
+
+
+def test_cli_rejects_bad_input_in_one_line_and_writes_nothing(workspace, prefect_server, capfd):
+    (workspace / "data/raw/bad.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": 3}\n')
+    assert cli(["run", "--workspace", str(workspace), "--data", "data/raw/bad.jsonl"]) == 2
+    err = capfd.readouterr().err
+    assert "data/raw/bad.jsonl:2: field 'prompt': must be a non-empty string" in err
+    assert not (workspace / "data/interim/clean.jsonl").exists()
+    assert not (workspace / "mlflow/mlflow.db").exists() or not client_for(
+        load_config(workspace / "params.yaml"), workspace).search_registered_models()
+
+
+def test_cli_status_lists_nothing_before_a_run(workspace, capsys):
+    assert cli(["status", "--workspace", str(workspace), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
