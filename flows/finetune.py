@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from tasks.models import resolve_model_task
 from tasks.register import register_task
 from tasks.report import record_results_task
 from tasks.split import HOLDOUT, TRAIN
-from tasks.tracking import client_for, finish, start_run
+from tasks.tracking import client_for, finish, log_metrics, start_run
 from tasks.train import train_task
 from tasks.versioning import reproduce_task
 
@@ -32,6 +34,13 @@ class RunSummary:
     run_dir: str
 
 
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    started = time.perf_counter()
+    yield
+    timings[f"time/{stage}_s"] = round(time.perf_counter() - started, 2)
+
+
 def _run_name(cfg) -> str:
     q = "qlora" if cfg.quantization.enabled else "lora"
     return f"{cfg.model.base.split('/')[-1]}-{q}-r{cfg.lora.r}-lr{cfg.train.learning_rate:g}-s{cfg.train.max_steps}"
@@ -39,23 +48,29 @@ def _run_name(cfg) -> str:
 
 @flow(name="loragate-finetune")  # log_prints would log dill's captured bytecode dumps
 def finetune(workspace: str = ".", params: str = "params.yaml") -> RunSummary:
-    root = Path(workspace).resolve()
+    root, timings = Path(workspace).resolve(), {}
     cfg = apply_overrides(root / params)  # DVC reads every param it lists from this file
-    data = reproduce_task(root)
+    with _timed(timings, "data_stages"):
+        data = reproduce_task(root)
     run_id = start_run(cfg, root, _run_name(cfg), {f"loragate.data.{Path(p).stem}": h for p, h in data.hashes.items()}
                        | {"loragate.base_model": cfg.model.base})
     try:
-        run_dir = root / "runs" / run_id
-        model_dir = resolve_model_task(cfg.model.base, cfg.model.cache_dir)
-        baseline = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "baseline", label="baseline")
-        train_task(cfg, model_dir, root / TRAIN, run_dir / "train")
-        adapter = run_dir / "train" / "adapter"
-        finetuned = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "finetuned", str(adapter),
-                                  label="finetuned")
-        metrics = record_results_task(cfg, root, run_id, run_dir, baseline, finetuned, root / "data" / "reports")
-        first = read_jsonl(root / HOLDOUT)[0]["messages"]
-        system = first[0]["content"] if first[0]["role"] == "system" else None
-        reg = register_task(cfg, root, run_id, adapter, data.hashes, system)
+        run_dir, adapter = root / "runs" / run_id, root / "runs" / run_id / "train" / "adapter"
+        with _timed(timings, "resolve_model"):
+            model_dir = resolve_model_task(cfg.model.base, cfg.model.cache_dir)
+        with _timed(timings, "baseline_eval"):
+            baseline = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "baseline", label="baseline")
+        with _timed(timings, "train"):
+            train_task(cfg, model_dir, root / TRAIN, run_dir / "train")
+        with _timed(timings, "finetuned_eval"):
+            finetuned = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "finetuned", str(adapter),
+                                      label="finetuned")
+        with _timed(timings, "record_and_register"):
+            metrics = record_results_task(cfg, root, run_id, run_dir, baseline, finetuned, root / "data" / "reports")
+            first = read_jsonl(root / HOLDOUT)[0]["messages"]
+            system = first[0]["content"] if first[0]["role"] == "system" else None
+            reg = register_task(cfg, root, run_id, adapter, data.hashes, system)
+        log_metrics(client_for(cfg, root), run_id, timings)
     except BaseException:
         finish(client_for(cfg, root), run_id, ok=False)
         raise
