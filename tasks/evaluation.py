@@ -39,7 +39,8 @@ def load_for_inference(model_dir: str, adapter_dir: str | None = None, quantizat
     tokenizer.padding_side = "left"  # decoder-only batches must end at the prompt's last token
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quantization)
+    device_map = "auto" if torch.cuda.is_available() else None
+    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quantization, device_map=device_map)
     if adapter_dir:
         from peft import PeftModel
 
