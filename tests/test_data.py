@@ -55,3 +55,13 @@ def test_holdout_is_frozen_when_new_data_arrives(tmp_path):
     assert old_holdout == {i for i in new_holdout if i.startswith("r")}
     assert 0.12 < report.holdout_share < 0.28
     assert in_holdout("r1", "a", 0.2) == in_holdout("r1", "a", 0.2)
+
+
+def test_raw_personal_data_is_never_tracked_by_git():
+    import subprocess
+
+    from tasks.data import CLEAN
+
+    tracked = subprocess.run(["git", "ls-files", str(CLEAN), "data/raw"], capture_output=True, text=True).stdout
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(CLEAN)]).returncode == 0
+    assert tracked == "" and ignored
