@@ -15,7 +15,7 @@ from prefect import flow
 
 from tasks.config import apply_overrides
 from tasks.evaluation import evaluate_task
-from tasks.io import read_jsonl
+from tasks.data import system_prompt
 from tasks.models import resolve_model_task
 from tasks.register import register_task
 from tasks.report import record_results_task
@@ -55,7 +55,8 @@ def finetune(workspace: str = ".", params: str = "params.yaml") -> RunSummary:
     run_id = start_run(cfg, root, _run_name(cfg), {f"loragate.data.{Path(p).stem}": h for p, h in data.hashes.items()}
                        | {"loragate.base_model": cfg.model.base})
     try:
-        run_dir, adapter = root / "runs" / run_id, root / "runs" / run_id / "train" / "adapter"
+        run_dir = root / "runs" / run_id
+        adapter = run_dir / "train" / "adapter"
         with _timed(timings, "resolve_model"):
             model_dir = resolve_model_task(cfg.model.base, cfg.model.cache_dir)
         with _timed(timings, "baseline_eval"):
@@ -67,9 +68,7 @@ def finetune(workspace: str = ".", params: str = "params.yaml") -> RunSummary:
                                       label="finetuned")
         with _timed(timings, "record_and_register"):
             metrics = record_results_task(cfg, root, run_id, run_dir, baseline, finetuned, root / "data" / "reports")
-            first = read_jsonl(root / HOLDOUT)[0]["messages"]
-            system = first[0]["content"] if first[0]["role"] == "system" else None
-            reg = register_task(cfg, root, run_id, adapter, data.hashes, system)
+            reg = register_task(cfg, root, run_id, adapter, data.hashes, system_prompt(root / HOLDOUT))
         log_metrics(client_for(cfg, root), run_id, timings)
     except BaseException:
         finish(client_for(cfg, root), run_id, ok=False)

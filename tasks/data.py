@@ -88,6 +88,13 @@ def record_id(messages: list[dict[str, str]]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def system_prompt(path: str | Path) -> str | None:
+    """The system message of a normalized file's first record (what the served model is told)."""
+    with open(path, encoding="utf-8") as fh:
+        first = json.loads(fh.readline())["messages"][0]
+    return first["content"] if first["role"] == "system" else None
+
+
 def _parse_lines(src: Path) -> list[tuple[str, Any]]:
     if not src.is_file():
         raise DataError(f"{src}: no such file")
