@@ -1,7 +1,10 @@
 """`loragate`: the command line, a thin shell over the flows and tasks.
 
-    loragate run [--data PATH] [--params FILE] [--set section.key=value ...] [--workspace DIR]
+    loragate run [--data PATH] [--params FILE] [--set section.key=value ...] [--workspace DIR] [--wait-for-approval]
     loragate status [--json]
+    loragate approve MODEL VERSION --reviewer NAME --rationale TEXT     (and: reject)
+    loragate rollback MODEL --reviewer NAME --rationale TEXT
+    loragate audit verify
 """
 from __future__ import annotations
 
@@ -25,11 +28,32 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override a param; written into the params file, as `dvc exp run -S` does")
     run.add_argument("--workspace", default=".", help="the DVC/git workspace holding dvc.yaml (default: .)")
-    status = sub.add_parser("status", help="registered versions, approval states, aliases")
+    run.add_argument("--wait-for-approval", action="store_true",
+                     help="pause after registration with an approval form in the Prefect UI (needs PREFECT_API_URL)")
+    status = _with_store(sub.add_parser("status", help="registered versions, approval states, alias history"))
     status.add_argument("--json", action="store_true")
-    status.add_argument("--params", default="params.yaml")
-    status.add_argument("--workspace", default=".")
+    for verb in ("approve", "reject"):
+        decide = _with_store(sub.add_parser(verb, help=f"{verb} a pending model version (four eyes)"))
+        decide.add_argument("model")
+        decide.add_argument("version")
+        _with_reviewer(decide)
+    back = _with_store(sub.add_parser("rollback", help="return the serving alias to the previously approved version"))
+    back.add_argument("model")
+    _with_reviewer(back)
+    aud = sub.add_parser("audit", help="check the hash-chained audit log against MLflow")
+    _with_store(aud.add_subparsers(dest="audit_command", required=True).add_parser("verify"))
     return p
+
+
+def _with_store(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--params", default="params.yaml", help="params file, relative to the workspace")
+    p.add_argument("--workspace", default=".", help="workspace holding params and the MLflow store")
+    return p
+
+
+def _with_reviewer(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reviewer", required=True, help="who decides; must not be the run's initiator")
+    p.add_argument("--rationale", required=True, help="why; recorded in the audit log and on the version")
 
 
 def cmd_run(args) -> int:
@@ -38,21 +62,34 @@ def cmd_run(args) -> int:
 
     root = Path(args.workspace).resolve()
     sets = list(args.sets) + ([f"data.raw={args.data}"] if args.data else [])
+    if args.wait_for_approval and not _prefect_server():
+        raise ConfigError("--wait-for-approval: needs a Prefect server the reviewer can reach; start one "
+                          "(`prefect server start`) and set PREFECT_API_URL")
     cfg = apply_overrides(root / args.params, sets)
     if not Path(root / cfg.data.raw).is_file():
         raise ConfigError(f"data.raw: {cfg.data.raw}: no such file")
-    summary = finetune(str(root), args.params)
+    summary = finetune(str(root), args.params, wait_for_approval=args.wait_for_approval)
     m = summary.metrics
     print(f"\nhold-out ROUGE-L {m['baseline/rougeL']:.3f} -> {m['finetuned/rougeL']:.3f}, "
           f"BERTScore F1 {m['baseline/bertscore_f1']:.3f} -> {m['finetuned/bertscore_f1']:.3f}")
-    print(f"registered {summary.model_name} version {summary.version}: approval pending (MLflow run {summary.run_id})")
-    print(f"next: review it in the MLflow UI  `mlflow ui --backend-store-uri {tracking_uri(cfg, root)}`"
-          f"  and see the state with `loragate status`")
+    state = summary.decision.status if summary.decision else ("pending" if summary.checks.passed else "rejected-by-checks")
+    print(f"registered {summary.model_name} version {summary.version}: {state} (MLflow run {summary.run_id})")
+    if summary.note:
+        print(summary.note)
+    if state == "pending":
+        print(f"next: review it in the MLflow UI  `mlflow ui --backend-store-uri {tracking_uri(cfg, root)}`, then "
+              f"`loragate approve {summary.model_name} {summary.version} --reviewer NAME --rationale TEXT`")
     return 0
 
 
+def _prefect_server() -> bool:
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
 def version_rows(cfg, root: Path) -> list[dict]:
-    from tasks.register import APPROVAL_TAG
+    from tasks.gate import APPROVAL_TAG, CHECKS_TAG
     from tasks.tracking import client_for
 
     client = client_for(cfg, root)
@@ -66,29 +103,71 @@ def version_rows(cfg, root: Path) -> list[dict]:
     versions = client.search_model_versions(f"name='{cfg.registry.model_name}'")
     return [{"model": v.name, "version": v.version, "status": v.tags.get(APPROVAL_TAG, "unknown"),
              "aliases": sorted(by_version.get(str(v.version), [])), "run_id": v.run_id,
-             "initiator": v.tags.get("loragate.initiator", ""), "base_model": v.tags.get("loragate.base_model", "")}
+             "initiator": v.tags.get("loragate.initiator", ""), "base_model": v.tags.get("loragate.base_model", ""),
+             "checks": v.tags.get(CHECKS_TAG, ""), "reviewer": v.tags.get("loragate.reviewer", "")}
             for v in sorted(versions, key=lambda v: int(v.version))]
 
 
 def cmd_status(args) -> int:
+    from tasks.gate import alias_history
+
     root = Path(args.workspace).resolve()
-    rows = version_rows(load_config(root / args.params), root)
+    cfg = load_config(root / args.params)
+    rows, history = version_rows(cfg, root), alias_history(cfg, root, cfg.registry.model_name)
     if args.json:
-        print(json.dumps(rows, indent=2))
-    elif not rows:
+        print(json.dumps({"versions": rows, "alias_history": history}, indent=2))
+        return 0
+    if not rows:
         print("no model versions registered yet: run `loragate run`")
-    else:
-        print(f"{'model':<20} {'version':>7}  {'status':<20} {'aliases':<14} initiator")
-        for r in rows:
-            print(f"{r['model']:<20} {r['version']:>7}  {r['status']:<20} {','.join(r['aliases']) or '-':<14} {r['initiator']}")
+        return 0
+    print(f"{'model':<20} {'version':>7}  {'status':<20} {'checks':<8} {'aliases':<12} {'initiator':<16} reviewer")
+    for r in rows:
+        print(f"{r['model']:<20} {r['version']:>7}  {r['status']:<20} {r['checks'] or '-':<8} "
+              f"{','.join(r['aliases']) or '-':<12} {r['initiator']:<16} {r['reviewer'] or '-'}")
+    for h in history:
+        print(f"{h['time']}  alias {h['alias']}: version {h['from_version'] or '-'} -> {h['version']}  "
+              f"by {h['actor']} ({h['reason']})")
     return 0
 
 
+def cmd_decide(args) -> int:
+    from tasks import gate
+
+    root = Path(args.workspace).resolve()
+    cfg = load_config(root / args.params)
+    if args.command == "rollback":
+        d = gate.rollback(cfg, root, args.model, args.reviewer, args.rationale)
+    else:
+        d = {"approve": gate.approve, "reject": gate.reject}[args.command](
+            cfg, root, args.model, args.version, args.reviewer, args.rationale)
+    moved = f"; alias {cfg.gate.alias}: version {d.alias_from or '-'} -> {d.alias_to}" if d.alias_to else ""
+    print(f"{d.model} version {d.version}: {d.status} by {d.actor}{moved}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from tasks import audit, gate
+
+    root = Path(args.workspace).resolve()
+    cfg = load_config(root / args.params)
+    problems = gate.verify(cfg, root)
+    for line in problems:
+        print(f"loragate: audit: {line}", file=sys.stderr)
+    if not problems:
+        print(f"audit: {len(audit.read(gate.audit_path(cfg, root)))} entries, chain intact, head matches MLflow, "
+              f"states and alias '{cfg.gate.alias}' match the log")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from tasks.gate import GateError
+
     args = _parser().parse_args(argv)
+    commands = {"run": cmd_run, "status": cmd_status, "approve": cmd_decide, "reject": cmd_decide,
+                "rollback": cmd_decide, "audit": cmd_audit}
     try:
-        return {"run": cmd_run, "status": cmd_status}[args.command](args)
-    except (ConfigError, ModelNotFound, StageFailed) as err:
+        return commands[args.command](args)
+    except (ConfigError, ModelNotFound, StageFailed, GateError) as err:
         print(f"loragate: {err}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,7 @@
 """The pipeline flow: DVC data stages -> baseline eval -> LoRA/QLoRA training -> fine-tuned eval
--> MLflow record -> registered model version, approval pending.
+-> MLflow record -> registered model version -> pre-checks -> (optionally) a paused human decision.
 
-    loragate run                      # or: python -m flows.finetune [WORKSPACE]
+    loragate run [--wait-for-approval]   # or: python -m flows.finetune [WORKSPACE]
 """
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from prefect import flow
 from tasks.config import apply_overrides
 from tasks.evaluation import evaluate_task
 from tasks.data import system_prompt
+from tasks.gate import Checks, Decision, await_decision, record_run_started, review_description, run_checks_task
 from tasks.models import resolve_model_task
 from tasks.register import register_task
 from tasks.report import record_results_task
 from tasks.split import HOLDOUT, TRAIN
-from tasks.tracking import client_for, finish, log_metrics, start_run
+from tasks.tracking import client_for, finish, initiator, log_metrics, start_run
 from tasks.train import train_task
 from tasks.versioning import reproduce_task
 
@@ -32,6 +33,9 @@ class RunSummary:
     version: str
     metrics: dict[str, float]
     run_dir: str
+    checks: Checks
+    decision: Decision | None = None  # set when the run waited for approval and got a valid answer
+    note: str = ""  # why no decision was taken (timeout, refused answer)
 
 
 @contextmanager
@@ -47,13 +51,14 @@ def _run_name(cfg) -> str:
 
 
 @flow(name="loragate-finetune")  # log_prints would log dill's captured bytecode dumps
-def finetune(workspace: str = ".", params: str = "params.yaml") -> RunSummary:
+def finetune(workspace: str = ".", params: str = "params.yaml", wait_for_approval: bool = False) -> RunSummary:
     root, timings = Path(workspace).resolve(), {}
     cfg = apply_overrides(root / params)  # DVC reads every param it lists from this file
     with _timed(timings, "data_stages"):
         data = reproduce_task(root)
     run_id = start_run(cfg, root, _run_name(cfg), {f"loragate.data.{Path(p).stem}": h for p, h in data.hashes.items()}
                        | {"loragate.base_model": cfg.model.base})
+    record_run_started(cfg, root, run_id, initiator(), data.hashes)
     try:
         run_dir = root / "runs" / run_id
         adapter = run_dir / "train" / "adapter"
@@ -69,11 +74,16 @@ def finetune(workspace: str = ".", params: str = "params.yaml") -> RunSummary:
         with _timed(timings, "record_and_register"):
             metrics = record_results_task(cfg, root, run_id, run_dir, baseline, finetuned, root / "data" / "reports")
             reg = register_task(cfg, root, run_id, adapter, data.hashes, system_prompt(root / HOLDOUT))
+            checks = run_checks_task(cfg, root, reg.model_name, reg.version)
         log_metrics(client_for(cfg, root), run_id, timings)
     except BaseException:
         finish(client_for(cfg, root), run_id, ok=False)
         raise
-    return RunSummary(run_id, reg.model_name, reg.version, metrics, str(run_dir))
+    decision, note = None, "" if checks.passed else "pre-checks failed: " + "; ".join(checks.reasons)
+    if wait_for_approval and checks.passed:
+        text = review_description(reg.model_name, reg.version, metrics, checks, reg.tags)
+        decision, note = await_decision(cfg, root, reg.model_name, reg.version, text)
+    return RunSummary(run_id, reg.model_name, reg.version, metrics, str(run_dir), checks, decision, note)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,22 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    alias: str = "production"  # the serving alias an approval moves; deployments load models:/name@alias
+    min_delta_rougeL: float = 0.0  # fine-tuned minus baseline on the hold-out; < 0 tolerates a regression
+    min_delta_bertscore_f1: float = 0.0
+    max_residual_records: int = 0  # records the second PII pass still flagged (quarantined); > 0 blocks
+    audit_log: str = "mlflow/audit.jsonl"  # hash-chained decision log, beside the MLflow store
+    approval_timeout_s: int = 86400  # `loragate run --wait-for-approval`: pause length; then stays pending
+
+    def __post_init__(self) -> None:
+        _check(bool(self.alias) and "@" not in self.alias, "gate.alias", "must be a non-empty name without '@'")
+        _check(self.max_residual_records >= 0, "gate.max_residual_records", "must be >= 0")
+        _check(bool(self.audit_log), "gate.audit_log", "must not be empty")
+        _check(self.approval_timeout_s >= 1, "gate.approval_timeout_s", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     pii: PiiConfig = field(default_factory=PiiConfig)
@@ -154,6 +170,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

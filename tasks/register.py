@@ -1,5 +1,5 @@
-"""Register stage: the adapter becomes a new version of the registered model, with approval
-status `pending`. Nothing here promotes it; only the gate moves the serving alias.
+"""Register stage: the adapter becomes a new version of the registered model; the gate records it
+as `pending`. Nothing here promotes it; only tasks/gate.py moves the serving alias.
 
     loragate status   # lists versions, their approval state and aliases
 """
@@ -11,13 +11,11 @@ from pathlib import Path
 import mlflow
 
 from tasks.config import Config
+from tasks.gate import record_registered
 from tasks.serving import AdapterChatModel
 from tasks.tracking import client_for, initiator
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-
-APPROVAL_TAG = "loragate.approval_status"
-PENDING = "pending"
 
 
 @dataclass(frozen=True)
@@ -38,10 +36,11 @@ def register(cfg: Config, root: str | Path, run_id: str, adapter_dir: str | Path
         info = mlflow.pyfunc.log_model(
             name="model", python_model=AdapterChatModel(), artifacts={"adapter": str(adapter_dir)},
             model_config=model_config, pip_requirements=["loragate", "torch", "transformers", "peft"])
-    tags = {APPROVAL_TAG: PENDING, "loragate.initiator": initiator(), "loragate.base_model": cfg.model.base,
+    tags = {"loragate.initiator": initiator(), "loragate.base_model": cfg.model.base,
             "loragate.run_id": run_id, **{f"loragate.data.{Path(p).stem}": h for p, h in sorted(data_hashes.items())
                                           if p.startswith("data/splits/")}}
     version = mlflow.register_model(info.model_uri, cfg.registry.model_name, tags=tags)
+    record_registered(cfg, root, cfg.registry.model_name, str(version.version), run_id, tags["loragate.initiator"])
     return Registration(cfg.registry.model_name, str(version.version), run_id, tags)
 
 

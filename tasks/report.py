@@ -53,7 +53,8 @@ def record_results(cfg, root: str | Path, run_id: str, run_dir: str | Path, base
     client.log_dict(run_id, finetuned.metric_config, "eval/metric_config.json")
     client.log_artifacts(run_id, str(reports_dir), "data_reports")
     pii = read_json(Path(reports_dir) / "pii.json")
-    log_metrics(client, run_id, {f"pii/{k}": v for k, v in pii["entities"].items()})
+    log_metrics(client, run_id, {f"pii/{k}": v for k, v in pii["entities"].items()}
+                | {"pii/residual_records": pii.get("residual_records", 0)})
     return metrics
 
 

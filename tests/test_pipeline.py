@@ -2,13 +2,18 @@
 import json
 from pathlib import Path
 
+import threading
+
 import mlflow
 import yaml
+from prefect.flow_runs import resume_flow_run
 
 from flows.cli import main as cli
 from flows.finetune import finetune
 from tasks.config import load_config
-from tasks.register import APPROVAL_TAG
+from tasks import audit, gate
+from tasks.gate import APPROVAL_TAG
+from tests.test_gate import _paused_run_id
 from tasks.tracking import client_for
 
 
@@ -21,13 +26,28 @@ def _files_holding(root: Path, values: list[str]) -> list[str]:
     return hits
 
 
-def test_flow_registers_a_pending_version_with_its_record(workspace, prefect_server, personal_values):
-    summary = finetune(str(workspace))
+def test_flow_records_the_run_and_waits_for_a_four_eyes_approval(workspace, prefect_server, personal_values):
+    # a 4-step tiny model may not beat its baseline: let the checks pass so a human is asked
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    results = []
+    worker = threading.Thread(target=lambda: results.append(finetune(str(workspace), wait_for_approval=True)))
+    worker.start()
+    resume_flow_run(_paused_run_id(timeout=600), run_input={"decision": "approve", "reviewer": "reviewer-b",
+                                                            "rationale": "scores and samples reviewed"})
+    worker.join(timeout=120)
+    summary = results[0]
     cfg = load_config(workspace / "params.yaml")
     client = client_for(cfg, workspace)
 
     version = client.get_model_version(cfg.registry.model_name, summary.version)
-    assert version.tags[APPROVAL_TAG] == "pending"
+    assert summary.checks.passed and summary.decision.status == "approved"
+    assert version.tags[APPROVAL_TAG] == "approved" and version.tags["loragate.reviewer"] == "reviewer-b"
+    assert str(client.get_registered_model(cfg.registry.model_name).aliases["production"]) == summary.version
+    events = [e.event for e in audit.read(gate.audit_path(cfg, workspace))]
+    assert events == ["run_started", "registered", "checks", "approved", "alias_moved"]
+    assert gate.verify(cfg, workspace) == []
     assert version.tags["loragate.initiator"] == "test-initiator"
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
     split_outs = {o["path"]: o["md5"] for o in lock["stages"]["split"]["outs"]}
@@ -70,4 +90,4 @@ def test_cli_rejects_bad_input_in_one_line_and_writes_nothing(workspace, prefect
 
 def test_cli_status_lists_nothing_before_a_run(workspace, capsys):
     assert cli(["status", "--workspace", str(workspace), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == []
+    assert json.loads(capsys.readouterr().out) == {"versions": [], "alias_history": []}

@@ -1,0 +1,341 @@
+"""The promotion gate: pre-checks, four-eyes human decisions, the serving alias, and the audit log.
+Only this module writes approval states and moves aliases; every change is an audit entry first.
+
+    loragate approve MODEL VERSION --reviewer NAME --rationale TEXT
+    loragate reject MODEL VERSION --reviewer NAME --rationale TEXT
+    loragate rollback MODEL --reviewer NAME --rationale TEXT
+    loragate audit verify
+
+States (tag `loragate.approval_status`): pending -> approved | rejected, pending -> rejected-by-checks,
+approved -> rolled-back. A decided version is never decided again; a new run makes a new version.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from mlflow.tracking import MlflowClient
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.input import RunInput
+
+from tasks import audit
+from tasks.config import Config
+from tasks.tracking import client_for, experiment_id
+
+APPROVAL_TAG = "loragate.approval_status"
+CHECKS_TAG = "loragate.checks"
+HEAD_TAG = "loragate.audit.head"
+PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
+REJECTED_BY_CHECKS, ROLLED_BACK = "rejected-by-checks", "rolled-back"
+# the state each audit event leaves a version in; verify replays these against the tags
+_STATE_AFTER = {"registered": PENDING, "approved": APPROVED, "rejected": REJECTED,
+                "rejected_by_checks": REJECTED_BY_CHECKS, "rolled_back": ROLLED_BACK}
+
+
+class GateError(RuntimeError):
+    """A refused gate action; the message is one line saying what and why."""
+
+
+@dataclass(frozen=True)
+class Checks:
+    passed: bool
+    reasons: tuple[str, ...]  # why it failed; empty when passed
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Decision:
+    model: str
+    version: str
+    status: str
+    actor: str
+    alias_from: str | None = None  # version that held the alias before, when the alias moved
+    alias_to: str | None = None
+
+
+def audit_path(cfg: Config, root: str | Path) -> Path:
+    return Path(root).resolve() / cfg.gate.audit_log
+
+
+def _record(cfg: Config, root: str | Path, client: MlflowClient, event: str, **data) -> audit.Entry:
+    """Append to the log, then mirror: the head onto the experiment (catches cut-off lines), the
+    entry's seq:hash onto the version it concerns (visible in the MLflow UI)."""
+    entry = audit.append(audit_path(cfg, root), event, **data)
+    client.set_experiment_tag(experiment_id(client, cfg, root), HEAD_TAG, f"{entry.seq}:{entry.hash}")
+    if data.get("version") and data.get("model"):
+        client.set_model_version_tag(data["model"], data["version"], f"loragate.audit.{event}",
+                                     f"{entry.seq}:{entry.hash[:16]}")
+    return entry
+
+
+def _set_state(client: MlflowClient, model: str, version: str, state: str, **tags: str) -> None:
+    client.set_model_version_tag(model, version, APPROVAL_TAG, state)
+    for key, value in tags.items():
+        client.set_model_version_tag(model, version, f"loragate.{key}", value)
+
+
+def _version(client: MlflowClient, model: str, version: str):
+    try:
+        return client.get_model_version(model, str(version))
+    except Exception:
+        raise GateError(f"{model} version {version}: no such registered model version") from None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def record_run_started(cfg: Config, root: str | Path, run_id: str, initiator: str,
+                       data_hashes: dict[str, str]) -> None:
+    _record(cfg, root, client_for(cfg, root), "run_started", model=cfg.registry.model_name, run_id=run_id,
+            actor=initiator, base_model=cfg.model.base, data=dict(sorted(data_hashes.items())))
+
+
+def record_registered(cfg: Config, root: str | Path, model: str, version: str, run_id: str, initiator: str) -> None:
+    client = client_for(cfg, root)
+    _record(cfg, root, client, "registered", model=model, version=str(version), run_id=run_id, actor=initiator)
+    _set_state(client, model, str(version), PENDING)
+
+
+def evaluate_checks(cfg: Config, metrics: dict[str, float], tags: dict[str, str]) -> Checks:
+    """The automatic pre-checks on a run's metrics and a version's tags, thresholds from params."""
+    reasons, values = [], {}
+    for metric, floor in (("rougeL", cfg.gate.min_delta_rougeL), ("bertscore_f1", cfg.gate.min_delta_bertscore_f1)):
+        delta = metrics.get(f"delta/{metric}")
+        if delta is None:
+            reasons.append(f"delta/{metric} was not recorded")
+            continue
+        values[f"delta/{metric}"] = delta
+        if delta < floor:
+            reasons.append(f"delta/{metric} {delta:+.4f} < required {floor:+.4f}")
+    residual = metrics.get("pii/residual_records")
+    if residual is None:
+        reasons.append("no residual personal-data scan was recorded")
+    else:
+        values["pii/residual_records"] = residual
+        if residual > cfg.gate.max_residual_records:
+            reasons.append(f"{int(residual)} records still held personal data after anonymization "
+                           f"(allowed {cfg.gate.max_residual_records})")
+    for split in ("train", "holdout"):
+        if not tags.get(f"loragate.data.{split}"):
+            reasons.append(f"data hash of the {split} split is missing")
+    return Checks(not reasons, tuple(reasons), values)
+
+
+def run_checks(cfg: Config, root: str | Path, model: str, version: str) -> Checks:
+    """Run the pre-checks once, record them, and mark a failing version `rejected-by-checks`."""
+    client = client_for(cfg, root)
+    mv = _version(client, model, version)
+    if mv.tags.get(CHECKS_TAG):
+        raise GateError(f"{model} version {version}: pre-checks already ran ({mv.tags[CHECKS_TAG]})")
+    checks = evaluate_checks(cfg, client.get_run(mv.run_id).data.metrics, mv.tags)
+    _record(cfg, root, client, "checks", model=model, version=str(version), passed=checks.passed,
+            reasons=list(checks.reasons), values=checks.values)
+    client.set_model_version_tag(model, str(version), CHECKS_TAG, "passed" if checks.passed else "failed")
+    if not checks.passed:
+        reason = "; ".join(checks.reasons)
+        _record(cfg, root, client, "rejected_by_checks", model=model, version=str(version), actor="loragate",
+                rationale=reason)
+        _set_state(client, model, str(version), REJECTED_BY_CHECKS, decision_rationale=reason[:5000])
+    return checks
+
+
+def _decidable(client: MlflowClient, model: str, version: str, reviewer: str, rationale: str):
+    """The version, if it may be decided now by this reviewer; else a GateError saying why not."""
+    mv = _version(client, model, version)
+    state = mv.tags.get(APPROVAL_TAG, "unknown")
+    if state == REJECTED_BY_CHECKS:
+        raise GateError(f"{model} version {version} failed its pre-checks "
+                        f"({mv.tags.get('loragate.decision_rationale', '')}); it cannot be decided by hand")
+    if state != PENDING:
+        raise GateError(f"{model} version {version} is already {state}: a decided version cannot be decided again")
+    if not reviewer.strip():
+        raise GateError("--reviewer must name the person deciding")
+    if not rationale.strip():
+        raise GateError("--rationale must not be empty: the audit log records why")
+    return mv
+
+
+def _initiators(client: MlflowClient, mv) -> set[str]:
+    names = {mv.tags.get("loragate.initiator", ""), client.get_run(mv.run_id).data.tags.get("loragate.initiator", "")}
+    return {n.strip().casefold() for n in names if n.strip()}
+
+
+def approve(cfg: Config, root: str | Path, model: str, version: str, reviewer: str, rationale: str) -> Decision:
+    """Four-eyes approval of a pending version whose pre-checks passed; moves the serving alias."""
+    client = client_for(cfg, root)
+    mv = _decidable(client, model, str(version), reviewer, rationale)
+    if mv.tags.get(CHECKS_TAG) != "passed":
+        raise GateError(f"{model} version {version}: pre-checks have not passed; only checked versions can be approved")
+    if reviewer.strip().casefold() in _initiators(client, mv):
+        raise GateError(f"four eyes: {reviewer!r} started run {mv.run_id}; another person must approve it")
+    _record(cfg, root, client, "approved", model=model, version=str(version), actor=reviewer.strip(),
+            rationale=rationale.strip())
+    _set_state(client, model, str(version), APPROVED, reviewer=reviewer.strip(),
+               decision_rationale=rationale.strip()[:5000], decided_at=_now())
+    return promote(cfg, root, model, str(version), reviewer.strip())
+
+
+def reject(cfg: Config, root: str | Path, model: str, version: str, reviewer: str, rationale: str) -> Decision:
+    client = client_for(cfg, root)
+    _decidable(client, model, str(version), reviewer, rationale)
+    _record(cfg, root, client, "rejected", model=model, version=str(version), actor=reviewer.strip(),
+            rationale=rationale.strip())
+    _set_state(client, model, str(version), REJECTED, reviewer=reviewer.strip(),
+               decision_rationale=rationale.strip()[:5000], decided_at=_now())
+    return Decision(model, str(version), REJECTED, reviewer.strip())
+
+
+def _approved_in_log(cfg: Config, root: str | Path, model: str, version: str) -> bool:
+    return any(e.event == "approved" and e.data.get("model") == model and e.data.get("version") == str(version)
+               for e in audit.read(audit_path(cfg, root)))
+
+
+def promote(cfg: Config, root: str | Path, model: str, version: str, actor: str, reason: str = "approval") -> Decision:
+    """Point the serving alias at an approved version; the only code that moves it."""
+    client = client_for(cfg, root)
+    mv = _version(client, model, str(version))
+    if mv.tags.get(APPROVAL_TAG) != APPROVED or not _approved_in_log(cfg, root, model, str(version)):
+        raise GateError(f"{model} version {version} has no recorded approval: it cannot take alias "
+                        f"'{cfg.gate.alias}' (run `loragate approve`)")
+    alias = cfg.gate.alias
+    before = client.get_registered_model(model).aliases.get(alias)
+    _record(cfg, root, client, "alias_moved", model=model, version=str(version), alias=alias,
+            from_version=str(before) if before else None, actor=actor, reason=reason)
+    client.set_registered_model_alias(model, alias, str(version))
+    return Decision(model, str(version), APPROVED, actor, str(before) if before else None, str(version))
+
+
+def alias_history(cfg: Config, root: str | Path, model: str) -> list[dict]:
+    """Every move of the serving alias, oldest first: version, previous holder, who, when, why."""
+    return [{"alias": e.data["alias"], "version": e.data["version"], "from_version": e.data.get("from_version"),
+             "actor": e.data.get("actor"), "time": e.data.get("time"), "reason": e.data.get("reason"), "seq": e.seq}
+            for e in audit.read(audit_path(cfg, root))
+            if e.event == "alias_moved" and e.data.get("model") == model and e.data.get("alias") == cfg.gate.alias]
+
+
+def rollback(cfg: Config, root: str | Path, model: str, actor: str, rationale: str) -> Decision:
+    """Return the alias to the most recent earlier holder that is still approved; the version
+    leaving it becomes `rolled-back`."""
+    client = client_for(cfg, root)
+    if not actor.strip() or not rationale.strip():
+        raise GateError("rollback needs --reviewer and a non-empty --rationale")
+    current = client.get_registered_model(model).aliases.get(cfg.gate.alias) if _exists(client, model) else None
+    if current is None:
+        raise GateError(f"{model}: no version holds alias '{cfg.gate.alias}'; nothing to roll back")
+    earlier = [h["version"] for h in alias_history(cfg, root, model) if h["version"] != str(current)]
+    target = next((v for v in reversed(earlier)
+                   if _version(client, model, v).tags.get(APPROVAL_TAG) == APPROVED), None)
+    if target is None:
+        raise GateError(f"{model}: no earlier approved version to roll back to from version {current}")
+    _record(cfg, root, client, "rolled_back", model=model, version=str(current), to_version=target,
+            actor=actor.strip(), rationale=rationale.strip())
+    _set_state(client, model, str(current), ROLLED_BACK, rolled_back_by=actor.strip(), rolled_back_at=_now())
+    return promote(cfg, root, model, target, actor.strip(), reason=f"rollback from version {current}")
+
+
+def _exists(client: MlflowClient, model: str) -> bool:
+    try:
+        client.get_registered_model(model)
+        return True
+    except Exception:
+        return False
+
+
+def _head_problems(cfg: Config, root: str | Path, client: MlflowClient, entries: list[audit.Entry]) -> list[str]:
+    exp = client.get_experiment_by_name(cfg.registry.experiment)
+    head = exp.tags.get(HEAD_TAG) if exp else None
+    if not head:
+        return [] if not entries else [f"MLflow holds no audit head for experiment '{cfg.registry.experiment}'"]
+    seq, _, digest = head.partition(":")
+    last = entries[-1] if entries else None
+    if last is None or last.seq != int(seq) or last.hash != digest:
+        where = f"ends at seq {last.seq}" if last else "is empty or missing"
+        return [f"{audit_path(cfg, root)}: the log {where}, but MLflow's head is seq {seq} "
+                f"(lines cut off the end, or the last line edited)"]
+    return []
+
+
+def _state_problems(client: MlflowClient, model: str, entries: list[audit.Entry]) -> list[str]:
+    """Replay the log's state events and compare with each version's tag."""
+    expected: dict[str, str] = {}
+    for e in entries:
+        if e.data.get("model") == model and e.event in _STATE_AFTER:
+            expected[e.data["version"]] = _STATE_AFTER[e.event]
+    problems = []
+    for mv in client.search_model_versions(f"name='{model}'"):
+        tag, want = mv.tags.get(APPROVAL_TAG), expected.get(str(mv.version))
+        if tag != want:
+            problems.append(f"{model} version {mv.version}: tag says {tag!r} but the audit log says {want!r} "
+                            "(state changed outside loragate)")
+    return problems
+
+
+def _alias_problems(cfg: Config, root: str | Path, client: MlflowClient, model: str) -> list[str]:
+    holder = client.get_registered_model(model).aliases.get(cfg.gate.alias)
+    moves = alias_history(cfg, root, model)
+    logged = moves[-1]["version"] if moves else None
+    if holder is None and logged is None:
+        return []
+    if str(holder) != str(logged):
+        return [f"{model}: alias '{cfg.gate.alias}' points to version {holder} but the audit log last moved it to "
+                f"version {logged} (moved outside loragate)"]
+    if not _approved_in_log(cfg, root, model, str(holder)):
+        return [f"{model}: alias '{cfg.gate.alias}' holder version {holder} has no approval in the audit log"]
+    return []
+
+
+def verify(cfg: Config, root: str | Path, model: str | None = None) -> list[str]:
+    """Every problem found: chain breaks, a cut-off tail, states or aliases changed outside the gate."""
+    client, model = client_for(cfg, root), model or cfg.registry.model_name
+    entries = audit.read(audit_path(cfg, root))
+    problems = audit.chain_problems(audit_path(cfg, root)) + _head_problems(cfg, root, client, entries)
+    if _exists(client, model):
+        problems += _state_problems(client, model, entries) + _alias_problems(cfg, root, client, model)
+    return problems
+
+
+def review_description(model: str, version: str, metrics: dict[str, float], checks: Checks, tags: dict[str, str]) -> str:
+    """The Markdown a reviewer reads above the Prefect form: scores, checks, data hashes."""
+    rows = "\n".join(f"| {k} | {metrics.get(f'baseline/{k}', float('nan')):.4f} | "
+                     f"{metrics.get(f'finetuned/{k}', float('nan')):.4f} | {metrics.get(f'delta/{k}', float('nan')):+.4f} |"
+                     for k in ("rougeL", "rouge1", "bertscore_f1"))
+    hashes = "\n".join(f"- {k.removeprefix('loragate.data.')}: `{v}`" for k, v in sorted(tags.items())
+                       if k.startswith("loragate.data."))
+    return (f"## Approve {model} version {version}?\n\nInitiated by **{tags.get('loragate.initiator', '?')}**; "
+            f"a different person must decide.\n\n| metric | baseline | fine-tuned | delta |\n|---|---|---|---|\n{rows}\n\n"
+            f"Pre-checks: **{'passed' if checks.passed else 'failed'}**\n\nData hashes (dvc.lock):\n{hashes}\n")
+
+
+class ApprovalInput(RunInput):
+    """The Prefect UI form a paused run shows its reviewer."""
+    decision: Literal["approve", "reject"]
+    reviewer: str
+    rationale: str
+
+
+def await_decision(cfg: Config, root: str | Path, model: str, version: str, description: str) -> tuple[Decision | None, str]:
+    """Pause the running flow with the approval form; the answer goes through approve/reject above.
+    A timeout or a refused answer leaves the version pending, and says so."""
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    form = ApprovalInput.with_initial_data(description=description, decision="reject")
+    try:
+        # poll every 2 s, not Prefect's 10: the reviewer sees the resume take effect at once
+        answer = pause_flow_run(wait_for_input=form, timeout=cfg.gate.approval_timeout_s, poll_interval=2)
+    except FlowPauseTimeout:
+        _record(cfg, root, client_for(cfg, root), "approval_timed_out", model=model, version=str(version),
+                actor="loragate", waited_s=cfg.gate.approval_timeout_s)
+        return None, f"no decision within {cfg.gate.approval_timeout_s} s: version {version} stays pending"
+    decide = approve if answer.decision == "approve" else reject
+    try:
+        return decide(cfg, root, model, version, answer.reviewer, answer.rationale), ""
+    except GateError as err:
+        return None, f"decision refused: {err}; version {version} stays pending"
+
+
+run_checks_task = task(run_checks, name="pre-checks", cache_policy=NO_CACHE)
