@@ -19,8 +19,7 @@ from tqdm import tqdm
 from tasks.config import Config, load_config
 from tasks.io import read_jsonl, write_json, write_jsonl
 from tasks.scoring import metric_config, score
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from tasks.orchestration import stage_task
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ def evaluate_holdout(cfg: Config, model_dir: str, holdout: str | Path, out_dir: 
     return report
 
 
-evaluate_task = task(evaluate_holdout, name="evaluate", cache_policy=NO_CACHE)
+evaluate_task = stage_task(evaluate_holdout, "evaluate")
 
 
 if __name__ == "__main__":

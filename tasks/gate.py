@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from mlflow.tracking import MlflowClient
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from tasks.orchestration import stage_task
 from prefect.input import RunInput
 
 from tasks import audit
@@ -338,4 +337,4 @@ def await_decision(cfg: Config, root: str | Path, model: str, version: str, desc
         return None, f"decision refused: {err}; version {version} stays pending"
 
 
-run_checks_task = task(run_checks, name="pre-checks", cache_policy=NO_CACHE)
+run_checks_task = stage_task(run_checks, "pre-checks")

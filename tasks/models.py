@@ -13,8 +13,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from tasks.orchestration import stage_task
 
 SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "minilm-l6"
@@ -71,7 +70,7 @@ def resolve_model(spec: str, cache_dir: str = "~/.cache/loragate/models") -> str
     return spec
 
 
-resolve_model_task = task(resolve_model, name="resolve-model", cache_policy=NO_CACHE)
+resolve_model_task = stage_task(resolve_model, "resolve-model")
 
 
 if __name__ == "__main__":

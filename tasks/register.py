@@ -14,8 +14,7 @@ from tasks.config import Config
 from tasks.gate import record_registered
 from tasks.serving import AdapterChatModel
 from tasks.tracking import client_for, initiator
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from tasks.orchestration import stage_task
 
 
 @dataclass(frozen=True)
@@ -44,4 +43,4 @@ def register(cfg: Config, root: str | Path, run_id: str, adapter_dir: str | Path
     return Registration(cfg.registry.model_name, str(version.version), run_id, tags)
 
 
-register_task = task(register, name="register", cache_policy=NO_CACHE)
+register_task = stage_task(register, "register")

@@ -9,8 +9,7 @@ from pathlib import Path
 from tasks.evaluation import EvalReport
 from tasks.io import read_json, read_jsonl
 from tasks.tracking import client_for, log_loss_curve, log_metrics
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from tasks.orchestration import stage_task
 
 
 def _loss_plot(history: list[dict]):
@@ -58,4 +57,4 @@ def record_results(cfg, root: str | Path, run_id: str, run_dir: str | Path, base
     return metrics
 
 
-record_results_task = task(record_results, name="record-results", cache_policy=NO_CACHE)
+record_results_task = stage_task(record_results, "record-results")

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-from tasks.config import Config, QuantizationConfig, load_config
+from tasks.config import Config, ConfigError, QuantizationConfig, load_config
 from tasks.io import read_jsonl, write_json
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from tasks.orchestration import stage_task
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,19 @@ def _dataset(path: str | Path):
     return Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
 
 
+def _use_liger(cfg: Config) -> bool:
+    """Liger's kernels are Triton: CUDA only. Asked for on a GPU without the package is an error,
+    not a silent slow run."""
+    import importlib.util
+
+    if not (cfg.train.liger_kernels and torch.cuda.is_available()):
+        return False
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("params: train.liger_kernels: liger-kernel is not installed "
+                          "(pip install liger-kernel, or set it to false)")
+    return True
+
+
 def _sft_config(cfg: Config, out_dir: Path):
     from trl import SFTConfig
 
@@ -69,6 +81,9 @@ def _sft_config(cfg: Config, out_dir: Path):
         warmup_steps=min(5, t.max_steps // 10), logging_steps=t.logging_steps, max_length=t.max_length,
         gradient_checkpointing=t.gradient_checkpointing, seed=t.seed, data_seed=t.seed,
         save_strategy="steps", save_steps=max(10, t.max_steps // 4), save_total_limit=1,
+        # bfd packing is padding-free: rows share a bin, position_ids keep them apart in attention
+        packing=t.packing, packing_strategy="bfd", optim=t.optimizer,
+        use_liger_kernel=_use_liger(cfg),
         report_to="none", bf16=cfg.quantization.compute_dtype == "bfloat16" and torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
 
@@ -78,19 +93,28 @@ def load_base(cfg: Config, model_dir: str):
 
     quant = bnb_config(cfg.quantization)
     kwargs = {"quantization_config": quant, "device_map": "auto" if torch.cuda.is_available() else "cpu"} if quant else {}
-    return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=cfg.train.attn_implementation, **kwargs)
+
+
+def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **overrides):
+    """SFTTrainer with the LoRA adapter attached (base frozen); overrides replace SFTConfig fields
+    (the throughput bench uses this to vary one lever at a time)."""
+    from dataclasses import replace
+
+    from trl import SFTTrainer
+
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    args = replace(_sft_config(cfg, Path(out_dir)), **overrides)
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                      peft_config=lora_config(cfg))
 
 
 def build_trainer(cfg: Config, model_dir: str, train_path: str | Path, out_dir: str | Path):
-    """SFTTrainer over the base model with the LoRA adapter attached (base weights frozen)."""
     from transformers import AutoTokenizer
-    from trl import SFTTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return SFTTrainer(model=load_base(cfg, model_dir), args=_sft_config(cfg, Path(out_dir)),
-                      train_dataset=_dataset(train_path), processing_class=tokenizer, peft_config=lora_config(cfg))
+    return make_trainer(cfg, load_base(cfg, model_dir), AutoTokenizer.from_pretrained(model_dir),
+                        _dataset(train_path), out_dir)
 
 
 def train(cfg: Config, model_dir: str, train_path: str | Path, out_dir: str | Path, trainer=None) -> TrainReport:
@@ -113,7 +137,7 @@ def train(cfg: Config, model_dir: str, train_path: str | Path, out_dir: str | Pa
     return TrainReport(trainer.state.global_step, round(result.training_loss, 4), trainable, total,
                        round(seconds, 1), round(tokens / seconds, 1), bnb_config(cfg.quantization) is not None)
 
-train_task = task(train, name="train", cache_policy=NO_CACHE)
+train_task = stage_task(train, "train")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,7 @@ from pathlib import Path
 import yaml
 
 from tasks.split import HOLDOUT, TRAIN
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from tasks.orchestration import stage_task
 
 
 class StageFailed(RuntimeError):
@@ -68,7 +67,7 @@ def reproduce(root: str | Path) -> DataVersion:
         raise StageFailed(f"{root / 'dvc.lock'}: no hash recorded for {', '.join(missing)}")
     return DataVersion(hashes, ran)
 
-reproduce_task = task(reproduce, name="dvc-repro", cache_policy=NO_CACHE)
+reproduce_task = stage_task(reproduce, "dvc-repro")
 
 
 if __name__ == "__main__":

@@ -66,9 +66,15 @@ def test_qlora_trains_in_4bit_on_cpu(tmp_path, tiny_model, train_file):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_qlora_on_gpu_in_bf16(tmp_path, tiny_model, train_file):
-    cfg = config_from_dict(tiny_params(tiny_model, quantization={"enabled": True, "compute_dtype": "bfloat16"}))
+@pytest.mark.parametrize("fast", [{}, {"liger_kernels": True, "optimizer": "adamw_torch_fused",
+                                       "gradient_checkpointing": True}], ids=["defaults", "liger-fused-ckpt"])
+def test_qlora_on_gpu_in_bf16(tmp_path, tiny_model, train_file, fast):
+    if fast.get("liger_kernels"):
+        pytest.importorskip("liger_kernel")
+    cfg = config_from_dict(tiny_params(tiny_model, quantization={"enabled": True, "compute_dtype": "bfloat16"},
+                                       train=fast))
     trainer = build_trainer(cfg, tiny_model, train_file, tmp_path / "g")
+    assert any(type(m).__name__ == "Linear4bit" for m in trainer.model.modules())
     before = _snapshot(trainer.model)
     train(cfg, tiny_model, train_file, tmp_path / "g", trainer=trainer)
     after = _snapshot(trainer.model)
