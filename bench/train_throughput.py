@@ -97,23 +97,20 @@ def tokenizer_for(vocab: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=f"t{vocab - 1}", eos_token=f"t{vocab - 2}")
 
 
-class Clock:
+def make_clock():
     """Trainer callback: wall time and non-pad tokens seen at each step end (GPU synchronized)."""
+    from transformers import TrainerCallback
 
-    def __new__(cls):
-        from transformers import TrainerCallback
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.marks: list[tuple[float, int]] = []
 
-        class _Clock(TrainerCallback):
-            marks: list = []
+        def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
 
-            def on_step_end(self, args, state, control, **kwargs):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                self.marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
-
-        clock = _Clock()
-        clock.marks = []
-        return clock
+    return Clock()
 
 
 def recipe_trainer(model, data: list[dict], targets: list[str], batch: int, steps: int, max_len: int, pad: int,
@@ -164,7 +161,7 @@ def loragate_trainer(model, tokenizer, data: list[dict], targets: list[str], bat
 
 def measure(trainer, warmup: int, n_params: int) -> dict:
     static = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-    clock = Clock()
+    clock = make_clock()
     trainer.add_callback(clock)
     trainer.train()
     (t0, k0), (t1, k1) = clock.marks[warmup - 1], clock.marks[-1]

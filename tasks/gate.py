@@ -171,21 +171,23 @@ def approve(cfg: Config, root: str | Path, model: str, version: str, reviewer: s
         raise GateError(f"{model} version {version}: pre-checks have not passed; only checked versions can be approved")
     if reviewer.strip().casefold() in _initiators(client, mv):
         raise GateError(f"four eyes: {reviewer!r} started run {mv.run_id}; another person must approve it")
-    _record(cfg, root, client, "approved", model=model, version=str(version), actor=reviewer.strip(),
-            rationale=rationale.strip())
-    _set_state(client, model, str(version), APPROVED, reviewer=reviewer.strip(),
-               decision_rationale=rationale.strip()[:5000], decided_at=_now())
+    _decide(cfg, root, client, model, str(version), APPROVED, reviewer, rationale)
     return promote(cfg, root, model, str(version), reviewer.strip())
 
 
 def reject(cfg: Config, root: str | Path, model: str, version: str, reviewer: str, rationale: str) -> Decision:
     client = client_for(cfg, root)
     _decidable(client, model, str(version), reviewer, rationale)
-    _record(cfg, root, client, "rejected", model=model, version=str(version), actor=reviewer.strip(),
-            rationale=rationale.strip())
-    _set_state(client, model, str(version), REJECTED, reviewer=reviewer.strip(),
-               decision_rationale=rationale.strip()[:5000], decided_at=_now())
+    _decide(cfg, root, client, model, str(version), REJECTED, reviewer, rationale)
     return Decision(model, str(version), REJECTED, reviewer.strip())
+
+
+def _decide(cfg: Config, root: str | Path, client: MlflowClient, model: str, version: str, state: str,
+            reviewer: str, rationale: str) -> None:
+    """A human decision: the audit entry first (the record of truth), then the version's tags."""
+    _record(cfg, root, client, state, model=model, version=version, actor=reviewer.strip(), rationale=rationale.strip())
+    _set_state(client, model, version, state, reviewer=reviewer.strip(),
+               decision_rationale=rationale.strip()[:5000], decided_at=_now())
 
 
 def _approved_in_log(cfg: Config, root: str | Path, model: str, version: str) -> bool:
