@@ -5,6 +5,7 @@
     loragate approve MODEL VERSION --reviewer NAME --rationale TEXT     (and: reject)
     loragate rollback MODEL --reviewer NAME --rationale TEXT
     loragate audit verify
+    loragate ui [--port 5000]      # MLflow UI on 127.0.0.1 for the local store
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     back = _with_store(sub.add_parser("rollback", help="return the serving alias to the previously approved version"))
     back.add_argument("model")
     _with_reviewer(back)
+    ui = _with_store(sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the workspace's store"))
+    ui.add_argument("--port", type=int, default=5000)
     aud = sub.add_parser("audit", help="check the hash-chained audit log against MLflow")
     _with_store(aud.add_subparsers(dest="audit_command", required=True).add_parser("verify"))
     return p
@@ -159,12 +162,33 @@ def cmd_audit(args) -> int:
     return 1 if problems else 0
 
 
+def ui_command(cfg, root: Path, port: int) -> list[str]:
+    """`mlflow server` bound to loopback only: the store holds model versions and review state."""
+    from tasks.tracking import tracking_uri
+
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(cfg, root),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+
+def cmd_ui(args) -> int:
+    import subprocess
+
+    root = Path(args.workspace).resolve()
+    cfg = load_config(root / args.params)
+    print(f"MLflow UI for {root}: http://127.0.0.1:{args.port}  (experiment '{cfg.registry.experiment}'; Ctrl-C stops)",
+          flush=True)
+    try:
+        return subprocess.call(ui_command(cfg, root, args.port))
+    except KeyboardInterrupt:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from tasks.gate import GateError
 
     args = _parser().parse_args(argv)
     commands = {"run": cmd_run, "status": cmd_status, "approve": cmd_decide, "reject": cmd_decide,
-                "rollback": cmd_decide, "audit": cmd_audit}
+                "rollback": cmd_decide, "audit": cmd_audit, "ui": cmd_ui}
     try:
         return commands[args.command](args)
     except (ConfigError, ModelNotFound, StageFailed, GateError) as err:

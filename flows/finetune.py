@@ -21,7 +21,7 @@ from tasks.models import resolve_model_task
 from tasks.register import register_task
 from tasks.report import record_results_task
 from tasks.split import HOLDOUT, TRAIN
-from tasks.tracking import client_for, finish, initiator, log_metrics, start_run
+from tasks.tracking import client_for, finish, initiator, log_metrics, previous_params, start_run
 from tasks.train import train_task
 from tasks.versioning import reproduce_task
 
@@ -45,9 +45,17 @@ def _timed(timings: dict[str, float], stage: str):
     timings[f"time/{stage}_s"] = round(time.perf_counter() - started, 2)
 
 
-def _run_name(cfg) -> str:
-    q = "qlora" if cfg.quantization.enabled else "lora"
-    return f"{cfg.model.base.split('/')[-1]}-{q}-r{cfg.lora.r}-lr{cfg.train.learning_rate:g}-s{cfg.train.max_steps}"
+def _run_name(cfg, previous: dict[str, str] | None) -> str:
+    """Base model, LoRA or QLoRA, then the settings that differ from the experiment's previous run,
+    so runs tell themselves apart in the MLflow UI's lists and compare view."""
+    head = f"{cfg.model.base.split('/')[-1]}-{'qlora' if cfg.quantization.enabled else 'lora'}"
+    if previous is None:
+        return f"{head} first run"
+    changed = [f"{k.split('.', 1)[1]}={v}" for k, v in cfg.flat().items()
+               if k.split(".")[0] in {"data", "pii", "split", "lora", "quantization", "train", "eval"}
+               and str(v)[:6000] != previous.get(k)]
+    more = f" +{len(changed) - 4} more" if len(changed) > 4 else ""
+    return f"{head} " + (", ".join(changed[:4]) + more if changed else "same params")
 
 
 @flow(name="loragate-finetune")  # log_prints would log dill's captured bytecode dumps
@@ -56,7 +64,7 @@ def finetune(workspace: str = ".", params: str = "params.yaml", wait_for_approva
     cfg = apply_overrides(root / params)  # DVC reads every param it lists from this file
     with _timed(timings, "data_stages"):
         data = reproduce_task(root)
-    run_id = start_run(cfg, root, _run_name(cfg), {f"loragate.data.{Path(p).stem}": h for p, h in data.hashes.items()}
+    run_id = start_run(cfg, root, _run_name(cfg, previous_params(cfg, root)), {f"loragate.data.{Path(p).stem}": h for p, h in data.hashes.items()}
                        | {"loragate.base_model": cfg.model.base})
     record_run_started(cfg, root, run_id, initiator(), data.hashes)
     try:

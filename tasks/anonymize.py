@@ -293,7 +293,7 @@ def anonymize(cfg: Config, src: str | Path, dst: str | Path) -> PiiReport:
             flagged += 1
             continue
         messages = [{"role": m["role"], "content": t} for m, t in zip(row["messages"], texts)]
-        out.append({"id": record_id(messages), "messages": messages})
+        out.append({"id": record_id(messages), "messages": messages} | ({"slice": row["slice"]} if "slice" in row else {}))
     write_jsonl(dst, out)
     return PiiReport(len(rows), sum(len(r["messages"]) for r in rows), dict(sorted(counts.items())),
                      _engine_versions(cfg), flagged, dict(sorted(residual.items())), cfg.pii.operator,

@@ -30,10 +30,12 @@ def _check(ok: bool, key: str, why: str) -> None:
 class DataConfig:
     raw: str = "data/sample/tickets.jsonl"  # input JSONL (personal data: never leaves this machine)
     format: str = "auto"  # auto | messages | alpaca | prompt_completion
+    slice_field: str = ""  # record field scored separately (language, product...); never a personal field
 
     def __post_init__(self) -> None:
         _check(self.format in {"auto", "messages", "alpaca", "prompt_completion"}, "data.format",
                f"unknown format {self.format!r} (auto, messages, alpaca, prompt_completion)")
+        _check(self.slice_field not in {"messages", "id"}, "data.slice_field", "must not be 'messages' or 'id'")
 
 
 PII_OPERATORS = ("placeholder", "pseudonym")
@@ -161,12 +163,22 @@ class EvalConfig:
     max_examples: int = 0  # 0 = the whole hold-out
     bertscore_model: str = "minilm-l6"  # bundled name or a local encoder folder
     bertscore_layers: int = 6
+    task: str = "generation"  # classification: answers are labels; adds accuracy, F1 per class, confusion matrix
+    labels: tuple[str, ...] = ()  # the label set, for task: classification
+    bootstrap_resamples: int = 2000  # paired bootstrap for the 95% intervals; more = steadier bounds, slower
+    confidence: float = 0.95
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
         _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         _check(self.max_examples >= 0, "eval.max_examples", "must be >= 0")
         _check(self.bertscore_layers >= 1, "eval.bertscore_layers", "must be >= 1")
+        _check(self.task in {"generation", "classification"}, "eval.task", "must be generation or classification")
+        _check(self.task != "classification" or len(self.labels) >= 2, "eval.labels",
+               "task: classification needs at least 2 labels")
+        _check(len(set(self.labels)) == len(self.labels), "eval.labels", "must not repeat a label")
+        _check(self.bootstrap_resamples >= 100, "eval.bootstrap_resamples", "must be >= 100")
+        _check(0.5 < self.confidence < 1.0, "eval.confidence", "must be within (0.5, 1)")
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,14 @@ def normalize(record: Any, fmt: str, where: str) -> list[dict[str, str]]:
             {"role": "assistant", "content": _text(record, "completion", where)}]
 
 
+def _slice(record: dict, field: str, where: str) -> str:
+    """The record's slice label for per-slice scores; a record without one is its own visible slice."""
+    value = record.get(field, "(missing)")
+    if not isinstance(value, (str, int, bool)) or not str(value).strip() or len(str(value)) > 64:
+        raise DataError(f"{where}: field '{field}' (data.slice_field): must be a short string or number")
+    return str(value)
+
+
 def record_id(messages: list[dict[str, str]]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -122,11 +130,14 @@ def validate(cfg: Config, src: str | Path, dst: str | Path) -> ValidationReport:
         if not fmt:
             raise DataError(f"{rows[0][0]}: cannot detect the format: expected 'messages', "
                             "'instruction'+'output' or 'prompt'+'completion' fields")
-    seen: dict[str, list[dict[str, str]]] = {}
+    seen: dict[str, dict] = {}
     for where, record in rows:
         messages = normalize(record, fmt, where)
-        seen.setdefault(record_id(messages), messages)
-    written = write_jsonl(dst, ({"id": rid, "messages": m} for rid, m in seen.items()))
+        row = {"id": record_id(messages), "messages": messages}
+        if cfg.data.slice_field:
+            row["slice"] = _slice(record, cfg.data.slice_field, where)
+        seen.setdefault(row["id"], row)
+    written = write_jsonl(dst, seen.values())
     return ValidationReport(fmt, len(rows), written, len(rows) - written)
 
 

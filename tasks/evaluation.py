@@ -3,7 +3,7 @@ base model or base + adapter, then ROUGE/BERTScore against the references.
 
     python -m tasks.evaluation MODEL_DIR HOLDOUT.jsonl OUT_DIR [ADAPTER_DIR]
 
-Writes OUT_DIR/predictions.jsonl (id, prompt, reference, prediction, per-row scores) and
+Writes OUT_DIR/predictions.jsonl (id, slice, prompt, reference, prediction, every per-row score) and
 OUT_DIR/metrics.json. The hold-out is already anonymized, so nothing here holds raw personal data.
 """
 from __future__ import annotations
@@ -78,10 +78,9 @@ def evaluate_holdout(cfg: Config, model_dir: str, holdout: str | Path, out_dir: 
     means, per_row = score(cfg, predictions, references)
     out_dir = Path(out_dir)
     write_jsonl(out_dir / "predictions.jsonl", (
-        {"id": r["id"], "prompt": p[-1]["content"], "reference": ref, "prediction": pred,
-         "rougeL": rl, "bertscore_f1": bf}
-        for r, p, ref, pred, rl, bf in zip(rows, prompts, references, predictions,
-                                           per_row["rougeL"], per_row["bertscore_f1"])))
+        {"id": r["id"], "slice": r.get("slice", ""), "prompt": p[-1]["content"], "reference": ref, "prediction": pred}
+        | {k: v[i] for k, v in per_row.items()}
+        for i, (r, p, ref, pred) in enumerate(zip(rows, prompts, references, predictions))))
     report = EvalReport(len(rows), means, metric_config(cfg), round(time.perf_counter() - started, 2))
     write_json(out_dir / "metrics.json", asdict(report))
     return report

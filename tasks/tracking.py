@@ -56,6 +56,14 @@ def start_run(cfg: Config, root: str | Path, run_name: str, tags: dict[str, str]
     return run.info.run_id
 
 
+def previous_params(cfg: Config, root: str | Path) -> dict[str, str] | None:
+    """The params of the experiment's latest run, or None before the first."""
+    client = client_for(cfg, root)
+    exp = client.get_experiment_by_name(cfg.registry.experiment)
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1) if exp else []
+    return dict(runs[0].data.params) if runs else None
+
+
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], prefix: str = "", step: int = 0) -> None:
     entities = [mlflow.entities.Metric(f"{prefix}{k}", float(v), 0, step) for k, v in metrics.items()]
     client.log_batch(run_id, metrics=entities)

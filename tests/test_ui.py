@@ -1,0 +1,132 @@
+"""Two real tiny-model runs, compared in the real MLflow UI in headless Chromium (Debian's chromium
+and chromium-driver, installed by .ci/install)."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.cli import main as cli
+from flows.cli import ui_command
+from flows.finetune import finetune
+from tasks import gate
+from tasks.config import load_config
+from tasks.tracking import client_for
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout} s")
+
+
+def _browser(tmp_path: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--disable-component-update", "--no-first-run", "--window-size=1600,1400",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def _scrolled_text(browser) -> str:
+    """The page's text, including the rows of its virtualized metric tables (rendered only when
+    scrolled into view)."""
+    body = browser.find_element("tag name", "body")
+    text = body.text
+    for _ in range(100):
+        moved = browser.execute_script(
+            "let moved = false; document.querySelectorAll('.ReactVirtualized__Grid').forEach(g => {"
+            " if (g.scrollTop + g.clientHeight < g.scrollHeight) { g.scrollTop += 120; moved = true; } });"
+            " return moved;")
+        time.sleep(0.2)
+        text += "\n" + body.text
+        if not moved:
+            return text
+    return text
+
+
+def _two_runs(workspace: Path):
+    """A first run approved into production, then a second with another LoRA rank via the CLI."""
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    first = finetune(str(workspace))
+    cfg = load_config(workspace / "params.yaml")
+    gate.approve(cfg, workspace, first.model_name, first.version, "reviewer-b", "first baseline release")
+    assert cli(["run", "--workspace", str(workspace), "--set", "lora.r=8"]) == 0
+    client = client_for(cfg, workspace)
+    runs = client.search_runs([client.get_experiment_by_name(cfg.registry.experiment).experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    return cfg, client, runs
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver")
+def test_two_runs_side_by_side_in_the_mlflow_compare_view(workspace, prefect_server, tmp_path):
+    cfg, client, runs = _two_runs(workspace)
+    first, second = runs
+    assert first.info.run_name.endswith("-lora first run") and second.info.run_name.endswith("-lora r=8")
+    m = second.data.metrics
+    for stage in ("baseline", "finetuned", "delta", "vs_champion"):
+        assert m[f"{stage}/rougeL_ci_low"] <= m[f"{stage}/rougeL"] <= m[f"{stage}/rougeL_ci_high"], stage
+    assert second.data.tags["loragate.champion_version"] == "1" and m["vs_champion/rows"] == 12
+    assert second.data.params["metric.bertscore.num_layers"] == "6"
+    artifacts = {a.path for a in client.list_artifacts(second.info.run_id, "plots")}
+    assert {"plots/training_loss.png", "plots/scores.png"} <= artifacts
+    report = Path(client.download_artifacts(second.info.run_id, "eval/report.html", str(tmp_path))).read_text()
+    assert "delta" in report and "vs champion" in report and second.info.run_name in report
+
+    port = _free_port()
+    server = subprocess.Popen(ui_command(cfg, workspace, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health")
+        ids = json.dumps([first.info.run_id, second.info.run_id])
+        exp = json.dumps([first.info.experiment_id])
+        url = (f"http://127.0.0.1:{port}/#/compare-runs?runs={urllib.parse.quote(ids)}"
+               f"&experiments={urllib.parse.quote(exp)}")
+        browser = _browser(tmp_path)
+        try:
+            browser.get(url)
+            wanted = [first.info.run_name, second.info.run_name, "lora.r", "metric.bertscore.num_layers",
+                      "delta/rougeL", "delta/rougeL_ci_low", "finetuned/bertscore_f1", "vs_champion/rougeL"]
+            deadline, text = time.time() + 60, ""
+            while time.time() < deadline and second.info.run_name not in text:
+                time.sleep(1)
+                text = browser.find_element("tag name", "body").text
+            shot = tmp_path / "compare.png"
+            browser.save_screenshot(str(shot))
+            text = _scrolled_text(browser)
+        finally:
+            browser.quit()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    if os.environ.get("LORAGATE_SCREENSHOT_DIR"):  # to look at it: the test's tmp dir is gone afterwards
+        shutil.copy(shot, Path(os.environ["LORAGATE_SCREENSHOT_DIR"]) / "mlflow_compare.png")
+        (Path(os.environ["LORAGATE_SCREENSHOT_DIR"]) / "mlflow_compare.txt").write_text(text)
+    assert [w for w in wanted if w not in text] == []
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
