@@ -93,3 +93,20 @@ def test_the_slice_field_travels_from_raw_records_to_the_anonymized_file(tmp_pat
     src.write_text(json.dumps(dict(sample[0], market={"x": 1})) + "\n")
     with pytest.raises(DataError, match=r"raw.jsonl:1: field 'market' \(data.slice_field\): must be a short string"):
         validate(cfg, src, tmp_path / "clean2.jsonl")
+
+
+def test_classification_deltas_carry_paired_intervals_for_accuracy_and_macro_f1():
+    from tasks.evaluation import EvalReport
+    from tasks.report import comparison_metrics
+
+    cfg = config_from_dict({"eval": {"task": "classification", "labels": ["billing", "delivery"],
+                                     "bootstrap_resamples": 300}})
+    refs = ["billing", "delivery"] * 20
+    base = [{"reference": r, "prediction": "billing", "accuracy": float(r == "billing")} for r in refs]
+    ft = [{"reference": r, "prediction": r, "accuracy": 1.0} for r in refs]
+    before, _ = classification_scores(cfg.eval.labels, [b["prediction"] for b in base], refs)
+    after, _ = classification_scores(cfg.eval.labels, [f["prediction"] for f in ft], refs)
+    m = comparison_metrics(cfg, base, ft, EvalReport(40, before, {}, 0), EvalReport(40, after, {}, 0))
+    assert m["delta/accuracy"] == pytest.approx(0.5) and m["delta/macro_f1"] == pytest.approx(1 - 1 / 3)
+    assert 0.3 < m["delta/accuracy_ci_low"] < 0.5 < m["delta/accuracy_ci_high"] <= 0.7
+    assert m["delta/macro_f1_ci_low"] < m["delta/macro_f1"] < m["delta/macro_f1_ci_high"]
