@@ -35,7 +35,13 @@ from tasks.config import Config, ConfigError, load_config
 from tasks.data import CLEAN, record_id
 from tasks.io import read_jsonl, write_json, write_jsonl
 from tasks.recognizers import VERSION as RECOGNIZERS_VERSION
-from tasks.recognizers import CustomPattern, bare_name, loragate_recognizers, widen_names
+from tasks.recognizers import (
+    CustomPattern,
+    bare_name,
+    checksum_recognizers,
+    loragate_recognizers,
+    widen_names,
+)
 
 ANONYMIZED = Path("data/interim/anonymized.jsonl")
 PII_REPORT = Path("data/reports/pii.json")
@@ -260,11 +266,14 @@ def anonymize_records(cfg: Config, records: list[list[str]], analyzer=None) -> t
 
 @functools.lru_cache(maxsize=1)
 def _residual_recognizers() -> tuple:
-    from presidio_analyzer.predefined_recognizers import (CreditCardRecognizer, EmailRecognizer,
-                                                          IbanRecognizer, IpRecognizer)
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        EmailRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+    )
 
-    validated = [r for r in loragate_recognizers() if r.name in {"PlPeselRecognizer", "PlNipRecognizer", "DeTaxIdRecognizer"}]
-    return (EmailRecognizer(), IbanRecognizer(), CreditCardRecognizer(), IpRecognizer(), *validated)
+    return (EmailRecognizer(), IbanRecognizer(), CreditCardRecognizer(), IpRecognizer(), *checksum_recognizers())
 
 
 def residual_scan(texts: list[str]) -> Counter:

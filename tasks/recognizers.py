@@ -66,13 +66,13 @@ _NANP = regex.compile(r"^[2-9]\d\d[2-9]\d{6}$")  # area code and exchange never 
 _NOT_PHONE = regex.compile(r"^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$|^\d{1,3}(?:\.\d{1,3}){3}$|^\d{4}-\d{2}-\d{2}$")
 
 
-def _valid(number: str, region: str | None) -> bool:
+def _parse(number: str, region: str | None):
     import phonenumbers
 
     try:
-        return phonenumbers.is_valid_number(phonenumbers.parse(number, region))
+        return phonenumbers.parse(number, region)
     except phonenumbers.NumberParseException:
-        return False
+        return None
 
 
 def _phone_score(core: str) -> float:
@@ -85,22 +85,15 @@ def _phone_score(core: str) -> float:
     grouped = international or bool(regex.search(r"[\s.\-()]", core))
     if not 7 <= digits <= 15 or _NOT_PHONE.match(core):
         return 0.0
-    if not grouped:  # a bare run: only a valid national number (0...) or a valid 10-digit NANP one
-        if digits == 10 and _NANP.match(core):
-            return 0.5
-        return 0.75 if core.startswith("0") and any(_valid(core, r) for r in PHONE_REGIONS) else 0.0
+    if not grouped and digits == 10 and _NANP.match(core):
+        return 0.5
+    if not grouped and not core.startswith("0"):  # bare runs: only valid national numbers (0...)
+        return 0.0
     number = "+" + core[2:] if core.startswith("00") else core
-    best = 0.0
-    for region in ((None,) if international else PHONE_REGIONS):
-        try:
-            parsed = phonenumbers.parse(number, region)
-        except phonenumbers.NumberParseException:
-            continue
-        if phonenumbers.is_valid_number(parsed):
-            return 0.75
-        if phonenumbers.is_possible_number(parsed):
-            best = 0.5
-    return best
+    parsed = [n for r in ((None,) if international else PHONE_REGIONS) if (n := _parse(number, r))]
+    if any(phonenumbers.is_valid_number(n) for n in parsed):
+        return 0.75
+    return 0.5 if grouped and any(phonenumbers.is_possible_number(n) for n in parsed) else 0.0
 
 
 def _phone_recognizer():
@@ -199,12 +192,19 @@ def _de_tax_id_recognizer():
     return SpacedDeTaxIdRecognizer(patterns=[pattern], supported_language="en", name="DeTaxIdRecognizer")
 
 
-def loragate_recognizers(custom: tuple[CustomPattern, ...] = ()) -> list:
-    """Everything loragate registers beside presidio's English defaults."""
-    from presidio_analyzer import Pattern, PatternRecognizer
+def checksum_recognizers() -> list:
+    """National identifiers verified by checksum: few false alarms, so the residual scan uses them too."""
+    from presidio_analyzer import Pattern
     from presidio_analyzer.predefined_recognizers import PlPeselRecognizer
 
     pesel = Pattern("pesel", r"(?<!\d)\d{2}(?:[02468][1-9]|[13579][012])(?:0[1-9]|[12]\d|3[01])\d{5}(?!\d)", 0.4)
+    return [PlPeselRecognizer(patterns=[pesel], supported_language="en"), _nip_recognizer(), _de_tax_id_recognizer()]
+
+
+def loragate_recognizers(custom: tuple[CustomPattern, ...] = ()) -> list:
+    """Everything loragate registers beside presidio's English defaults."""
+    from presidio_analyzer import Pattern, PatternRecognizer
+
     found = [
         _phone_recognizer(),
         _card_recognizer(),
@@ -214,9 +214,7 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = ()) -> list:
         _group_recognizer("PERSON", _NAME_THEN_CUE, 0.6, "NameBeforeCueRecognizer"),
         _group_recognizer("PERSON", _TITLED_NAME, 0.7, "TitledNameRecognizer"),
         _group_recognizer("DATE_OF_BIRTH", _DOB, 0.85, "DateOfBirthRecognizer"),
-        PlPeselRecognizer(patterns=[pesel], supported_language="en"),
-        _nip_recognizer(),
-        _de_tax_id_recognizer(),
+        *checksum_recognizers(),
     ]
     found += [PatternRecognizer(supported_entity=c.entity, patterns=[Pattern(f"custom_{i}", c.regex, c.score)],
                                 name=f"CustomPattern{i}_{c.entity}", version="params")
