@@ -43,7 +43,7 @@ QKVO = ALL_LINEAR[:4]
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16
 
 
-def quantized_model(arch: str, device: str):
+def quantized_model(arch: str, device: str, attn: str = "sdpa"):
     """Random-init model of the architecture with every decoder Linear swapped for an nf4 Linear4bit
     (double-quant, bf16 compute), as from_pretrained(quantization_config=...) would leave it."""
     import bitsandbytes as bnb
@@ -52,7 +52,7 @@ def quantized_model(arch: str, device: str):
     torch.manual_seed(0)
     config = AutoConfig.for_model(**ARCHS[arch])
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation=attn)
     n_params = sum(p.numel() for p in model.parameters())
     for module in list(model.model.layers.modules()):
         for name, child in list(module.named_children()):
@@ -113,6 +113,55 @@ def make_clock():
     return Clock()
 
 
+KERNEL_KINDS = [("dequant", ("dequantize", "kdequant")), ("gemm", ("gemm", "nvjet", "cutlass", "sm90_x", "cublas")),
+                ("attention", ("flash", "fmha", "attention", "sdpa")), ("triton", ("triton", "liger")),
+                ("optimizer", ("adam", "foreach", "multi_tensor")), ("copy/cast", ("copy", "cast", "to_copy"))]
+
+
+def kernel_kinds(events) -> dict[str, float]:
+    """GPU milliseconds per kind of kernel (by name); the rest is elementwise/reduction work."""
+    out: dict[str, float] = {}
+    for e in events:
+        ms = getattr(e, "device_time_total", 0) / 1e3
+        if ms <= 0 or e.device_type.name != "CUDA":
+            continue
+        name = e.key.lower()
+        kind = next((k for k, keys in KERNEL_KINDS if any(w in name for w in keys)), "other")
+        out[kind] = round(out.get(kind, 0.0) + ms, 1)
+    return out
+
+
+def make_profiler(start: int, steps: int, path: Path):
+    """Trainer callback: torch.profiler over `steps` steps from `start`; writes the top kernels and
+    the GPU time per kernel kind against the wall time, to tell GPU-bound from launch-bound."""
+    from transformers import TrainerCallback
+
+    class Profile(TrainerCallback):
+        summary: dict = {}
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == start:
+                torch.cuda.synchronize()
+                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                               torch.profiler.ProfilerActivity.CUDA])
+                self.prof.start()
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == start + steps:
+                torch.cuda.synchronize()
+                wall = (time.perf_counter() - self.t0) * 1e3 / steps
+                self.prof.stop()
+                events = self.prof.key_averages()
+                kinds = {k: round(v / steps, 1) for k, v in kernel_kinds(events).items()}
+                self.summary.update(wall_ms_per_step=round(wall, 1), gpu_ms_per_step=kinds,
+                                    gpu_busy=round(sum(kinds.values()) / wall, 3))
+                path.write_text(json.dumps(self.summary) + "\n" + events.table(
+                    sort_by="device_time_total", row_limit=45, max_name_column_width=90))
+
+    return Profile()
+
+
 def recipe_trainer(model, data: list[dict], targets: list[str], batch: int, steps: int, max_len: int, pad: int,
                    out: str, dropout: float = 0.05, optim: str | None = None, gradient_checkpointing: bool = True):
     """The common recipe, as tutorials write it: every row padded to max_length."""
@@ -139,7 +188,7 @@ def recipe_trainer(model, data: list[dict], targets: list[str], batch: int, step
 
 
 def loragate_trainer(model, tokenizer, data: list[dict], targets: list[str], batch: int, steps: int, max_len: int,
-                     out: str, dropout: float = 0.05, sft: dict | None = None, **train):
+                     out: str, dropout: float | None = None, sft: dict | None = None, **train):
     """loragate's own training path (tasks.train.make_trainer) with the given train params."""
     from datasets import Dataset
 
@@ -149,7 +198,7 @@ def loragate_trainer(model, tokenizer, data: list[dict], targets: list[str], bat
     gpu = torch.cuda.is_available()
     cfg = config_from_dict({
         "quantization": {"enabled": True, "compute_dtype": "bfloat16" if gpu else "float32"},
-        "lora": {"r": 16, "alpha": 32, "dropout": dropout, "target_modules": targets},
+        "lora": {"r": 16, "alpha": 32, "target_modules": targets, **({} if dropout is None else {"dropout": dropout})},
         "train": {"batch_size": batch, "max_length": max_len, "max_steps": steps, "logging_steps": 1,
                   "gradient_checkpointing": True, "optimizer": "adamw_torch_fused" if gpu else "adamw_torch",
                   **train}})
@@ -159,17 +208,25 @@ def loragate_trainer(model, tokenizer, data: list[dict], targets: list[str], bat
                         **(sft or {}))
 
 
-def measure(trainer, warmup: int, n_params: int) -> dict:
+def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | None = None) -> dict:
+    """Clock steps warmup+1..warmup+timed; a profile, if asked for, covers the 2 steps after them."""
     static = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     clock = make_clock()
     trainer.add_callback(clock)
+    profiler = make_profiler(warmup + timed, 2, profile) if profile and torch.cuda.is_available() else None
+    if profiler:
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        trainer.add_callback(profiler)
     trainer.train()
-    (t0, k0), (t1, k1) = clock.marks[warmup - 1], clock.marks[-1]
+    (t0, k0), (t1, k1) = clock.marks[warmup - 1], clock.marks[warmup + timed - 1]
     tps = (k1 - k0) / (t1 - t0)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     out = {"tokens_per_s": round(tps, 1), "mfu": round(6 * n_params * tps / PEAK_FLOPS, 4),
-           "step_s": round((t1 - t0) / (len(clock.marks) - warmup), 3),
-           "tokens_per_step": round((k1 - k0) / (len(clock.marks) - warmup)), "losses": losses}
+           "step_s": round((t1 - t0) / timed, 3), "tokens_per_step": round((k1 - k0) / timed), "losses": losses}
+    steps = [b[0] - a_[0] for a_, b in zip(clock.marks[warmup - 1:warmup + timed - 1], clock.marks[warmup:warmup + timed])]
+    out["step_s_min_max"] = [round(min(steps), 3), round(max(steps), 3)]  # spread: a hiccup shows here
+    if profiler:
+        out["profile"] = profiler.summary
     if torch.cuda.is_available():
         out |= {"static_gib": round(static, 2), "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                 "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
@@ -178,33 +235,41 @@ def measure(trainer, warmup: int, n_params: int) -> dict:
 
 def run_case(case: str, a) -> dict:
     """case = <path>-<data>[-<variant>...]: path recipe|loragate|lean, data fixed|var; variants: qkvo (targets),
-    liger (Triton kernels), nopack (padded batches), nodrop (LoRA dropout 0), sac (selective checkpointing),
-    offload (activations to host memory)."""
+    nodrop (LoRA dropout 0 in the recipe). loragate runs its params defaults (Liger kernels, dropout 0, fused
+    LoRA, packing, flex attention) less what a variant turns off: noliger, drop (dropout 0.05), unfused (peft's
+    forward), sdpa, nopack (padded batches); or adds: compile (torch.compile), b<N> (micro-batch N),
+    offload (activations to host)."""
+    from tasks.train import attention
+
     parts = case.split("-")
     path, kind, variants = parts[0], parts[1], set(parts[2:])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     vocab, targets = ARCHS[a.arch]["vocab_size"], QKVO if "qkvo" in variants else ALL_LINEAR
-    steps = a.warmup + a.steps
-    model, n_params = quantized_model(a.arch, device)
+    steps = a.warmup + a.steps + (2 if a.profile else 0)
+    attn = "sdpa" if path == "recipe" or "sdpa" in variants else attention("auto")
+    model, n_params = quantized_model(a.arch, device, attn)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()  # build-time bf16 copies are not training memory
     with tempfile.TemporaryDirectory() as out:
         if path == "recipe":
             data = rows(kind, a.recipe_batch * steps, a.max_len, vocab)
-            trainer = recipe_trainer(model, data, targets, a.recipe_batch, steps, a.max_len, vocab - 1, out)
+            trainer = recipe_trainer(model, data, targets, a.recipe_batch, steps, a.max_len, vocab - 1, out,
+                                     dropout=0.0 if "nodrop" in variants else 0.05)
         else:
-            batch = a.lean_batch if path == "lean" else a.batch
+            batch = next((int(v[1:]) for v in variants if v[0] == "b" and v[1:].isdigit()),
+                         a.lean_batch if path == "lean" else a.batch)
             data = rows(kind, batch * steps * (3 if kind == "var" else 1), a.max_len, vocab)
-            extra = {"liger_kernels": "liger" in variants, "packing": "nopack" not in variants,
-                     "dropout": 0.0 if "nodrop" in variants else 0.05,
-                     "sft": {"gradient_checkpointing_kwargs": {"selective": True}} if "sac" in variants else {}}
+            extra = {"liger_kernels": "noliger" not in variants, "packing": "nopack" not in variants,
+                     "dropout": 0.05 if "drop" in variants else None, "fused_lora": "unfused" not in variants,
+                     "sft": {"torch_compile": True} if "compile" in variants else {}}
             if "offload" in variants:
                 extra["sft"]["activation_offloading"] = True
             if path == "lean":
                 extra["optimizer"] = "paged_adamw_8bit"
             trainer = loragate_trainer(model, tokenizer_for(vocab), data, targets, batch, steps, a.max_len, out, **extra)
-        result = {"case": case, "n_params": n_params, **measure(trainer, a.warmup, n_params)}
+        profile = Path(a.out) / f"profile-{case}.txt" if a.profile else None
+        result = {"case": case, "n_params": n_params, **measure(trainer, a.warmup, a.steps, n_params, profile)}
     del trainer, model
     gc.collect()
     if torch.cuda.is_available():
@@ -226,24 +291,25 @@ def isolated(case: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def ratios(results: dict[str, dict]) -> dict[str, float]:
-    """Each loragate case against the recipe on the same data kind (and targets)."""
+def ratios(results: dict[str, dict]) -> dict[str, dict]:
+    """Each loragate/lean case against each recipe case on the same data kind and targets."""
+    ok = {n: r for n, r in results.items() if "error" not in r}
+    key = lambda n: (n.split("-")[1], "qkvo" in n.split("-"))  # noqa: E731
     out = {}
-    for name, r in results.items():
-        parts = name.split("-")
-        base = "-".join(["recipe", parts[1]] + (["qkvo"] if "qkvo" in parts else []))
-        if parts[0] != "recipe" and base in results and "error" not in r and "error" not in results[base]:
-            out[f"{name} / {base}"] = {
-                "tokens_per_s": round(r["tokens_per_s"] / results[base]["tokens_per_s"], 2),
-                "peak_allocated": round(r.get("peak_allocated_gib", 0) / max(results[base].get("peak_allocated_gib", 1), 1e-9), 2)}
+    for name, r in ok.items():
+        for base, b in ok.items():
+            if not name.startswith("recipe") and base.startswith("recipe") and key(name) == key(base):
+                out[f"{name} / {base}"] = {
+                    "tokens_per_s": round(r["tokens_per_s"] / b["tokens_per_s"], 2),
+                    "peak_allocated": round(r.get("peak_allocated_gib", 0) / max(b.get("peak_allocated_gib", 1), 1e-9), 2)}
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--arch", default="qwen2.5-7b", choices=sorted(ARCHS))
-    p.add_argument("--cases", default="recipe-fixed,loragate-fixed,loragate-fixed-liger,recipe-var,loragate-var,"
-                                      "loragate-var-liger,lean-fixed")
+    p.add_argument("--cases", default="recipe-fixed,loragate-fixed,loragate-fixed-drop,recipe-fixed-nodrop,"
+                                      "recipe-var,loragate-var,lean-fixed")
     p.add_argument("--steps", type=int, default=8, help="timed steps, after --warmup")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-len", type=int, default=512)
@@ -251,19 +317,20 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16, help="loragate: packed bins of max-len tokens per step")
     p.add_argument("--lean-batch", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "bench/results"))
+    p.add_argument("--profile", action="store_true", help="write profile-<case>.txt: top kernels, GPU time by kind")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process, print its JSON
     a = p.parse_args()
     if a.one:
         print("RESULT " + json.dumps(run_case(a.one, a)), flush=True)
         return
     results = {}
-    for case in a.cases.split(","):
+    for case in a.cases.split(","):  # the JSON is rewritten after each case: a later crash loses nothing
         results[case] = isolated(case)
         print(json.dumps({k: v for k, v in results[case].items() if k != "losses"}), flush=True)
-    summary = {"arch": a.arch, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-               "torch": torch.__version__, "args": vars(a), "results": results, "ratios": ratios(results)}
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / f"train_throughput-{a.arch}.json").write_text(json.dumps(summary, indent=2))
+        summary = {"arch": a.arch, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                   "torch": torch.__version__, "args": vars(a), "results": results, "ratios": ratios(results)}
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        (Path(a.out) / f"train_throughput-{a.arch}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary["ratios"], indent=2))
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from tasks.config import config_from_dict
+from tasks.config import ConfigError, config_from_dict
 from tasks.train import bnb_config, build_trainer, train
 from tests.conftest import tiny_params
 
@@ -62,6 +62,70 @@ def test_qlora_trains_in_4bit_on_cpu(tmp_path, tiny_model, train_file):
     after = _snapshot(trainer.model)
     assert report.quantized and report.steps == 2
     assert any(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
+
+
+def _lora_model(model_dir: str, quantized: bool, dropout: float):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    quant = bnb_config(config_from_dict({"quantization": {"enabled": True, "compute_dtype": "float32"}}).quantization)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **({"quantization_config": quant} if quantized else {}))
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero; give the adapter term weight so a wrong one shows
+            p.data.normal_(0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("quantized,dropout", [(False, 0.0), (True, 0.0), (True, 0.1)])
+def test_fused_lora_equals_peft(tiny_model, quantized, dropout):
+    from tasks.fused_lora import fuse_lora
+
+    ref, fused = _lora_model(tiny_model, quantized, dropout), _lora_model(tiny_model, quantized, dropout)
+    assert fuse_lora(fused) == 7 * 2 and fuse_lora(fused) == 0  # 7 targets x 2 layers; idempotent
+    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(1)).to(ref.device)
+    outs = []
+    for model in (ref, fused):
+        model.train()
+        torch.manual_seed(3)  # the same dropout masks for both
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        outs.append((out.logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    (logits_r, grads_r), (logits_f, grads_f) = outs
+    assert torch.allclose(logits_r, logits_f, atol=1e-5)
+    assert grads_r.keys() == grads_f.keys() and len(grads_r) == 28
+    assert all(torch.allclose(grads_r[n], grads_f[n], atol=1e-5, rtol=1e-4) for n in grads_r)
+    with fused.disable_adapter():  # adapters off still means the bare base
+        assert not torch.allclose(fused(input_ids=ids).logits, logits_f, atol=1e-3)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "flex_attention"])
+def test_packed_rows_do_not_attend_to_each_other(tiny_model, attn):
+    """Two rows packed into one bin (positions restart at 0) give the logits each gets alone."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn).eval()
+    g = torch.Generator().manual_seed(2)
+    rows = [torch.randint(0, 500, (n,), generator=g) for n in (9, 14, 5)]
+    packed = torch.cat(rows)[None]
+    positions = torch.cat([torch.arange(len(r)) for r in rows])[None]
+    with torch.no_grad():
+        together = model(input_ids=packed, position_ids=positions, use_cache=False).logits[0]  # as in training
+        alone = torch.cat([model(input_ids=r[None]).logits[0] for r in rows])
+    assert torch.allclose(together, alone, atol=1e-4)
+    with torch.no_grad():  # and the check can fail: one causal sequence over the bin differs
+        assert not torch.allclose(model(input_ids=packed, use_cache=False).logits[0], alone, atol=1e-2)
+
+
+def test_auto_attention_is_flex_on_cuda_only():
+    from tasks.train import attention
+
+    assert attention("auto") == ("flex_attention" if torch.cuda.is_available() else "sdpa")
+    assert attention("eager") == "eager"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.attn_implementation: flex_attention trains on CUDA only"):
+            attention("flex_attention")
 
 
 @pytest.mark.gpu
