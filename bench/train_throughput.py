@@ -225,6 +225,7 @@ def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | Non
            "step_s": round((t1 - t0) / timed, 3), "tokens_per_step": round((k1 - k0) / timed), "losses": losses}
     steps = [b[0] - a_[0] for a_, b in zip(clock.marks[warmup - 1:warmup + timed - 1], clock.marks[warmup:warmup + timed])]
     out["step_s_min_max"] = [round(min(steps), 3), round(max(steps), 3)]  # spread: a hiccup shows here
+    out["step_s_each"] = [round(x, 3) for x in steps]
     if profiler:
         out["profile"] = profiler.summary
     if torch.cuda.is_available():

@@ -83,7 +83,7 @@ def _sft_config(cfg: Config, out_dir: Path):
         gradient_checkpointing=t.gradient_checkpointing, seed=t.seed, data_seed=t.seed,
         save_strategy="steps", save_steps=max(10, t.max_steps // 4), save_total_limit=1,
         # bfd packing is padding-free: rows share a bin, position_ids keep them apart in attention
-        packing=t.packing, packing_strategy="bfd", optim=t.optimizer,
+        packing=packs(cfg), packing_strategy="bfd", optim=t.optimizer,
         use_liger_kernel=_use_liger(cfg),
         report_to="none", bf16=cfg.quantization.compute_dtype == "bfloat16" and torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
@@ -99,6 +99,15 @@ def attention(name: str) -> str:
         raise ConfigError("params: train.attn_implementation: flex_attention trains on CUDA only "
                           "(no CPU backward); use auto or sdpa")
     return name
+
+
+def packs(cfg: Config) -> bool:
+    """Whether rows are packed. trl flattens a packed batch into one row: flex/flash attention skip
+    the blocks between its sequences, sdpa and eager compute them all under a mask (on 2 CPU cores
+    SmolLM2 trained at 88 tokens/s packed vs 170 padded), so `auto` packs only for the former."""
+    if cfg.train.packing == "auto":
+        return attention(cfg.train.attn_implementation) in {"flex_attention", "flash_attention_2"}
+    return bool(cfg.train.packing)
 
 
 def load_base(cfg: Config, model_dir: str):

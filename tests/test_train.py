@@ -118,6 +118,17 @@ def test_packed_rows_do_not_attend_to_each_other(tiny_model, attn):
         assert not torch.allclose(model(input_ids=packed, use_cache=False).logits[0], alone, atol=1e-2)
 
 
+def test_auto_packing_follows_the_attention():
+    from tasks.train import packs
+
+    cuda = torch.cuda.is_available()
+    assert packs(config_from_dict({})) is cuda  # auto: packed only where flex attention skips other rows
+    assert packs(config_from_dict({"train": {"packing": True}})) is True
+    assert packs(config_from_dict({"train": {"packing": False}})) is False
+    with pytest.raises(ConfigError, match="train.packing: must be auto, true or false"):
+        config_from_dict({"train": {"packing": "sometimes"}})
+
+
 def test_auto_attention_is_flex_on_cuda_only():
     from tasks.train import attention
 
