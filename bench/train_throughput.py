@@ -261,7 +261,8 @@ def run_case(case: str, a) -> dict:
             batch = next((int(v[1:]) for v in variants if v[0] == "b" and v[1:].isdigit()),
                          a.lean_batch if path == "lean" else a.batch)
             data = rows(kind, batch * steps * (3 if kind == "var" else 1), a.max_len, vocab)
-            extra = {"liger_kernels": "noliger" not in variants, "packing": "nopack" not in variants,
+            extra = {"liger_kernels": "noliger" not in variants,
+                     "packing": False if "nopack" in variants else "auto",
                      "dropout": 0.05 if "drop" in variants else None, "fused_lora": "unfused" not in variants,
                      "sft": {"torch_compile": True} if "compile" in variants else {}}
             if "offload" in variants:
