@@ -18,7 +18,7 @@ import time
 from collections import Counter
 
 from bench.pii_synth import generate
-from tasks.anonymize import build_analyzer, detect, detected_entities, resolved
+from tasks.anonymize import build_analyzer, detect, detected_entities, resolve_spans
 from tasks.config import Config
 from tasks.io import write_json
 from tasks.recognizers import widen_names
@@ -68,11 +68,8 @@ def run_loragate(cfg: Config, records: list[dict]) -> tuple[list[list], float]:
 
 
 def _resolve(records: list[dict], found: list[list]) -> list[list]:
-    """Score what gets replaced: presidio's overlap resolution, as the anonymize stage applies it."""
-    from presidio_anonymizer import AnonymizerEngine
-
-    anonymizer = AnonymizerEngine()
-    return [resolved(anonymizer, r["text"], res) for r, res in zip(records, found)]
+    """Score what gets replaced: overlaps resolved as the anonymize stage resolves them."""
+    return [resolve_spans(res) for res in found]
 
 
 def _table(name: str, s: dict) -> None:

@@ -11,7 +11,6 @@ is switched off before presidio is imported.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import logging
@@ -32,16 +31,11 @@ from spacy.language import Language
 from tqdm import tqdm
 
 from tasks.config import Config, ConfigError, load_config
-from tasks.data import CLEAN, record_id
+from tasks.data import CLEAN
 from tasks.io import read_jsonl, write_json, write_jsonl
 from tasks.recognizers import VERSION as RECOGNIZERS_VERSION
-from tasks.recognizers import (
-    CustomPattern,
-    bare_name,
-    checksum_recognizers,
-    loragate_recognizers,
-    widen_names,
-)
+from tasks.pii_guard import findings, residual_scan
+from tasks.recognizers import CustomPattern, bare_name, loragate_recognizers, widen_names
 
 ANONYMIZED = Path("data/interim/anonymized.jsonl")
 PII_REPORT = Path("data/reports/pii.json")
@@ -63,6 +57,7 @@ class PiiReport:
     operator: str = "placeholder"
     pseudonym_key_id: str = ""  # tells whether two runs used the same secret; reveals nothing about it
     recognizers: dict[str, str] = field(default_factory=dict)  # recognizer name -> version
+    quarantined: dict[str, int] = field(default_factory=dict)  # reason -> records left out of the splits
 
 
 @Language.component("loragate_lower_lemma")
@@ -110,7 +105,7 @@ def build_analyzer(cfg: Config):
     analyzer = AnalyzerEngine(nlp_engine=_nlp_engine(cfg), supported_languages=["en"])
     analyzer.registry.remove_recognizer("PhoneRecognizer")  # ours: EU regions, extensions, 5x cheaper
     analyzer.registry.remove_recognizer("CreditCardRecognizer")  # ours: every issuer prefix, Luhn-checked
-    for recognizer in loragate_recognizers(custom_patterns(cfg)):
+    for recognizer in loragate_recognizers(custom_patterns(cfg), cfg.pii.phone_regions):
         analyzer.registry.add_recognizer(recognizer)
     known = set(analyzer.get_supported_entities())
     unknown = [e for e in cfg.pii.entities if e not in known]
@@ -186,28 +181,44 @@ class Replacer:
 
     def __call__(self, kind: str, value: str) -> str:
         if self.key is None:
-            return f"<{kind}_{self.numbers[(kind, self._norm(kind, value))]}>"
+            key = (kind, self._norm(kind, value))  # a value never numbered gets the next number, not an error
+            number = self.numbers.setdefault(key, 1 + sum(k == kind for k, _ in self.numbers))
+            return f"<{kind}_{number}>"
         digest = hmac.new(self.key, f"{kind}\x1f{self._norm(kind, value)}".encode(), hashlib.sha256).hexdigest()
         return f"<{kind}_{digest[:10]}>"
 
 
-def resolved(anonymizer, text: str, results: list) -> list:
-    """presidio's own overlap resolution (its `keep` operator): the spans that get replaced, in order."""
-    from presidio_anonymizer.entities import OperatorConfig
+def resolve_spans(results: list) -> list:
+    """The one rule for overlapping or nested findings: each group of overlapping spans becomes one
+    span over their union, typed as its longest member (ties: higher score, then type name). No
+    fragment of a value is left between two findings, and what gets numbered is what gets replaced."""
+    from presidio_analyzer import RecognizerResult
 
-    kept = anonymizer.anonymize(text=text, analyzer_results=results, operators={"DEFAULT": OperatorConfig("keep")})
-    return sorted(kept.items, key=lambda i: i.start)
+    groups: list[list] = []
+    for r in sorted(results, key=lambda r: (r.start, -r.end)):
+        if groups and r.start < max(g.end for g in groups[-1]):
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    out = []
+    for group in groups:
+        top = max(group, key=lambda r: (r.end - r.start, r.score, r.entity_type))
+        out.append(RecognizerResult(top.entity_type, group[0].start, max(r.end for r in group),
+                                    max(r.score for r in group)))
+    return out
 
 
 def _mask_record(texts: list[str], results: list[list], replacer: Replacer, anonymizer) -> tuple[list[str], list[str]]:
-    """Numbers follow reading order over the resolved spans; each type's custom operator writes the replacement."""
+    """Numbers follow reading order over the resolved spans; presidio's anonymizer writes each
+    replacement through the params' operator. Spans arrive conflict-free, so it merges nothing."""
     from presidio_anonymizer.entities import OperatorConfig
 
-    items = [(i.entity_type, t[i.start:i.end]) for t, r in zip(texts, results) for i in resolved(anonymizer, t, r)]
+    spans = [resolve_spans(r) for r in results]
+    items = [(s.entity_type, t[s.start:s.end]) for t, ss in zip(texts, spans) for s in ss]
     replacer.start_record(items)
     ops = {kind: OperatorConfig("custom", {"lambda": lambda v, kind=kind: replacer(kind, v)}) for kind, _ in items}
-    masked = [anonymizer.anonymize(text=t, analyzer_results=r, operators=ops).text if r else t
-              for t, r in zip(texts, results)]
+    masked = [anonymizer.anonymize(text=t, analyzer_results=ss, operators=ops, merge_entities_with_spaces=False).text
+              if ss else t for t, ss in zip(texts, spans)]
     return masked, [kind for kind, _ in items]
 
 
@@ -249,72 +260,82 @@ def detect(cfg: Config, records: list[list[str]], analyzer) -> Iterator[list[lis
         yield _propagate(texts, [widen_names(t, next(found)) for t in texts])
 
 
-def anonymize_records(cfg: Config, records: list[list[str]], analyzer=None) -> tuple[list[list[str]], Counter]:
-    """Each record's texts with every detected entity replaced by the params' operator, and counts per type."""
+def anonymize_records(cfg: Config, records: list[list[str]], analyzer=None
+                      ) -> tuple[list[list[str] | None], Counter, Counter]:
+    """Each record's texts with every detected entity replaced by the params' operator (None for a
+    record that could not be masked: quarantined, never fatal), counts per type, and why records failed."""
     from presidio_anonymizer import AnonymizerEngine
 
-    replacer, anonymizer, counts, out = Replacer(cfg), AnonymizerEngine(), Counter(), []
-    for n, (texts, results) in enumerate(zip(records, detect(cfg, records, analyzer or build_analyzer(cfg)))):
+    replacer, anonymizer, counts, failed, out = Replacer(cfg), AnonymizerEngine(), Counter(), Counter(), []
+    for texts, results in zip(records, detect(cfg, records, analyzer or build_analyzer(cfg))):
         try:
             masked, kinds = _mask_record(texts, results, replacer, anonymizer)
-        except Exception as err:  # the original message may quote the text
-            raise PiiError(f"anonymize: record {n + 1}: {type(err).__name__} while masking (content withheld)") from None
+        except Exception as err:  # the message may quote the text: only its type is kept
+            failed[f"masking failed ({type(err).__name__})"] += 1
+            out.append(None)
+            continue
         counts.update(kinds)
         out.append(masked)
-    return out, counts
+    return out, counts, failed
 
 
-@functools.lru_cache(maxsize=1)
-def _residual_recognizers() -> tuple:
-    from presidio_analyzer.predefined_recognizers import (
-        CreditCardRecognizer,
-        EmailRecognizer,
-        IbanRecognizer,
-        IpRecognizer,
-    )
-
-    return (EmailRecognizer(), IbanRecognizer(), CreditCardRecognizer(), IpRecognizer(), *checksum_recognizers())
-
-
-def residual_scan(texts: list[str]) -> Counter:
-    """Second pass over anonymized text with the checksum/format-validated recognizers only: what
-    they still find is personal data the first pass let through, with few false alarms."""
-    found = Counter()
-    for recognizer in _residual_recognizers():
-        for text in texts:
-            found.update(r.entity_type for r in recognizer.analyze(text, recognizer.supported_entities, None)
-                         if r.score >= 0.5)
-    return found
+def check_slice_field(cfg: Config, rows: list[dict], analyzer) -> None:
+    """The slice label is copied unmasked into the splits, MLflow metric names and the predictions
+    table: refuse a field whose values hold personal data or identify single records."""
+    values = sorted({r["slice"] for r in rows if "slice" in r})
+    if not values:
+        return
+    where = f"params: data.slice_field {cfg.data.slice_field!r}"
+    found = Counter(r.entity_type for v in values for r in [
+        *analyzer.analyze(v, language="en", entities=detected_entities(cfg), score_threshold=cfg.pii.score_threshold),
+        *findings(v, cfg.pii.phone_regions)])
+    if found:
+        raise PiiError(f"{where}: values hold personal data ({', '.join(sorted(found))}); "
+                       "slice by a field such as language or product")
+    if len(rows) >= 20 and len(values) > len(rows) / 2:
+        raise PiiError(f"{where}: {len(values)} distinct values for {len(rows)} records identify records, "
+                       "not slices; slice by a field such as language or product")
 
 
 def anonymize(cfg: Config, src: str | Path, dst: str | Path) -> PiiReport:
-    """Anonymize every message of src (validated rows) into dst; ids are re-derived from the new text.
-    Records the residual scan still flags are quarantined: left out of dst, counted in the report."""
+    """Anonymize every message of src (validated rows) into dst, keeping each row's id (a keyed hash
+    of the raw record, so hold-out membership survives recognizer changes). A record that cannot be
+    masked, or in which the second detector (tasks/pii_guard.py) still finds personal data, is
+    quarantined: left out of dst and counted by reason; the run goes on."""
     key = pseudonym_key(cfg) if cfg.pii.operator == "pseudonym" else None  # fail before the slow part
     rows = read_jsonl(src)
     analyzer = build_analyzer(cfg)
-    masked, counts = anonymize_records(cfg, [[m["content"] for m in row["messages"]] for row in rows], analyzer)
+    check_slice_field(cfg, rows, analyzer)
+    masked, counts, quarantined = anonymize_records(cfg, [[m["content"] for m in row["messages"]] for row in rows],
+                                                    analyzer)
     out, residual, flagged = [], Counter(), 0
     for row, texts in zip(rows, masked):
-        left = residual_scan(texts)
+        left = residual_scan(texts, cfg.pii.phone_regions) if texts is not None else Counter()
         if left:
             residual.update(left)
             flagged += 1
+            quarantined["residual personal data"] += 1
+        if texts is None or left:
             continue
         messages = [{"role": m["role"], "content": t} for m, t in zip(row["messages"], texts)]
-        out.append({"id": record_id(messages), "messages": messages} | ({"slice": row["slice"]} if "slice" in row else {}))
+        out.append({"id": row["id"], "messages": messages} | ({"slice": row["slice"]} if "slice" in row else {}))
     write_jsonl(dst, out)
     return PiiReport(len(rows), sum(len(r["messages"]) for r in rows), dict(sorted(counts.items())),
                      _engine_versions(cfg), flagged, dict(sorted(residual.items())), cfg.pii.operator,
-                     key_id(key) if key else "", recognizer_versions(analyzer, detected_entities(cfg)))
+                     key_id(key) if key else "", recognizer_versions(analyzer, detected_entities(cfg)),
+                     dict(sorted(quarantined.items())))
 
 
 def main(argv: list[str]) -> int:
     cfg = load_config(argv[1] if len(argv) > 1 else "params.yaml")
-    report = anonymize(cfg, CLEAN, ANONYMIZED)
+    try:
+        report = anonymize(cfg, CLEAN, ANONYMIZED)
+    except (PiiError, ConfigError) as err:
+        print(f"loragate: {err}", file=sys.stderr)
+        return 2
     write_json(PII_REPORT, asdict(report))
     print(f"anonymize: {report.records} records, replaced {sum(report.entities.values())} entities "
-          f"{report.entities}; quarantined {report.residual_records} records still holding personal data")
+          f"{report.entities}; quarantined {sum(report.quarantined.values())} records {report.quarantined}")
     return 0
 
 

@@ -10,14 +10,17 @@ and field (never the value: it may be personal data), and nothing is written.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
+import secrets
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tasks.config import Config, load_config
-from tasks.io import write_json, write_jsonl
+from tasks.io import atomic_path, write_json, write_jsonl
 
 FORMATS = ("messages", "alpaca", "prompt_completion")
 ROLES = ("system", "user", "assistant")
@@ -92,8 +95,28 @@ def _slice(record: dict, field: str, where: str) -> str:
     return str(value)
 
 
-def record_id(messages: list[dict[str, str]]) -> str:
-    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+ID_KEY_ENV = "LORAGATE_ID_KEY"
+ID_KEY_FILE = Path(".loragate/record-id.key")
+
+
+def record_id_key(root: str | Path = ".") -> bytes:
+    """The secret behind record ids: $LORAGATE_ID_KEY (share it across a team's machines), else a
+    random key made once in the workspace's .loragate/ (git-ignored; losing it re-draws the hold-out)."""
+    if os.environ.get(ID_KEY_ENV):
+        return os.environ[ID_KEY_ENV].encode()
+    path = Path(root) / ID_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+    return path.read_text().strip().encode()
+
+
+def record_id(messages: list[dict[str, str]], key: bytes) -> str:
+    """A keyed hash of the raw record, taken before anonymization: the id (and so the hold-out
+    side) stays the same whatever the anonymizer later does to the text, and reveals nothing of it."""
+    return hmac.new(key, json.dumps(messages, sort_keys=True).encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def system_prompt(path: str | Path) -> str | None:
@@ -120,8 +143,10 @@ def _parse_lines(src: Path) -> list[tuple[str, Any]]:
     return rows
 
 
-def validate(cfg: Config, src: str | Path, dst: str | Path) -> ValidationReport:
-    """Check and normalize src into dst (rows: id, messages); exact duplicates are dropped."""
+def validate(cfg: Config, src: str | Path, dst: str | Path, key: bytes | None = None) -> ValidationReport:
+    """Check and normalize src into dst (rows: id, messages); exact duplicates are dropped. Ids are
+    keyed hashes of the raw records (key: `record_id_key()` of the working directory by default)."""
+    key = key or record_id_key()
     rows = _parse_lines(Path(src))
     fmt = cfg.data.format
     if fmt == "auto":
@@ -133,7 +158,7 @@ def validate(cfg: Config, src: str | Path, dst: str | Path) -> ValidationReport:
     seen: dict[str, dict] = {}
     for where, record in rows:
         messages = normalize(record, fmt, where)
-        row = {"id": record_id(messages), "messages": messages}
+        row = {"id": record_id(messages, key), "messages": messages}
         if cfg.data.slice_field:
             row["slice"] = _slice(record, cfg.data.slice_field, where)
         seen.setdefault(row["id"], row)

@@ -13,14 +13,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import regex
+from stdnum import iban, luhn
+from stdnum.de import idnr
+from stdnum.pl import nip, pesel
+from stdnum.us import ssn
 
-VERSION = "2.0"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.0"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = ("US", "CA", "GB", "IE", "DE", "AT", "CH", "PL", "FR", "BE", "NL", "LU", "ES", "PT", "IT",
                  "CZ", "SK", "DK", "SE", "NO", "FI")
 
 _NAME = r"\p{Lu}[\p{Ll}'’]+(?:-\p{Lu}[\p{Ll}'’]+)?"
-_TITLE = r"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Herr|Frau|Pan|Pani|Mme)\.?"
+# Honorifics and titles in the languages we serve; a name after one is masked whole, with it.
+# Polish ones are lower-case mid-sentence and declined ("pan Aleks", "panią Nowak", "panu Kowalskiemu").
+_TITLE = (r"(?:[Pp]an(?:i|a|u|em|ią|ie)?|[Pp]aństw[ao]|Herrn?|Frau|M\.|Mme\.?|Mlle\.?|Monsieur|Madame|Mademoiselle|"
+          r"Sr\.|Sra\.|Srta\.|Señora?|Señorita|Doña|Sig\.(?:ra)?|Signora?|Dhr\.|Mevr\.|Mr\.?|Mrs\.?|Ms\.?|Mx\.?|"
+          r"Miss|Dr\.?|Prof\.?|Sir|Dame|Lady|Lord|Ing\.|Mag\.|Dott\.(?:ssa)?)")
+_PARTICLE = r"(?:von|van|der|den|de|du|del|della|di|da|dos|la|le|ten|ter|zu|y)"
 _SUFFIX = r"(?:Jr|Sr|II|III|IV|PhD|MD|Esq)\.?"
 _FULL_NAME = rf"(?:{_TITLE}\s)?{_NAME}(?:\s{_NAME}){{1,2}}(?:,?\s{_SUFFIX})?"
 # A name right after an introduction, a sign-off or a cue that a person follows.
@@ -30,7 +39,8 @@ _CUED_NAME = (r"(?:\b(?:[Mm]y name is|[Tt]his is|I am|I'm|[Cc]olleague|[Pp]erson
 # ...and a name right before one: "Anna Nowak from accounts asked", "Connor Baker here".
 _NAME_THEN_CUE = (rf"(?P<v>{_FULL_NAME})\s(?:from\s(?:the\s)?(?:\p{{Ll}}+|IT|HR)\b|here\b|(?:asked|said|called|wrote|told|"
                   r"signed|promised)\s)")
-_TITLED_NAME = rf"(?P<v>\b{_TITLE}\s{_NAME}(?:\s{_NAME}){{0,2}}(?:,?\s{_SUFFIX})?)"
+_TITLED_NAME = (rf"(?<![\w.])(?P<v>{_TITLE}\s(?:{_PARTICLE}\s)?{_NAME}(?:\s(?:{_PARTICLE}\s)?{_NAME}){{0,2}}"
+                 rf"(?:,?\s{_SUFFIX})?)(?!\w)")
 
 _MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|"
           r"Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)")
@@ -60,8 +70,8 @@ _ADDRESS = rf"(?<![\p{{L}}\d]){_STREET},?\s{_TAIL}(?![\p{{L}}\d])"
 # Phone candidates: international and national formats with separators, optional extension.
 # libphonenumber then decides; its own matcher (presidio's PhoneRecognizer) tries every region on
 # every text and took 80% of analysis time with 21 regions.
-_PHONE = (r"(?<![\w+])(?:(?:\+|00)\d{1,3}[\s.\-]?)?(?:\(0\)\s?)?(?:\(\d{1,5}\)\s?|\d{1,5}[\s.\-]?)"
-          r"\d{2,4}(?:[\s.\-]?\d{2,4}){0,3}(?P<ext>\s?(?:x|ext\.?)\s?\d{1,5})?(?!\w)")
+_PHONE = (r"(?<![\w+])(?:(?:\+|00)\s?\d{1,3}[\s.\-/]?)?(?:\(0\)\s?)?(?:\(\d[\d ]{0,5}\)\s?|\d{1,5}[\s.\-/]?)"
+          r"\d{2,4}(?:[\s.\-/]?\d{2,4}){0,5}(?P<ext>\s?(?:x|ext\.?)\s?\d{1,5})?(?!\w)")
 _NANP = regex.compile(r"^[2-9]\d\d[2-9]\d{6}$")  # area code and exchange never start with 0 or 1
 _NOT_PHONE = regex.compile(r"^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$|^\d{1,3}(?:\.\d{1,3}){3}$|^\d{4}-\d{2}-\d{2}$")
 
@@ -75,14 +85,14 @@ def _parse(number: str, region: str | None):
         return None
 
 
-def _phone_score(core: str) -> float:
+def _phone_score(core: str, regions: tuple[str, ...] = PHONE_REGIONS) -> float:
     """0.75 for a number valid in one of our regions, 0.5 for a possible one written with
     separators, 0 otherwise: bare digit runs are order numbers more often than phones."""
     import phonenumbers
 
     digits = sum(c.isdigit() for c in core)
     international = core.startswith(("+", "00"))
-    grouped = international or bool(regex.search(r"[\s.\-()]", core))
+    grouped = international or bool(regex.search(r"[\s.\-()/]", core))
     if not 7 <= digits <= 15 or _NOT_PHONE.match(core):
         return 0.0
     if not grouped and digits == 10 and _NANP.match(core):
@@ -90,13 +100,13 @@ def _phone_score(core: str) -> float:
     if not grouped and not core.startswith("0"):  # bare runs: only valid national numbers (0...)
         return 0.0
     number = "+" + core[2:] if core.startswith("00") else core
-    parsed = [n for r in ((None,) if international else PHONE_REGIONS) if (n := _parse(number, r))]
+    parsed = [n for r in ((None,) if international else regions) if (n := _parse(number, r))]
     if any(phonenumbers.is_valid_number(n) for n in parsed):
         return 0.75
     return 0.5 if grouped and any(phonenumbers.is_possible_number(n) for n in parsed) else 0.0
 
 
-def _phone_recognizer():
+def _phone_recognizer(regions: tuple[str, ...] = PHONE_REGIONS):
     from presidio_analyzer import EntityRecognizer, RecognizerResult
 
     class PhoneNumberRecognizer(EntityRecognizer):
@@ -107,7 +117,7 @@ def _phone_recognizer():
             out = []
             for m in self.pattern.finditer(text):
                 core = m.group(0)[: m.start("ext") - m.start()] if m.group("ext") else m.group(0)
-                score = _phone_score(core.strip())
+                score = _phone_score(core.strip(), regions)
                 if score:
                     out.append(RecognizerResult("PHONE_NUMBER", m.start(), m.end(), score))
             return out
@@ -120,12 +130,6 @@ _CARD = r"(?<![\w+\-])(?:\d[ \-]?){11,18}\d(?![\w\-])"
 _CARD_PREFIX = regex.compile(r"^(?:[2-6]|0604|1800|2131)")  # Mastercard 2-series, Visa, Amex, Discover, JCB, Maestro
 
 
-def _luhn(digits: str) -> bool:
-    total = sum(int(d) if i % 2 == 0 else (2 * int(d) - 9 if int(d) > 4 else 2 * int(d))
-                for i, d in enumerate(reversed(digits)))
-    return total % 10 == 0
-
-
 def _card_recognizer():
     """presidio's card regex predates Mastercard's 2-series, 13/19-digit Visa and Maestro; this one
     takes any issuer prefix with a valid Luhn check digit."""
@@ -134,7 +138,7 @@ def _card_recognizer():
     class PaymentCardRecognizer(PatternRecognizer):
         def validate_result(self, pattern_text: str) -> bool:
             digits = "".join(c for c in pattern_text if c.isdigit())
-            return bool(_CARD_PREFIX.match(digits)) and _luhn(digits)
+            return bool(_CARD_PREFIX.match(digits)) and luhn.is_valid(digits)
 
     return PaymentCardRecognizer(supported_entity="CREDIT_CARD", patterns=[Pattern("card_luhn", _CARD, 0.3)],
                                  context=["card", "visa", "mastercard", "amex"], name="PaymentCardRecognizer",
@@ -163,16 +167,12 @@ def _group_recognizer(entity: str, pattern: str, score: float, name: str):
 
 
 def _nip_recognizer():
-    """Polish NIP (tax number): 10 digits in 3-3-2-2 or 3-2-2-3 groups, checksum weights 6,5,7,2,3,4,5,6,7."""
+    """Polish NIP (tax number): 10 digits in 3-3-2-2 or 3-2-2-3 groups, checksum by python-stdnum."""
     from presidio_analyzer import Pattern, PatternRecognizer
 
     class PlNipRecognizer(PatternRecognizer):
         def validate_result(self, pattern_text: str) -> bool:
-            digits = [int(c) for c in pattern_text if c.isdigit()]
-            if len(digits) != 10:
-                return False
-            check = sum(d * w for d, w in zip(digits, (6, 5, 7, 2, 3, 4, 5, 6, 7))) % 11
-            return check == digits[9]
+            return nip.is_valid(pattern_text.removeprefix("PL"))
 
     patterns = [Pattern("nip", r"(?<!\d)(?:PL\s?)?(?:\d{3}-?\d{3}-?\d{2}-?\d{2}|\d{3}-\d{2}-\d{2}-\d{3})(?![\d-])", 0.4)]
     return PlNipRecognizer(supported_entity="PL_NIP", patterns=patterns, context=["nip", "vat", "tax"],
@@ -192,6 +192,69 @@ def _de_tax_id_recognizer():
     return SpacedDeTaxIdRecognizer(patterns=[pattern], supported_language="en", name="DeTaxIdRecognizer")
 
 
+# An identifier introduced by its name is personal data whether or not its checksum holds (a
+# mistyped PESEL still names a person): the cue decides the type, validation only raises the score.
+_ID_CUES = {
+    "PL_PESEL": r"PESEL",
+    "PL_NIP": r"NIP|numer\sNIP|VAT(?:\s?(?:ID|EU|PL))?",
+    "DE_TAX_ID": r"Steuer-?ID|Steuer-?IdNr\.?|Steuer-?Identifikationsnummer|Steuernummer|St\.?-?Nr\.?|IdNr\.?|"
+                 r"tax\s(?:ID|identification)|TIN",
+    "IBAN_CODE": r"IBAN|(?:bank\s)?account(?:\snumber|\sno\.?)|Kontonummer|(?:numer|nr\.?)\skonta|RIB",
+    "CREDIT_CARD": r"(?:credit|debit|payment|bank)\scard|card(?:\s(?:number|no\.?|num|#))?|cc|Kartennummer|"
+                   r"Kreditkarte(?:nnummer)?|(?:numer|nr\.?)\skarty|karty|carte(?:\sbancaire)?|Visa|Mastercard|Amex",
+    "PHONE_NUMBER": r"phone|tel\.?|telephone|mobile|cell|fax|call\s(?:me\s)?(?:on|at)|reach\sme\s(?:on|at)|"
+                    r"text\sme\s(?:on|at)|Telefon(?:nummer)?|Handy(?:nummer)?|Mobil(?:nummer)?|Rufnummer|"
+                    r"(?:numer|nr\.?)\s(?:tel\.?|telefonu|komórki)|komórka|komórkowy|téléphone|portable|mobile",
+    "US_SSN": r"SSN|social\ssecurity(?:\snumber|\sno\.?|\s#)?|Sozialversicherungsnummer",
+    "ID_NUMBER": r"passport(?:\snumber|\sno\.?)?|Reisepass(?:nummer)?|Personalausweis(?:nummer)?|Ausweisnummer|"
+                 r"paszport(?:u)?|dowodu?\sosobist\w*|(?:numer|nr\.?)\sdowodu|passeport|carte\sd'identité|"
+                 r"national\sinsurance(?:\snumber|\sno\.?)?|NINO|NI\snumber|driver'?s\slicen[cs]e(?:\snumber|\sno\.?)?|"
+                 r"(?:licen[cs]e|ID|identity\scard)\s(?:number|no\.?)|REGON|NIR|num[ée]ro\sde\ss[ée]curit[ée]\ssociale",
+}
+# between the cue and the value: "is", "number", "nr", a colon...
+_CUE_GAP = r"(?:[\s:#=\-–]|\b(?:is|was|ist|lautet|jest|to|est|number|no\.|nr\.?|numer|num[ée]ro|Nummer|of|my)\b)*"
+# the value: digit groups (letters allowed, as in IBANs, passports and NINOs), 5+ digits in all
+_CUE_VALUE = r"(?P<v>\+?\(?[A-Z0-9][A-Z0-9]*(?:(?:[\s./\-]|\)\s?)[A-Z0-9]+)*\)?)(?![\p{Ll}\d])"
+_CHECKS = {"PL_PESEL": pesel.is_valid, "PL_NIP": nip.is_valid, "DE_TAX_ID": idnr.is_valid, "IBAN_CODE": iban.is_valid,
+           "CREDIT_CARD": luhn.is_valid, "US_SSN": ssn.is_valid}
+_NEXT_WORD = regex.compile(r"\s[A-Z]?[a-z]")  # "… 12345 Please": a value never runs into a word
+
+
+def _cued_value(text: str) -> str:
+    """The value cut back to its digit groups: stop at a group without digits (a following word)."""
+    groups = regex.split(r"(?<=[\s])", text)
+    kept = []
+    for group in groups:
+        if not any(c.isdigit() for c in group) and kept and len(group.strip()) > 1:
+            break
+        kept.append(group)
+    value = "".join(kept).rstrip(" ./-")
+    return value[:-1] if value.endswith(")") and value.count("(") < value.count(")") else value
+
+
+def _cued_id_recognizer():
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    cue = "|".join(f"(?P<{kind}>{pattern})" for kind, pattern in _ID_CUES.items())
+
+    class CuedIdRecognizer(EntityRecognizer):
+        def load(self) -> None:
+            self.pattern = regex.compile(rf"(?i:(?<![\w])(?:{cue})(?<=\.|\b)(?!\w)){_CUE_GAP}{_CUE_VALUE}", FLAGS)
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            out = []
+            for m in self.pattern.finditer(text):
+                kind = next(k for k in _ID_CUES if m.group(k) is not None)
+                value = _cued_value(m.group("v"))
+                if sum(c.isdigit() for c in value) < 5 or kind not in (entities or [kind]):
+                    continue
+                valid = _CHECKS.get(kind, lambda v: False)(regex.sub(r"[\s./\-()]", "", value))
+                out.append(RecognizerResult(kind, m.start("v"), m.start("v") + len(value), 1.0 if valid else 0.8))
+            return out
+
+    return CuedIdRecognizer(supported_entities=list(_ID_CUES), name="CuedIdRecognizer", version=VERSION)
+
+
 def checksum_recognizers() -> list:
     """National identifiers verified by checksum: few false alarms, so the residual scan uses them too."""
     from presidio_analyzer import Pattern
@@ -201,12 +264,12 @@ def checksum_recognizers() -> list:
     return [PlPeselRecognizer(patterns=[pesel], supported_language="en"), _nip_recognizer(), _de_tax_id_recognizer()]
 
 
-def loragate_recognizers(custom: tuple[CustomPattern, ...] = ()) -> list:
+def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: tuple[str, ...] = PHONE_REGIONS) -> list:
     """Everything loragate registers beside presidio's English defaults."""
     from presidio_analyzer import Pattern, PatternRecognizer
 
     found = [
-        _phone_recognizer(),
+        _phone_recognizer(phone_regions),
         _card_recognizer(),
         PatternRecognizer(supported_entity="STREET_ADDRESS", patterns=[Pattern("street_postcode_city", _ADDRESS, 0.9)],
                           name="StreetAddressRecognizer", version=VERSION, global_regex_flags=FLAGS),
@@ -214,6 +277,7 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = ()) -> list:
         _group_recognizer("PERSON", _NAME_THEN_CUE, 0.6, "NameBeforeCueRecognizer"),
         _group_recognizer("PERSON", _TITLED_NAME, 0.7, "TitledNameRecognizer"),
         _group_recognizer("DATE_OF_BIRTH", _DOB, 0.85, "DateOfBirthRecognizer"),
+        _cued_id_recognizer(),
         *checksum_recognizers(),
     ]
     found += [PatternRecognizer(supported_entity=c.entity, patterns=[Pattern(f"custom_{i}", c.regex, c.score)],
@@ -224,7 +288,7 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = ()) -> list:
 
 _TITLES_AND_SUFFIXES = regex.compile(rf"^{_TITLE}\s|,?\s{_SUFFIX}$")
 _DETERMINER = regex.compile(r"\b(?:[Oo]ur|[Yy]our|[Tt]heir|[Ii]ts)\s$")  # "Our Zielona Góra office": a place
-_WIDEN_LEFT = regex.compile(rf"{_TITLE}\s$")
+_WIDEN_LEFT = regex.compile(rf"(?<!\w){_TITLE}\s$")
 _WIDEN_RIGHT = regex.compile(rf"^,?\s{_SUFFIX}(?!\w)")
 
 
@@ -237,10 +301,10 @@ def widen_names(text: str, results: list) -> list:
     for r in results:
         if r.entity_type == "PERSON":
             r.end += len(regex.match(r"\w*", text[r.end:]).group(0))  # spaCy sometimes cuts "PhD" to "Ph"
-            if (any(c.isdigit() for c in text[r.start:r.end]) or text[r.end:].lstrip().startswith(":")
+            if (any(c.isdigit() for c in text[r.start:r.end]) or regex.match(r"\.?\s*:", text[r.end:])
                     or _DETERMINER.search(text[max(0, r.start - 7):r.start])):
                 continue
-            left = _WIDEN_LEFT.search(text[max(0, r.start - 6):r.start])
+            left = _WIDEN_LEFT.search(text[max(0, r.start - 14):r.start])
             r.start -= len(left.group(0)) if left else 0
             right = _WIDEN_RIGHT.match(text[r.end:r.end + 6])
             r.end += len(right.group(0)) if right else 0

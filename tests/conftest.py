@@ -35,6 +35,7 @@ def isolated_env(tmp_path_factory):
                      "HF_MODULES_CACHE": "hf-modules"}.items():
         os.environ[key] = str(home / sub)
     os.environ["LORAGATE_USER"] = "test-initiator"
+    os.environ["LORAGATE_ID_KEY"] = "test-record-id-key-0123456789"  # no key file written into the checkout
     yield
 
 
