@@ -47,7 +47,7 @@ class PiiConfig:
                                  "STREET_ADDRESS", "DATE_OF_BIRTH", "PL_PESEL", "PL_NIP", "DE_TAX_ID", "US_SSN", "ID_NUMBER")
     # where phone numbers without a country code are read as national numbers (libphonenumber regions)
     phone_regions: tuple[str, ...] = ("US", "CA", "GB", "IE", "DE", "AT", "CH", "PL", "FR", "BE", "NL", "LU", "ES", "PT",
-                                      "IT", "CZ", "SK", "DK", "SE", "NO", "FI")
+                                      "IT", "CZ", "SK", "DK", "SE", "FI")
     # extra regexes: [{entity: EMPLOYEE_ID, regex: 'EMP-\\d{6}', score: 0.9}]; their entities are detected too
     custom_patterns: tuple[dict, ...] = ()
     operator: str = "placeholder"  # placeholder: <PERSON_1> per record; pseudonym: keyed HMAC, stable across records
@@ -66,7 +66,7 @@ class PiiConfig:
         _check(self.batch_size >= 1, "pii.batch_size", "must be >= 1")
         _check(self.n_process >= 1, "pii.n_process", "must be >= 1")
         _check(all(isinstance(r, str) and len(r) == 2 and r.isupper() for r in self.phone_regions), "pii.phone_regions",
-               "must be two-letter region codes such as GB, DE, PL")
+               "must be two-letter region codes such as GB, DE, PL (quote 'NO': YAML reads NO as false)")
         for i, pat in enumerate(self.custom_patterns):
             _check_custom_pattern(f"pii.custom_patterns[{i}]", pat)
 

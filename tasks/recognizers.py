@@ -21,7 +21,7 @@ from stdnum.us import ssn
 VERSION = "3.0"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = ("US", "CA", "GB", "IE", "DE", "AT", "CH", "PL", "FR", "BE", "NL", "LU", "ES", "PT", "IT",
-                 "CZ", "SK", "DK", "SE", "NO", "FI")
+                 "CZ", "SK", "DK", "SE", "FI")
 
 _NAME = r"\p{Lu}[\p{Ll}'’]+(?:-\p{Lu}[\p{Ll}'’]+)?"
 # Honorifics and titles in the languages we serve; a name after one is masked whole, with it.
