@@ -46,7 +46,8 @@ def templates() -> tuple[list[str], list[str]]:
     """presidio-evaluator's templates as (dev, held-out), split by a hash of each template."""
     from presidio_evaluator.data_generator.presidio_sentence_faker import presidio_templates_file_path
 
-    lines = [t.strip() for t in presidio_templates_file_path.read_text().splitlines() if "{{" in t]
+    # the file writes line breaks inside a template as a literal backslash-n
+    lines = [t.strip().replace("\\n", "\n") for t in presidio_templates_file_path.read_text().splitlines() if "{{" in t]
     held = [t for t in lines if int(hashlib.sha256(t.encode()).hexdigest(), 16) % 100 < HELDOUT_SHARE * 100]
     return [t for t in lines if t not in held], held
 

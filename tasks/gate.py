@@ -22,6 +22,7 @@ from prefect.input import RunInput
 
 from tasks import audit
 from tasks.config import Config
+from tasks.pii_guard import scrub
 from tasks.tracking import client_for, experiment_id
 
 APPROVAL_TAG = "loragate.approval_status"
@@ -118,6 +119,13 @@ def evaluate_checks(cfg: Config, metrics: dict[str, float], tags: dict[str, str]
         if residual > cfg.gate.max_residual_records:
             reasons.append(f"{int(residual)} records still held personal data after anonymization "
                            f"(allowed {cfg.gate.max_residual_records})")
+    leaked = metrics.get("pii/residual_in_artifacts")
+    if leaked is None:
+        reasons.append("no personal-data scan of the run's artifacts was recorded")
+    elif leaked > 0:
+        values["pii/residual_in_artifacts"] = leaked
+        reasons.append(f"{int(leaked)} personal-data findings were masked in the run's artifacts (predictions, "
+                       "report): the data or the model's answers still carry personal data")
     for split in ("train", "holdout"):
         if not tags.get(f"loragate.data.{split}"):
             reasons.append(f"data hash of the {split} split is missing")
@@ -184,10 +192,13 @@ def reject(cfg: Config, root: str | Path, model: str, version: str, reviewer: st
 
 def _decide(cfg: Config, root: str | Path, client: MlflowClient, model: str, version: str, state: str,
             reviewer: str, rationale: str) -> None:
-    """A human decision: the audit entry first (the record of truth), then the version's tags."""
-    _record(cfg, root, client, state, model=model, version=version, actor=reviewer.strip(), rationale=rationale.strip())
+    """A human decision: the audit entry first (the record of truth), then the version's tags. The
+    free-text rationale passes the second personal-data detector first: it is stored in both."""
+    rationale, hits = scrub(rationale.strip(), cfg.pii.phone_regions)
+    _record(cfg, root, client, state, model=model, version=version, actor=reviewer.strip(), rationale=rationale,
+            **({"rationale_masked": dict(hits)} if hits else {}))
     _set_state(client, model, version, state, reviewer=reviewer.strip(),
-               decision_rationale=rationale.strip()[:5000], decided_at=_now())
+               decision_rationale=rationale[:5000], decided_at=_now())
 
 
 def _approved_in_log(cfg: Config, root: str | Path, model: str, version: str) -> bool:

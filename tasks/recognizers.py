@@ -10,6 +10,7 @@ are what tells a street or a name from ordinary words.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import regex
@@ -41,6 +42,15 @@ _NAME_THEN_CUE = (rf"(?P<v>{_FULL_NAME})\s(?:from\s(?:the\s)?(?:\p{{Ll}}+|IT|HR)
                   r"signed|promised)\s)")
 _TITLED_NAME = (rf"(?<![\w.])(?P<v>{_TITLE}\s(?:{_PARTICLE}\s)?{_NAME}(?:\s(?:{_PARTICLE}\s)?{_NAME}){{0,2}}"
                  rf"(?:,?\s{_SUFFIX})?)(?!\w)")
+
+# A lone first name after a cue that a name follows: "Name: Anna", "call me Aleks", "Dear Zofia".
+_SINGLE_CUE = (r"(?:\b(?:[Mm]y name is|[Nn]ame is|[Nn]ame:|[Nn]ame\?|[Cc]all me|[Cc]alled|[Nn]amed|[Hh]i|[Hh]ello|[Dd]ear|"
+               r"[Hh]ey|[Uu]nder|[Ss]peak to|[Tt]alk to|[Aa]sk for|[Hh]allo|[Ll]iebe[rs]?|[Ss]ehr geehrte[rs]?|"
+               r"[Cc]ześć|[Dd]zień dobry|[Ss]zanown[ya]|[Bb]onjour|[Cc]her|[Cc]hère)[\s:,?]+)")
+_CUED_SINGLE_NAME = rf"{_SINGLE_CUE}(?P<v>{_NAME}(?: (?:{_PARTICLE} )?{_NAME}){{0,2}})(?!\w)"
+# A known first name (gazetteer) followed by one or two capitalised words: "Tsuneto Heida", "Vida Ledesma".
+_GIVEN_THEN_SURNAME = (rf"(?<![\w'’])(?P<v>(?P<given>{_NAME})(?: \p{{Lu}}\.)?(?: (?:{_PARTICLE} )?\p{{Lu}}[\p{{L}}'’\-]*[\p{{Ll}}]"
+                       rf"[\p{{L}}'’\-]*){{1,2}})(?![\w'’])")
 
 _MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|"
           r"Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)")
@@ -192,6 +202,54 @@ def _de_tax_id_recognizer():
     return SpacedDeTaxIdRecognizer(patterns=[pattern], supported_language="en", name="DeTaxIdRecognizer")
 
 
+@functools.lru_cache(maxsize=1)
+def _stopwords() -> frozenset[str]:
+    """Function words of the languages we serve (spaCy ships the lists without any model): a name
+    gazetteer holds "The", "Will" and "Hi" too, and these must never count as names."""
+    import importlib
+
+    words = set()
+    for lang in ("en", "de", "fr", "pl", "es", "it", "nl", "pt"):
+        words |= importlib.import_module(f"spacy.lang.{lang}.stop_words").STOP_WORDS
+    return frozenset(w.casefold() for w in words)
+
+
+@functools.lru_cache(maxsize=1)
+def given_names() -> frozenset[str]:
+    """First names of 55 countries from gender-guesser's dictionary (casefolded), function words out."""
+    import gender_guesser.detector
+
+    return frozenset(gender_guesser.detector.Detector(case_sensitive=False).names) - _stopwords()
+
+
+def _checked_name_recognizer(entity: str, pattern: str, score: float, name: str, given: bool):
+    """A name pattern whose words must not be function words; with `given`, the first must be a known
+    first name. Keeps "Hi Team"-like cues and "The Dimensions" out of the PERSON findings."""
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    class CheckedNameRecognizer(EntityRecognizer):
+        def load(self) -> None:
+            self.pattern = regex.compile(pattern, FLAGS)
+            given_names()  # loaded once here, before worker processes fork
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            out, stop, known = [], _stopwords(), given_names()
+            for m in self.pattern.finditer(text):
+                words = [w.strip("'’.").casefold() for w in m.group("v").split()]
+                if any(w in stop or w in _NOT_NAMES for w in words) or (given and words[0] not in known):
+                    continue
+                out.append(RecognizerResult(entity, m.start("v"), m.end("v"), score))
+            return out
+
+    return CheckedNameRecognizer(supported_entities=[entity], name=name, version=VERSION)
+
+
+# capitalised words that follow name cues but are not names
+_NOT_NAMES = frozenset("""team all everyone there customer customers sir madam support service monday tuesday wednesday
+thursday friday saturday sunday january february march april june july august september october november december
+street road avenue lane bank card account please thanks thank regards""".split())
+
+
 # An identifier introduced by its name is personal data whether or not its checksum holds (a
 # mistyped PESEL still names a person): the cue decides the type, validation only raises the score.
 _ID_CUES = {
@@ -276,6 +334,8 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
         _group_recognizer("PERSON", _CUED_NAME, 0.7, "CuedNameRecognizer"),
         _group_recognizer("PERSON", _NAME_THEN_CUE, 0.6, "NameBeforeCueRecognizer"),
         _group_recognizer("PERSON", _TITLED_NAME, 0.7, "TitledNameRecognizer"),
+        _checked_name_recognizer("PERSON", _CUED_SINGLE_NAME, 0.6, "CuedGivenNameRecognizer", given=False),
+        _checked_name_recognizer("PERSON", _GIVEN_THEN_SURNAME, 0.5, "GivenNameSurnameRecognizer", given=True),
         _group_recognizer("DATE_OF_BIRTH", _DOB, 0.85, "DateOfBirthRecognizer"),
         _cued_id_recognizer(),
         *checksum_recognizers(),

@@ -20,6 +20,7 @@ import mlflow
 import numpy as np
 
 from tasks.evaluation import EvalReport
+from tasks.pii_guard import scrub_table
 from tasks.io import read_json, read_jsonl
 from tasks.orchestration import stage_task
 from tasks.scoring import BERT_KEYS, ROUGE_KEYS, delta_interval, interval, mean_interval, parse_label
@@ -169,6 +170,9 @@ def champion_metrics(cfg, ft: list[dict], champ: dict[str, dict]) -> dict[str, f
     return out
 
 
+TEXT_COLUMNS = ("slice", "input", "reference", "baseline", "finetuned")  # what the second detector scrubs
+
+
 def predictions_table(base: list[dict], ft: list[dict]) -> dict[str, list]:
     table = {"id": [r["id"] for r in ft], "slice": [r.get("slice", "") for r in ft], "input": [r["prompt"] for r in ft],
              "reference": [r["reference"] for r in ft], "baseline": [r["prediction"] for r in base],
@@ -233,7 +237,10 @@ def record_results(cfg, root: str | Path, run_id: str, run_dir: str | Path, base
     log_metrics(client, run_id, metrics)
     history = read_json(run_dir / "train" / "log_history.json")
     log_loss_curve(client, run_id, history)
-    table = predictions_table(base, ft)
+    # defense in depth: nothing the second detector recognises leaves for MLflow, whoever wrote it
+    table, leaked = scrub_table(predictions_table(base, ft), TEXT_COLUMNS, cfg.pii.phone_regions)
+    log_metrics(client, run_id, {"pii/residual_in_artifacts": float(sum(leaked.values()))}
+                | {f"pii/residual_in_artifacts/{k}": float(v) for k, v in leaked.items()})
     client.log_table(run_id, table, "eval/predictions.json")
     figures = {"Training loss": _loss_plot(history), "Scores": _metric_bars(metrics)}
     if cfg.eval.task == "classification":

@@ -105,10 +105,11 @@ def tiny_params(model_dir: str, **extra) -> dict:
 
 @pytest.fixture
 def workspace(tmp_path, tiny_model, sample) -> Path:
-    """A fresh git + DVC repo holding dvc.yaml, params for the tiny model, and 80 sample records."""
+    """A fresh git + DVC repo holding dvc.yaml, the stage code, params for the tiny model, and 80 sample records."""
     ws = tmp_path / "ws"
     (ws / "data" / "raw").mkdir(parents=True)
     shutil.copy(ROOT / "dvc.yaml", ws / "dvc.yaml")
+    shutil.copytree(ROOT / "tasks", ws / "tasks", ignore=shutil.ignore_patterns("__pycache__"))  # stage code is a DVC dep
     (ws / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model)))
     (ws / "data/raw/tickets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sample[:80]))
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",

@@ -12,7 +12,7 @@ from tasks import gate
 from tasks.config import config_from_dict
 from tasks.tracking import client_for, log_metrics, start_run
 
-GOOD = {"delta/rougeL": 0.2, "delta/bertscore_f1": 0.1, "pii/residual_records": 0}
+GOOD = {"delta/rougeL": 0.2, "delta/bertscore_f1": 0.1, "pii/residual_records": 0, "pii/residual_in_artifacts": 0}
 
 
 @pytest.fixture
@@ -90,12 +90,13 @@ def test_empty_rationale_is_refused(store):
 
 def test_failed_pre_checks_reject_the_version_and_block_approval(store):
     cfg, root = store
-    v = new_version(cfg, root, {"delta/rougeL": -0.05, "delta/bertscore_f1": 0.1, "pii/residual_records": 2},
-                    hashes=False)
+    v = new_version(cfg, root, {"delta/rougeL": -0.05, "delta/bertscore_f1": 0.1, "pii/residual_records": 2,
+                                "pii/residual_in_artifacts": 3}, hashes=False)
     assert state(cfg, root, v) == "rejected-by-checks"
     reason = client_for(cfg, root).get_model_version("triage", v).tags["loragate.decision_rationale"]
     assert "delta/rougeL -0.0500 < required +0.0000" in reason
     assert "2 records still held personal data" in reason and "data hash of the train split is missing" in reason
+    assert "3 personal-data findings were masked in the run's artifacts" in reason
     with pytest.raises(gate.GateError, match="failed its pre-checks"):
         gate.approve(cfg, root, "triage", v, "reviewer-b", "ship it anyway")
     assert gate.verify(cfg, root) == []
@@ -216,4 +217,15 @@ def test_a_paused_flow_resumed_with_input_goes_through_the_gate(store, prefect_s
     decision, note = results[0]
     assert decision.status == "approved" and note == ""
     assert alias_holder(cfg, root) == v
+    assert gate.verify(cfg, root) == []
+
+
+def test_personal_data_in_a_reviewers_rationale_never_reaches_mlflow_or_the_log(store):
+    cfg, root = store
+    v = new_version(cfg, root)
+    gate.reject(cfg, root, "triage", v, "reviewer-b", "customer at jan.kowalski@example.pl (PESEL 44051401358) complained")
+    stored = client_for(cfg, root).get_model_version("triage", v).tags["loragate.decision_rationale"]
+    logged = gate.audit_path(cfg, root).read_text()
+    assert stored == "customer at <EMAIL_ADDRESS> (PESEL <PL_PESEL>) complained"
+    assert "kowalski" not in logged and "44051401358" not in logged and '"rationale_masked"' in logged
     assert gate.verify(cfg, root) == []

@@ -1,0 +1,153 @@
+"""Anonymization on data the project did not write: overlaps, mistyped identifiers, honorifics,
+national phone formats, the second detector on everything that leaves for MLflow, stable ids."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from presidio_analyzer import RecognizerResult
+
+from tasks.anonymize import PiiError, anonymize, anonymize_records, build_analyzer, resolve_spans
+from tasks.config import Config, config_from_dict
+from tasks.data import validate
+from tasks.evaluation import EvalReport
+from tasks.report import record_results
+from tasks.split import in_holdout
+from tasks.tracking import client_for, start_run
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    return build_analyzer(Config())
+
+
+def _masked(analyzer, text: str, cfg: Config = Config()) -> str:
+    out, _, failed = anonymize_records(cfg, [[text]], analyzer)
+    assert not failed, failed
+    return out[0][0]
+
+
+# one value per type, as the recognizers of that type see it
+VALUES = {"PERSON": "Anna Nowak", "EMAIL_ADDRESS": "anna.nowak@example.pl", "PHONE_NUMBER": "+48 601 234 567",
+          "STREET_ADDRESS": "ul. Kwiatowa 12/3, 00-123 Warszawa", "PL_PESEL": "44051401359", "IBAN_CODE":
+          "DE89 3704 0044 0532 0130 00", "CREDIT_CARD": "4111 1111 1111 1111", "IP_ADDRESS": "192.168.14.7"}
+
+
+@pytest.mark.parametrize("outer,inner", list(itertools.permutations(VALUES, 2)))
+def test_overlapping_findings_of_every_pair_of_types_mask_cleanly(outer, inner):
+    """Findings forced to overlap (nested, and crossing at either end) leave one placeholder and no
+    fragment, whatever the types; the longer span's type wins."""
+    text = f"Re: {VALUES[outer]} and more"
+    start, end = 4, 4 + len(VALUES[outer])
+    for a, b in ((start + 2, end - 2), (start - 2, start + 3), (end - 3, end + 4)):  # nested, left, right
+        spans = resolve_spans([RecognizerResult(outer, start, end, 0.5), RecognizerResult(inner, a, b, 0.9)])
+        assert len(spans) == 1 and spans[0].start == min(start, a) and spans[0].end == max(end, b)
+        assert spans[0].entity_type == (outer if end - start >= b - a else inner)
+
+
+def test_a_digit_run_inside_an_address_is_one_placeholder_not_a_crash(analyzer):
+    masked = _masked(analyzer, "Send it to 12 Mill Lane, Leeds LS1 2CD or ring 0113 496 0000 please.")
+    assert masked == "Send it to <STREET_ADDRESS_1> or ring <PHONE_NUMBER_1> please."
+
+
+@pytest.mark.parametrize("text,value", [
+    ("My PESEL is 67127684261, please update it.", "67127684261"),  # fails the birth-date check
+    ("PESEL: 44051401358", "44051401358"),  # wrong check digit
+    ("NIP 123-456-32-19 for the invoice", "123-456-32-19"),
+    ("Meine Steuer-ID lautet 12 345 678 900.", "12 345 678 900"),
+    ("Here's my SSN: 078-05-1121", "078-05-1121"),
+    ("IBAN: DE89 3704 0044 0532 0130 01 (new account)", "DE89 3704 0044 0532 0130 01"),
+    ("my card number is 4111 1111 1111 1112", "4111 1111 1111 1112"),
+    ("passport no. C01X00T47, expires soon", "C01X00T47"),
+    ("nr tel. 601-234-567", "601-234-567"),
+])
+def test_identifiers_introduced_by_their_name_are_masked_whatever_their_checksum(analyzer, text, value):
+    masked = _masked(analyzer, text)
+    assert value not in masked and not any(part in masked for part in value.split() if len(part) >= 3)
+    assert "<" in masked
+
+
+@pytest.mark.parametrize("text,name", [
+    ("Dzień dobry, pan Aleks Klorek prosi o kontakt.", "Aleks Klorek"),
+    ("Rozmawiałam z panią Zofią Wroną wczoraj.", "Zofią Wroną"),
+    ("Bitte rufen Sie Herrn Müller-Lüdenscheidt an.", "Müller-Lüdenscheidt"),
+    ("Frau von Bülow hat angerufen.", "von Bülow"),
+    ("M. Dupont et Mme Lefèvre sont arrivés.", "Lefèvre"),
+    ("Le dossier de M. Dupont est incomplet.", "Dupont"),
+    ("La Sra. López llamó ayer.", "López"),
+    ("Ask Dr. Okonkwo about it.", "Okonkwo"),
+])
+def test_names_after_honorifics_are_masked_whole(analyzer, text, name):
+    masked = _masked(analyzer, text)
+    assert not any(part in masked for part in name.split() if part not in {"von"}), masked
+
+
+@pytest.mark.parametrize("phone", ["0048 601 234 567", "(01234) 567890", "(0 22) 123 45 67", "+49 (0)30 1234567",
+                                   "0171/1234567", "001-577-363-1706x69074", "+33 (0)6 04 39 15 00"])
+def test_national_phone_formats_are_masked(analyzer, phone):
+    assert _masked(analyzer, f"You can also try {phone} after five.") == "You can also try <PHONE_NUMBER_1> after five."
+
+
+def _validated(cfg, tmp_path, rows, name="clean.jsonl"):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    validate(cfg, raw, tmp_path / name)
+    return tmp_path / name
+
+
+def test_hold_out_ids_survive_a_change_of_recognizers(tmp_path, sample):
+    """Ids are keyed hashes of the raw record: a different anonymizer leaves every id and every
+    hold-out decision as it was."""
+    clean = _validated(Config(), tmp_path, sample[:60])
+    wide, narrow = Config(), config_from_dict({"pii": {"custom_patterns": [{"entity": "WORD", "regex": r"\b[Tt]he\b"}]}})
+    anonymize(wide, clean, tmp_path / "a.jsonl")
+    anonymize(narrow, clean, tmp_path / "b.jsonl")
+    a = {json.loads(r)["id"]: json.loads(r) for r in (tmp_path / "a.jsonl").read_text().splitlines()}
+    b = {json.loads(r)["id"]: json.loads(r) for r in (tmp_path / "b.jsonl").read_text().splitlines()}
+    shared = set(a) & set(b)
+    assert len(shared) >= 50 and set(a) == set(b) and all(a[i]["messages"] != b[i]["messages"] for i in shared)
+    held = lambda ids: {i for i in ids if in_holdout(i, "s", 0.3)}  # noqa: E731
+    assert held(shared) and held(a) & held(b) == held(shared)
+
+
+def test_a_slice_field_that_holds_personal_data_is_refused_in_one_line(tmp_path, sample, analyzer):
+    cfg = config_from_dict({"data": {"slice_field": "customer"}})
+    rows = [dict(r, customer=c) for r, c in zip(sample[:6], ["anna.nowak@example.pl", "other"] * 3)]
+    clean = _validated(cfg, tmp_path, rows)
+    with pytest.raises(PiiError, match=r"^params: data.slice_field 'customer': values hold personal data \(EMAIL_ADDRESS\)"):
+        anonymize(cfg, clean, tmp_path / "anon.jsonl")
+    assert not (tmp_path / "anon.jsonl").exists()
+    rows = [dict(r, customer=f"segment{i:03d}") for i, r in enumerate(sample[:30])]
+    with pytest.raises(PiiError, match="30 distinct values for 30 records identify records"):
+        anonymize(cfg, _validated(cfg, tmp_path, rows, "clean2.jsonl"), tmp_path / "anon.jsonl")
+
+
+def test_a_value_planted_in_a_hold_out_answer_never_reaches_the_mlflow_predictions_table(tmp_path):
+    """The hold-out reference and the model's answer both carry personal data the first pass did
+    not see; the table, the HTML report and the metric say what the second detector did."""
+    cfg = config_from_dict({"registry": {"model_name": "leak"}})
+    run_dir, reports = tmp_path / "runs" / "r", tmp_path / "reports"
+    planted = {"email": "zofia.wrona@example.pl", "pesel": "67127684261", "phone": "+48 601 234 567"}
+    for stage, answer in (("baseline", "no idea"), ("finetuned", f"Call {planted['phone']} (PESEL {planted['pesel']})")):
+        row = {"id": "r1", "prompt": "Where do I write?", "reference": f"Write to {planted['email']}.",
+               "prediction": answer, "rougeL": 0.1, "rouge1": 0.1, "rouge2": 0.0, "rougeLsum": 0.1,
+               "bertscore_precision": 0.5, "bertscore_recall": 0.5, "bertscore_f1": 0.5}
+        (run_dir / "eval" / stage).mkdir(parents=True)
+        (run_dir / "eval" / stage / "predictions.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(dict(row, id="r2")) + "\n")
+    (run_dir / "train").mkdir()
+    (run_dir / "train" / "log_history.json").write_text(json.dumps([{"step": 1, "loss": 2.0}]))
+    reports.mkdir()
+    (reports / "pii.json").write_text(json.dumps({"entities": {"PERSON": 1}, "residual_records": 0}))
+    means = {k: v for k, v in row.items() if isinstance(v, float)}  # the rows' own means, as evaluation reports them
+    report = EvalReport(2, means, {"rouge": "test"}, 0.1)
+    run_id = start_run(cfg, tmp_path, "leak-test", {})
+    metrics = record_results(cfg, tmp_path, run_id, run_dir, report, report, reports)
+    client = client_for(cfg, tmp_path)
+    table = (tmp_path / "t").mkdir() or client.download_artifacts(run_id, "eval/predictions.json", str(tmp_path / "t"))
+    page = client.download_artifacts(run_id, "eval/report.html", str(tmp_path / "t"))
+    shipped = open(table, encoding="utf-8").read() + open(page, encoding="utf-8").read()
+    assert not [v for v in planted.values() if v in shipped or v.replace(" ", "\\u00a0") in shipped]
+    assert "<EMAIL_ADDRESS>" in open(table, encoding="utf-8").read()
+    assert client.get_run(run_id).data.metrics["pii/residual_in_artifacts"] == metrics.get(
+        "pii/residual_in_artifacts", 6.0) == 6.0  # 3 values x 2 rows
