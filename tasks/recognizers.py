@@ -58,7 +58,7 @@ _DATE = (rf"\d{{4}}-\d{{2}}-\d{{2}}|\d{{1,2}}[./-]\d{{1,2}}[./-]\d{{2,4}}|\d{{1,
          rf"|{_MONTH}\s\d{{1,2}}(?:st|nd|rd|th)?,?\s\d{{4}}")
 # Only a date with a birth cue before it is a date of birth: plain dates are not personal data.
 _DOB = (r"(?i:\bborn(?:\son)?|date\sof\sbirth|\bDOB|birth\s?date|birthday(?:\sis)?|geboren(?:\sam)?|"
-        rf"urodzon[ya](?:\sdnia)?|date\sde\snaissance)[\s:,]*(?:is\s|was\s|on\s)?(?P<v>{_DATE})")
+        rf"urodzon[ya](?:\sdnia)?|date\sde\snaissance)[\s:,.]*(?i:(?:is|was|on|it's|it\sis|am|le)\s)?(?P<v>{_DATE})")
 
 _CAP = r"\p{Lu}[\p{L}'’\-]*"
 _JOIN = r"(?:am|an|der|den|im|zum|zur|ob|de|du|des|la|le|les|d'|of|the|sur|nad|vor)"
@@ -77,11 +77,54 @@ _STREET = (rf"(?:(?:Flat|Apt\.?|Unit)\s\w+,?\s)?(?:{_NUMBER},?\s{_STREET_NAME}(?
 _TAIL = rf"(?:{_POSTCODE}\s{_CITY}|{_CITY},?\s{_POSTCODE}|{_CITY},\s[A-Z]{{2}}\s\d{{5}}(?:-\d{{4}})?)"
 _ADDRESS = rf"(?<![\p{{L}}\d]){_STREET},?\s{_TAIL}(?![\p{{L}}\d])"
 
+# An address block without city and postcode in the usual order ("2189 Market St, Suite 907",
+# "Korte Noordsstraat 136, Apt. 984, Tubize"): a house number, then capitalised words, numbers and
+# designators over at most four lines; kept when it holds a street word, a designator with its
+# number, or a postcode at its end.
+_STREET_WORD = (r"(?i:street|st\.?|road|rd\.?|avenue|ave\.?|lane|ln\.?|drive|dr\.?|court|ct\.?|place|pl\.?|way|square|"
+                r"sq\.?|terrace|crescent|close|parade|row|walk|boulevard|blvd\.?|highway|hwy\.?|gardens|grove|mews|"
+                r"\w*stra(?:ß|ss)e|\w*str\.|\w*weg|\w*gasse|\w*platz|\w*allee|\w*straat|\w*laan|\w*gracht|\w*vej|"
+                r"\w*gade|\w*vägen|\w*gatan|\w*veien|\w*gata|\w*katu|\w*tie|ulica|ul\.|aleja|al\.|plac|osiedle|os\.|rue|"
+                r"chemin|impasse|allée|quai|via|viale|piazza|corso|calle|avenida|ctra\.|carrer|rua|praça|travessa)")
+_DESIGNATOR = r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Box|P\.?O\.? Box|PSC|Wohnung|lok\.|m\.)"
+_ADDR_TOKEN = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}[A-Za-z]?|\d{{1,5}}[A-Za-z]?(?:/\d{{1,4}}[A-Za-z]?)?|[A-Z]{{1,2}}\d[A-Z\d]?\s\d[A-Z]{{2}}|"
+               rf"\d{{2}}-\d{{3}}|\p{{Lu}}[\p{{L}}'’\-]*\.?|{_JOIN}|C/|d'\p{{Lu}}[\p{{L}}]*)")
+_ADDRESS_BLOCK = (rf"(?<![\w.,/-])(?P<v>(?:{_DESIGNATOR}\s)?\d{{1,5}}[A-Za-z]?(?:(?:,?[ \t]+|,?[ \t]*\n,?[ \t]*|,)"
+                  rf"{_ADDR_TOKEN}){{2,14}})(?![\w])")
+# US military post: "USNS Vogel\nFPO AA 51439", "PSC 0889, Box 9579\nAPO AE 30595"
+_MILITARY = (r"(?<!\w)(?P<v>(?:(?:USNS|USS|USNV|USCGC)\s\p{Lu}[\p{L}'’\-]+|(?:PSC|Unit)\s\d{4},?\sBox\s\d{4}),?\s+"
+             r"(?:APO|FPO|DPO)\sA[AEP]\s\d{5})(?!\w)")
+_BLOCK_END = regex.compile(r"(?:\b\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}|\d{2}-\d{3})$")
+
+
+def _address_block_recognizer():
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    street, designator = regex.compile(rf"(?<!\w){_STREET_WORD}(?!\w)"), regex.compile(rf"(?<!\w){_DESIGNATOR}\s\d")
+
+    class AddressBlockRecognizer(EntityRecognizer):
+        def load(self) -> None:
+            self.pattern = regex.compile(_ADDRESS_BLOCK, FLAGS)
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            out, stop = [], _stopwords()
+            for m in self.pattern.finditer(text):
+                words = regex.split(r"[\s,]+", m.group("v"))
+                while words and words[-1].casefold().strip(".") in stop:  # "... Road The" -> "... Road"
+                    words.pop()
+                value = m.group("v")[: m.group("v").rfind(words[-1]) + len(words[-1])] if words else ""
+                if value and (street.search(value) or designator.search(value) or _BLOCK_END.search(value)):
+                    out.append(RecognizerResult("STREET_ADDRESS", m.start("v"), m.start("v") + len(value), 0.6))
+            return out
+
+    return AddressBlockRecognizer(supported_entities=["STREET_ADDRESS"], name="AddressBlockRecognizer", version=VERSION)
+
+
 # Phone candidates: international and national formats with separators, optional extension.
 # libphonenumber then decides; its own matcher (presidio's PhoneRecognizer) tries every region on
 # every text and took 80% of analysis time with 21 regions.
-_PHONE = (r"(?<![\w+])(?:(?:\+|00)\s?\d{1,3}[\s.\-/]?)?(?:\(0\)\s?)?(?:\(\d[\d ]{0,5}\)\s?|\d{1,5}[\s.\-/]?)"
-          r"\d{2,4}(?:[\s.\-/]?\d{2,4}){0,5}(?P<ext>\s?(?:x|ext\.?)\s?\d{1,5})?(?!\w)")
+_PHONE = (r"(?<![\w+])(?:(?:\+|00)[ \t]?\d{1,3}[ \t.\-/]?)?(?:\(0\)[ \t]?)?(?:\(\d[\d ]{0,5}\)[ \t]?|\d{1,5}[ \t.\-/]?)"
+          r"\d{2,4}(?:[ \t.\-/]?\d{2,4}){0,5}(?P<ext>[ \t]?(?:x|ext\.?)[ \t]?\d{1,5})?(?!\w)")
 _NANP = regex.compile(r"^[2-9]\d\d[2-9]\d{6}$")  # area code and exchange never start with 0 or 1
 _NOT_PHONE = regex.compile(r"^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$|^\d{1,3}(?:\.\d{1,3}){3}$|^\d{4}-\d{2}-\d{2}$")
 
@@ -247,7 +290,15 @@ def _checked_name_recognizer(entity: str, pattern: str, score: float, name: str,
 # capitalised words that follow name cues but are not names
 _NOT_NAMES = frozenset("""team all everyone there customer customers sir madam support service monday tuesday wednesday
 thursday friday saturday sunday january february march april june july august september october november december
-street road avenue lane bank card account please thanks thank regards""".split())
+street road avenue lane bank card account please thanks thank regards hope faith grace joy love rose summer art bill
+guy max sun sky star angel king queen prince price silver gold river crystal amber ruby pearl jade ivy iris chase miles
+lane rich frank jack kit mark ray rob pat dean drew don gene carol so la le de du en et il in on as al el london paris
+victoria sydney india china florence austin jordan georgia virginia carolina dakota orlando lincoln washington chelsea
+berlin vienna warsaw madrid rome milan brussels dublin zurich geneva europe america asia africa christian""".split())
+# A lone capitalised word that is a known first name: "Martin has...", "They had 6: Julian, Ellen".
+_PLACE_BEFORE = (r"(?<!\b(?:East|West|North|South|Lake|Port|Mount|Saint|Sainte|St\.|San|Santa|New|Fort|Bad|Our|our|"
+                 r"Upper|Lower|Great|Little|Old)\s)")  # "East Timothy", "Lake Kayla": Faker and real-world places
+_GIVEN_ALONE = rf"(?<![\w'’\-]){_PLACE_BEFORE}(?P<v>{_NAME})(?![\w'’\-])"
 
 
 # An identifier introduced by its name is personal data whether or not its checksum holds (a
@@ -270,7 +321,7 @@ _ID_CUES = {
                  r"(?:licen[cs]e|ID|identity\scard)\s(?:number|no\.?)|REGON|NIR|num[ée]ro\sde\ss[ée]curit[ée]\ssociale",
 }
 # between the cue and the value: "is", "number", "nr", a colon...
-_CUE_GAP = r"(?:[\s:#=\-–]|\b(?:is|was|ist|lautet|jest|to|est|number|no\.|nr\.?|numer|num[ée]ro|Nummer|of|my)\b)*"
+_CUE_GAP = r"(?:[\s:#=\-–.]|(?i:\b(?:is|was|ist|lautet|jest|to|est|number|no\.|nr\.?|numer|num[ée]ro|Nummer|of|my)\b))*"
 # the value: digit groups (letters allowed, as in IBANs, passports and NINOs), 5+ digits in all
 _CUE_VALUE = r"(?P<v>\+?\(?[A-Z0-9][A-Z0-9]*(?:(?:[\s./\-]|\)\s?)[A-Z0-9]+)*\)?)(?![\p{Ll}\d])"
 _CHECKS = {"PL_PESEL": pesel.is_valid, "PL_NIP": nip.is_valid, "DE_TAX_ID": idnr.is_valid, "IBAN_CODE": iban.is_valid,
@@ -331,11 +382,14 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
         _card_recognizer(),
         PatternRecognizer(supported_entity="STREET_ADDRESS", patterns=[Pattern("street_postcode_city", _ADDRESS, 0.9)],
                           name="StreetAddressRecognizer", version=VERSION, global_regex_flags=FLAGS),
+        _address_block_recognizer(),
+        _group_recognizer("STREET_ADDRESS", _MILITARY, 0.8, "MilitaryAddressRecognizer"),
         _group_recognizer("PERSON", _CUED_NAME, 0.7, "CuedNameRecognizer"),
         _group_recognizer("PERSON", _NAME_THEN_CUE, 0.6, "NameBeforeCueRecognizer"),
         _group_recognizer("PERSON", _TITLED_NAME, 0.7, "TitledNameRecognizer"),
         _checked_name_recognizer("PERSON", _CUED_SINGLE_NAME, 0.6, "CuedGivenNameRecognizer", given=False),
         _checked_name_recognizer("PERSON", _GIVEN_THEN_SURNAME, 0.5, "GivenNameSurnameRecognizer", given=True),
+        _checked_name_recognizer("PERSON", _GIVEN_ALONE, 0.45, "GivenNameRecognizer", given=True),
         _group_recognizer("DATE_OF_BIRTH", _DOB, 0.85, "DateOfBirthRecognizer"),
         _cued_id_recognizer(),
         *checksum_recognizers(),
