@@ -35,7 +35,7 @@ from tasks.data import CLEAN
 from tasks.io import read_jsonl, write_json, write_jsonl
 from tasks.recognizers import VERSION as RECOGNIZERS_VERSION
 from tasks.pii_guard import findings, residual_scan
-from tasks.recognizers import CustomPattern, bare_name, loragate_recognizers, widen_names
+from tasks.recognizers import CustomPattern, bare_name, loragate_recognizers, name_parts, widen_names
 
 ANONYMIZED = Path("data/interim/anonymized.jsonl")
 PII_REPORT = Path("data/reports/pii.json")
@@ -128,16 +128,18 @@ def _engine_versions(cfg: Config) -> dict[str, str]:
 
 def _propagate(texts: list[str], found: list[list]) -> list[list]:
     """Within one record, mask every occurrence of a value detected anywhere in it: a name caught
-    in the sign-off is also removed from a greeting the models missed."""
+    in the sign-off is also removed from a greeting the models missed, and so are its first name or
+    surname alone ("Anna Nowak ... Ms Nowak")."""
     from presidio_analyzer import RecognizerResult
 
     values = {(t[r.start:r.end], r.entity_type) for t, res in zip(texts, found) for r in res}
+    values |= {(part, "PERSON") for value, kind in list(values) if kind == "PERSON" for part in name_parts(value)}
     out = []
     for text, res in zip(texts, found):
         covered = [(r.start, r.end) for r in res]
         extra = []
         for value, kind in values:
-            for m in re.finditer(re.escape(value), text):
+            for m in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", text):
                 if not any(a <= m.start() < b or a < m.end() <= b for a, b in covered):
                     extra.append(RecognizerResult(kind, m.start(), m.end(), 1.0))
                     covered.append((m.start(), m.end()))

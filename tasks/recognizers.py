@@ -31,6 +31,7 @@ _TITLE = (r"(?:[Pp]an(?:i|a|u|em|ią|ie)?|[Pp]aństw[ao]|Herrn?|Frau|M\.|Mme\.?|
           r"Sr\.|Sra\.|Srta\.|Señora?|Señorita|Doña|Sig\.(?:ra)?|Signora?|Dhr\.|Mevr\.|Mr\.?|Mrs\.?|Ms\.?|Mx\.?|"
           r"Miss|Dr\.?|Prof\.?|Sir|Dame|Lady|Lord|Ing\.|Mag\.|Dott\.(?:ssa)?)")
 _PARTICLE = r"(?:von|van|der|den|de|du|del|della|di|da|dos|la|le|ten|ter|zu|y)"
+_IS_PARTICLE = regex.compile(rf"^{_PARTICLE}$", regex.IGNORECASE)
 _SUFFIX = r"(?:Jr|Sr|II|III|IV|PhD|MD|Esq)\.?"
 _FULL_NAME = rf"(?:{_TITLE}\s)?{_NAME}(?:\s{_NAME}){{1,2}}(?:,?\s{_SUFFIX})?"
 # A name right after an introduction, a sign-off or a cue that a person follows.
@@ -49,8 +50,8 @@ _SINGLE_CUE = (r"(?:\b(?:[Mm]y name is|[Nn]ame is|[Nn]ame:|[Nn]ame\?|[Cc]all me|
                r"[Cc]ześć|[Dd]zień dobry|[Ss]zanown[ya]|[Bb]onjour|[Cc]her|[Cc]hère)[\s:,?]+)")
 _CUED_SINGLE_NAME = rf"{_SINGLE_CUE}(?P<v>{_NAME}(?: (?:{_PARTICLE} )?{_NAME}){{0,2}})(?!\w)"
 # A known first name (gazetteer) followed by one or two capitalised words: "Tsuneto Heida", "Vida Ledesma".
-_GIVEN_THEN_SURNAME = (rf"(?<![\w'’])(?P<v>(?P<given>{_NAME})(?: \p{{Lu}}\.)?(?: (?:{_PARTICLE} )?\p{{Lu}}[\p{{L}}'’\-]*[\p{{Ll}}]"
-                       rf"[\p{{L}}'’\-]*){{1,2}})(?![\w'’])")
+_GIVEN_THEN_SURNAME = (rf"(?<![\w'’])(?P<v>(?P<given>{_NAME})(?: \p{{Lu}}\.?)?(?: {{1,2}}(?:(?i:{_PARTICLE}) ){{0,2}}\p{{Lu}}"
+                       rf"[\p{{L}}'’\-]*[\p{{Ll}}][\p{{L}}'’\-]*){{1,2}})(?![\w'’])")
 
 _MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|"
           r"Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)")
@@ -279,7 +280,8 @@ def _checked_name_recognizer(entity: str, pattern: str, score: float, name: str,
             out, stop, known = [], _stopwords(), given_names()
             for m in self.pattern.finditer(text):
                 words = [w.strip("'’.").casefold() for w in m.group("v").split()]
-                if any(w in stop or w in _NOT_NAMES for w in words) or (given and words[0] not in known):
+                named = [w for w in words if len(w) > 1 and not _IS_PARTICLE.match(w)]  # initials and "van der" pass
+                if not named or any(w in stop or w in _NOT_NAMES for w in named) or (given and words[0] not in known):
                     continue
                 out.append(RecognizerResult(entity, m.start("v"), m.end("v"), score))
             return out
@@ -415,7 +417,8 @@ def widen_names(text: str, results: list) -> list:
     for r in results:
         if r.entity_type == "PERSON":
             r.end += len(regex.match(r"\w*", text[r.end:]).group(0))  # spaCy sometimes cuts "PhD" to "Ph"
-            if (any(c.isdigit() for c in text[r.start:r.end]) or regex.match(r"\.?\s*:", text[r.end:])
+            label = regex.match(r"\.?\s*:", text[r.end:]) and text[r.start:r.end].split()[0].casefold() not in given_names()
+            if (any(c.isdigit() for c in text[r.start:r.end]) or label
                     or _DETERMINER.search(text[max(0, r.start - 7):r.start])):
                 continue
             left = _WIDEN_LEFT.search(text[max(0, r.start - 14):r.start])
@@ -429,3 +432,12 @@ def widen_names(text: str, results: list) -> list:
 def bare_name(value: str) -> str:
     """"Dr. Anna Nowak" and "Anna Nowak" are one person: numbering and pseudonyms key on this."""
     return _TITLES_AND_SUFFIXES.sub("", value)
+
+
+def name_parts(value: str) -> list[str]:
+    """The words of a detected full name that stand for the person alone: capitalised, 3+ letters,
+    no title, particle or function word ("Dr. Anna van Dijk" -> Anna, Dijk)."""
+    words = regex.findall(r"\p{Lu}[\p{L}'’\-]{2,}", bare_name(value))
+    stop = _stopwords()
+    return [w for w in words if len(words) > 1 and w.casefold() not in stop and w.casefold() not in _NOT_NAMES
+            and not _IS_PARTICLE.match(w)]
