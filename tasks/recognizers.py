@@ -98,6 +98,36 @@ _MILITARY = (r"(?<!\w)(?P<v>(?:(?:USNS|USS|USNV|USCGC)\s\p{Lu}[\p{L}'’\-]+|(?:
 _BLOCK_END = regex.compile(r"(?:\b\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}|\d{2}-\d{3})$")
 
 
+# A full date whose year lies 16+ years back is most likely someone's birth date in support data.
+_OLD_DATE = rf"(?<![\w/.-])(?P<v>{_DATE})(?![\w/-])"
+
+
+def _old_date_recognizer():
+    from datetime import date
+
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    class OldDateRecognizer(EntityRecognizer):
+        def load(self) -> None:
+            self.pattern, self.latest = regex.compile(_OLD_DATE, FLAGS), date.today().year - 16
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            out = []
+            for m in self.pattern.finditer(text):
+                year = regex.search(r"(\d{4})(?!.*\d{4})|(\d{2})$", m.group("v"))
+                year = int(year.group(1)) if year and year.group(1) else None
+                if year and 1900 <= year <= self.latest:
+                    out.append(RecognizerResult("DATE_OF_BIRTH", m.start("v"), m.end("v"), 0.45))
+            return out
+
+    return OldDateRecognizer(supported_entities=["DATE_OF_BIRTH"], name="OldDateRecognizer", version=VERSION)
+
+
+# IBAN-shaped: country code, check digits, 11-30 more characters in groups; a mistyped IBAN fails
+# its checksum and is still an account number
+_IBAN_SHAPE = r"(?<![\w])(?P<v>[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)(?![\w])"
+
+
 def _address_block_recognizer():
     from presidio_analyzer import EntityRecognizer, RecognizerResult
 
@@ -393,6 +423,8 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
         _checked_name_recognizer("PERSON", _GIVEN_THEN_SURNAME, 0.5, "GivenNameSurnameRecognizer", given=True),
         _checked_name_recognizer("PERSON", _GIVEN_ALONE, 0.45, "GivenNameRecognizer", given=True),
         _group_recognizer("DATE_OF_BIRTH", _DOB, 0.85, "DateOfBirthRecognizer"),
+        _old_date_recognizer(),
+        _group_recognizer("IBAN_CODE", _IBAN_SHAPE, 0.5, "IbanShapeRecognizer"),
         _cued_id_recognizer(),
         *checksum_recognizers(),
     ]
