@@ -138,7 +138,7 @@ def _propagate(texts: list[str], found: list[list]) -> list[list]:
     for text, res in zip(texts, found):
         covered = [(r.start, r.end) for r in res]
         extra = []
-        for value, kind in values:
+        for value, kind in sorted(values, key=lambda v: (-len(v[0]), v)):  # longest first; no set order
             for m in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", text):
                 if not any(a <= m.start() < b or a < m.end() <= b for a, b in covered):
                     extra.append(RecognizerResult(kind, m.start(), m.end(), 1.0))

@@ -47,7 +47,11 @@ _TITLED_NAME = (rf"(?<![\w.])(?P<v>{_TITLE}\s(?:{_PARTICLE}\s)?{_NAME}(?:\s(?:{_
 # A lone first name after a cue that a name follows: "Name: Anna", "call me Aleks", "Dear Zofia".
 _SINGLE_CUE = (r"(?:\b(?:[Mm]y name is|[Nn]ame is|[Nn]ame:|[Nn]ame\?|[Cc]all me|[Cc]alled|[Nn]amed|[Hh]i|[Hh]ello|[Dd]ear|"
                r"[Hh]ey|[Uu]nder|[Ss]peak to|[Tt]alk to|[Aa]sk for|[Hh]allo|[Ll]iebe[rs]?|[Ss]ehr geehrte[rs]?|"
-               r"[Cc]ześć|[Dd]zień dobry|[Ss]zanown[ya]|[Bb]onjour|[Cc]her|[Cc]hère)[\s:,?]+)")
+               r"[Cc]ześć|[Dd]zień dobry|[Ss]zanown[ya]|[Bb]onjour|[Cc]her|[Cc]hère|"
+               r"(?m:^(?:From|To|Cc|Bcc|Reply-To|Von|An|Od|Do|De|À)[ \t]?:))[ \t:,?]+)")
+# A line holding nothing but a name (signature blocks, address labels): "Vinicius Cunha\nTabio Corp".
+_NAME_LINE = (rf"(?m:^[^\w\n]{{0,4}}(?P<v>{_NAME}(?: \p{{Lu}}\.?)?(?: {{1,2}}(?:(?i:{_PARTICLE}) ){{0,2}}{_NAME}){{1,2}})"
+              r"[ \t]*,?[ \t]*$)")
 _CUED_SINGLE_NAME = rf"{_SINGLE_CUE}(?P<v>{_NAME}(?: (?:{_PARTICLE} )?{_NAME}){{0,2}})(?!\w)"
 # A known first name (gazetteer) followed by one or two capitalised words: "Tsuneto Heida", "Vida Ledesma".
 _GIVEN_THEN_SURNAME = (rf"(?<![\w'’])(?P<v>(?P<given>{_NAME})(?: \p{{Lu}}\.?)?(?: {{1,2}}(?:(?i:{_PARTICLE}) ){{0,2}}\p{{Lu}}"
@@ -85,12 +89,12 @@ _ADDRESS = rf"(?<![\p{{L}}\d]){_STREET},?\s{_TAIL}(?![\p{{L}}\d])"
 _STREET_WORD = (r"(?i:street|st\.?|road|rd\.?|avenue|ave\.?|lane|ln\.?|drive|dr\.?|court|ct\.?|place|pl\.?|way|square|"
                 r"sq\.?|terrace|crescent|close|parade|row|walk|boulevard|blvd\.?|highway|hwy\.?|gardens|grove|mews|"
                 r"\w*stra(?:ß|ss)e|\w*str\.|\w*weg|\w*gasse|\w*platz|\w*allee|\w*straat|\w*laan|\w*gracht|\w*vej|"
-                r"\w*gade|\w*vägen|\w*gatan|\w*veien|\w*gata|\w*katu|\w*tie|ulica|ul\.|aleja|al\.|plac|osiedle|os\.|rue|"
+                r"\w*gade|\w*vägen|\w*gatan|\w*vei(?:en)?|\w*veg(?:en)?|\w*gata|\w*katu|\w*tie|ulica|ul\.|aleja|al\.|plac|osiedle|os\.|rue|"
                 r"chemin|impasse|allée|quai|via|viale|piazza|corso|calle|avenida|ctra\.|carrer|rua|praça|travessa)")
 _DESIGNATOR = r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Box|P\.?O\.? Box|PSC|Wohnung|lok\.|m\.)"
 _ADDR_TOKEN = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}[A-Za-z]?|\d{{1,5}}[A-Za-z]?(?:/\d{{1,4}}[A-Za-z]?)?|[A-Z]{{1,2}}\d[A-Z\d]?\s\d[A-Z]{{2}}|"
-               rf"\d{{2}}-\d{{3}}|\p{{Lu}}[\p{{L}}'’\-]*\.?|{_JOIN}|C/|d'\p{{Lu}}[\p{{L}}]*)")
-_ADDRESS_BLOCK = (rf"(?<![\w.,/-])(?P<v>(?:{_DESIGNATOR}\s)?\d{{1,5}}[A-Za-z]?(?:(?:,?[ \t]+|,?[ \t]*\n,?[ \t]*|,)"
+               rf"\d{{2}}-\d{{3}}|\p{{Lu}}[\p{{L}}'’\-]*\.?|{_JOIN}|{_STREET_WORD}|z|ze|C/|d'\p{{Lu}}[\p{{L}}]*)")
+_ADDRESS_BLOCK = (rf"(?<![\w.,/-])(?P<v>(?:{_DESIGNATOR}\s)?\d{{1,5}}[A-Za-z]?(?:(?:,?[ \t]+|(?:,?[ \t]*\n){{1,2}},?[ \t]*|,)"
                   rf"{_ADDR_TOKEN}){{2,14}})(?![\w])")
 # US military post: "USNS Vogel\nFPO AA 51439", "PSC 0889, Box 9579\nAPO AE 30595"
 _MILITARY = (r"(?<!\w)(?P<v>(?:(?:USNS|USS|USNV|USCGC)\s\p{Lu}[\p{L}'’\-]+|(?:PSC|Unit)\s\d{4},?\sBox\s\d{4}),?\s+"
@@ -326,7 +330,10 @@ street road avenue lane bank card account please thanks thank regards hope faith
 guy max sun sky star angel king queen prince price silver gold river crystal amber ruby pearl jade ivy iris chase miles
 lane rich frank jack kit mark ray rob pat dean drew don gene carol so la le de du en et il in on as al el london paris
 victoria sydney india china florence austin jordan georgia virginia carolina dakota orlando lincoln washington chelsea
-berlin vienna warsaw madrid rome milan brussels dublin zurich geneva europe america asia africa christian""".split())
+berlin vienna warsaw madrid rome milan brussels dublin zurich geneva europe america asia africa christian
+inc ltd plc corp corporation group holdings trust company co gmbh ag sa spa bv nv llc limited partners services solutions
+technologies systems international global department office manager director address phone email fax mobile desk
+dept subject re fwd""".split())
 # A lone capitalised word that is a known first name: "Martin has...", "They had 6: Julian, Ellen".
 _PLACE_BEFORE = (r"(?<!\b(?:East|West|North|South|Lake|Port|Mount|Saint|Sainte|St\.|San|Santa|New|Fort|Bad|Our|our|"
                  r"Upper|Lower|Great|Little|Old)\s)")  # "East Timothy", "Lake Kayla": Faker and real-world places
@@ -422,6 +429,7 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
         _checked_name_recognizer("PERSON", _CUED_SINGLE_NAME, 0.6, "CuedGivenNameRecognizer", given=False),
         _checked_name_recognizer("PERSON", _GIVEN_THEN_SURNAME, 0.5, "GivenNameSurnameRecognizer", given=True),
         _checked_name_recognizer("PERSON", _GIVEN_ALONE, 0.45, "GivenNameRecognizer", given=True),
+        _checked_name_recognizer("PERSON", _NAME_LINE, 0.45, "NameLineRecognizer", given=False),
         _group_recognizer("DATE_OF_BIRTH", _DOB, 0.85, "DateOfBirthRecognizer"),
         _old_date_recognizer(),
         _group_recognizer("IBAN_CODE", _IBAN_SHAPE, 0.5, "IbanShapeRecognizer"),
