@@ -315,7 +315,9 @@ def _checked_name_recognizer(entity: str, pattern: str, score: float, name: str,
             for m in self.pattern.finditer(text):
                 words = [w.strip("'’.").casefold() for w in m.group("v").split()]
                 named = [w for w in words if len(w) > 1 and not _IS_PARTICLE.match(w)]  # initials and "van der" pass
-                if not named or any(w in stop or w in _NOT_NAMES for w in named) or (given and words[0] not in known):
+                # a known first name before a surname is a name even when alone it is a place ("Carolina Lombardi")
+                common = [w for w in named[1 if given and len(named) > 1 else 0:] if w in _NOT_NAMES]
+                if not named or any(w in stop for w in named) or common or (given and words[0] not in known):
                     continue
                 out.append(RecognizerResult(entity, m.start("v"), m.end("v"), score))
             return out
@@ -448,18 +450,31 @@ _WIDEN_LEFT = regex.compile(rf"(?<!\w){_TITLE}\s$")
 _WIDEN_RIGHT = regex.compile(rf"^,?\s{_SUFFIX}(?!\w)")
 
 
+def _name_end(text: str, start: int, end: int) -> int:
+    """A PERSON span cut back to its first line (spaCy's spans run over line breaks: "Vinicius
+    Cunha\\nTabio Corp\\n0057", and dropping it would lose the name inside, since presidio keeps only
+    the longer finding); empty (dropped) when what is left holds a digit."""
+    line_break = text.find("\n", start, end)
+    end = line_break if line_break > start else end
+    while end > start and text[end - 1] in " \t,;":
+        end -= 1
+    return start if any(c.isdigit() for c in text[start:end]) else end  # "Model RT-AX60U": a label
+
+
 def widen_names(text: str, results: list) -> list:
     """PERSON spans grown over a title before and a suffix after ("Dr. " + name + " Jr."), since
-    spaCy tags the bare name and a surviving "Dr. <PERSON> Jr." still narrows who it was; PERSON
-    spans with digits, right before a colon ("Contact person:") or after "our" are labels, models
-    and places, not people."""
+    spaCy tags the bare name and a surviving "Dr. <PERSON> Jr." still narrows who it was. PERSON
+    spans are cut back to one line and before any digits; right before a colon ("Contact person:")
+    or after "our" they are labels and places, not people."""
     kept = []
     for r in results:
         if r.entity_type == "PERSON":
-            r.end += len(regex.match(r"\w*", text[r.end:]).group(0))  # spaCy sometimes cuts "PhD" to "Ph"
-            label = regex.match(r"\.?\s*:", text[r.end:]) and text[r.start:r.end].split()[0].casefold() not in given_names()
-            if (any(c.isdigit() for c in text[r.start:r.end]) or label
-                    or _DETERMINER.search(text[max(0, r.start - 7):r.start])):
+            if r.end > r.start and text[r.end - 1].isalnum():
+                r.end += len(regex.match(r"\w*", text[r.end:]).group(0))  # spaCy sometimes cuts "PhD" to "Ph"
+            r.end = _name_end(text, r.start, r.end)
+            label = r.end > r.start and regex.match(r"\.?\s*:", text[r.end:]) and (
+                text[r.start:r.end].split()[0].casefold() not in given_names())
+            if r.end <= r.start or label or _DETERMINER.search(text[max(0, r.start - 7):r.start]):
                 continue
             left = _WIDEN_LEFT.search(text[max(0, r.start - 14):r.start])
             r.start -= len(left.group(0)) if left else 0
