@@ -342,6 +342,35 @@ _PLACE_BEFORE = (r"(?<!\b(?:East|West|North|South|Lake|Port|Mount|Saint|Sainte|S
 _GIVEN_ALONE = rf"(?<![\w'’\-]){_PLACE_BEFORE}(?P<v>{_NAME})(?![\w'’\-])"
 
 
+LEXICON_LANGS = ("en", "de", "fr", "pl", "es", "it", "nl")
+_RARE_ZIPF = 2.0  # below this in every language's word list (wordfreq): no common word, no famous name
+
+
+def _rare_word_recognizer():
+    """A capitalised word that no language we serve uses commonly (wordfreq's frequency lists,
+    which also count names and places) is a proper noun: a rare surname, first name or small place.
+    spaCy's small model misses exactly these ("Otremba", "Nishioka"); masking a rare place too is
+    the safe side of the trade."""
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+    from wordfreq import zipf_frequency
+
+    class RareWordRecognizer(EntityRecognizer):
+        def load(self) -> None:
+            self.pattern = regex.compile(rf"(?<![\w'’\-/.@<_]){_NAME}(?![\w'’\-/@>_])", FLAGS)
+            for lang in LEXICON_LANGS:  # loaded once here, before worker processes fork
+                zipf_frequency("the", lang)
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            out = []
+            for m in self.pattern.finditer(text):
+                word = m.group(0).strip("'’").casefold()
+                if len(word) > 2 and all(zipf_frequency(word, lang) < _RARE_ZIPF for lang in LEXICON_LANGS):
+                    out.append(RecognizerResult("PERSON", m.start(), m.end(), 0.45))
+            return out
+
+    return RareWordRecognizer(supported_entities=["PERSON"], name="RareWordRecognizer", version=VERSION)
+
+
 # An identifier introduced by its name is personal data whether or not its checksum holds (a
 # mistyped PESEL still names a person): the cue decides the type, validation only raises the score.
 _ID_CUES = {
@@ -432,6 +461,7 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
         _checked_name_recognizer("PERSON", _GIVEN_THEN_SURNAME, 0.5, "GivenNameSurnameRecognizer", given=True),
         _checked_name_recognizer("PERSON", _GIVEN_ALONE, 0.45, "GivenNameRecognizer", given=True),
         _checked_name_recognizer("PERSON", _NAME_LINE, 0.45, "NameLineRecognizer", given=False),
+        _rare_word_recognizer(),
         _group_recognizer("DATE_OF_BIRTH", _DOB, 0.85, "DateOfBirthRecognizer"),
         _old_date_recognizer(),
         _group_recognizer("IBAN_CODE", _IBAN_SHAPE, 0.5, "IbanShapeRecognizer"),
