@@ -35,7 +35,7 @@ from tasks.data import CLEAN
 from tasks.io import read_jsonl, write_json, write_jsonl
 from tasks.recognizers import VERSION as RECOGNIZERS_VERSION
 from tasks.pii_guard import findings, residual_scan
-from tasks.recognizers import CustomPattern, bare_name, loragate_recognizers, name_parts, widen_names
+from tasks.recognizers import CustomPattern, bare_name, complete_lists, loragate_recognizers, name_parts, widen_names
 
 ANONYMIZED = Path("data/interim/anonymized.jsonl")
 PII_REPORT = Path("data/reports/pii.json")
@@ -255,11 +255,11 @@ def _analyze(cfg: Config, analyzer, texts: list[str]) -> Iterator[list]:
 
 
 def detect(cfg: Config, records: list[list[str]], analyzer) -> Iterator[list[list]]:
-    """Per record, per text: presidio's findings with titled names widened and values found
-    anywhere in the record found everywhere in it."""
+    """Per record, per text: presidio's findings with titled names widened, the other items of a
+    list of names added, and values found anywhere in the record found everywhere in it."""
     found = _analyze(cfg, analyzer, [t for texts in records for t in texts])
     for texts in records:
-        yield _propagate(texts, [widen_names(t, next(found)) for t in texts])
+        yield _propagate(texts, [complete_lists(t, widen_names(t, next(found))) for t in texts])
 
 
 def anonymize_records(cfg: Config, records: list[list[str]], analyzer=None

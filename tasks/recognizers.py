@@ -526,3 +526,22 @@ def name_parts(value: str) -> list[str]:
     stop = _stopwords()
     return [w for w in words if len(words) > 1 and w.casefold() not in stop and w.casefold() not in _NOT_NAMES
             and not _IS_PARTICLE.match(w)]
+
+
+_ITEM = r"\p{Lu}[\p{L}'’\-]+(?: \p{Lu}\.?)?(?: \p{Lu}[\p{L}'’\-]+)?"
+_LIST = regex.compile(rf"(?<![\w'’\-]){_ITEM}(?:, {_ITEM})*,? (?:and|und|i|oraz|et|y|e|en|or) {_ITEM}(?![\w'’\-])")
+
+
+def complete_lists(text: str, results: list) -> list:
+    """In an enumeration of capitalised words ("Nikolić, Shaw and Bennett", "Anna, Jan i Zofia"),
+    items beside a detected name are names too: NER often tags some items of a list and not others."""
+    from presidio_analyzer import RecognizerResult
+
+    added = []
+    for m in _LIST.finditer(text):
+        items = [(i.start() + m.start(), i.end() + m.start()) for i in regex.finditer(_ITEM, m.group(0))]
+        named = [any(r.entity_type == "PERSON" and r.start <= a and b <= r.end for r in results) for a, b in items]
+        if any(named):
+            added += [RecognizerResult("PERSON", a, b, 0.5) for (a, b), hit in zip(items, named)
+                      if not hit and text[a:b].casefold() not in _stopwords()]
+    return results + added
