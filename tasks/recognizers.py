@@ -96,6 +96,13 @@ _ADDR_TOKEN = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}[A-Za-z]?|\d{{1,5}}[A-Za-z]?(?:/\d{
                rf"\d{{2}}-\d{{3}}|\p{{Lu}}[\p{{L}}'’\-]*\.?|{_JOIN}|{_STREET_WORD}|z|ze|C/|d'\p{{Lu}}[\p{{L}}]*)")
 _ADDRESS_BLOCK = (rf"(?<![\w.,/-])(?P<v>(?:{_DESIGNATOR}\s)?\d{{1,5}}[A-Za-z]?(?:(?:,?[ \t]+|(?:,?[ \t]*\n){{1,2}},?[ \t]*|,)"
                   rf"{_ADDR_TOKEN}){{2,14}})(?![\w])")
+# An address introduced as one: "the corner of Arenales 9462 and Panna Ways", "Address: Salambek and 1678 Dorp St".
+_ADDRESS_CUE = (r"(?i:corner\sof|address(?:\sis)?:?|adres(?:se)?:?|anschrift:?|wohnhaft\sin|zamieszkał[ay]?\sw?|"
+                r"lives?\sat|living\sat|moved\sto|located\sat|deliver(?:ed)?\sto|send\s(?:it|this|them)\sto|sent\sto|meet\sme\sat)")
+_CUED_ADDRESS = (rf"{_ADDRESS_CUE}[\s:]+(?:the\s)?(?P<v>{_ADDR_TOKEN}(?:(?:,?[ \t]+|,)(?:{_ADDR_TOKEN}|and|y|und|i|et)){{1,12}})"
+                 rf"(?![\w])")
+
+
 # US military post: "USNS Vogel\nFPO AA 51439", "PSC 0889, Box 9579\nAPO AE 30595"
 _MILITARY = (r"(?<!\w)(?P<v>(?:(?:USNS|USS|USNV|USCGC)\s\p{Lu}[\p{L}'’\-]+|(?:PSC|Unit)\s\d{4},?\sBox\s\d{4}),?\s+"
              r"(?:APO|FPO|DPO)\sA[AEP]\s\d{5})(?!\w)")
@@ -104,6 +111,28 @@ _BLOCK_END = regex.compile(r"(?:\b\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]
 
 # A full date whose year lies 16+ years back is most likely someone's birth date in support data.
 _OLD_DATE = rf"(?<![\w/.-])(?P<v>{_DATE})(?![\w/-])"
+
+
+def _cued_address_recognizer():
+    """Words after an address cue, kept when they hold a number or a street word; ends at the
+    last capitalised word or number (never on "and")."""
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    street = regex.compile(rf"(?<!\w){_STREET_WORD}(?!\w)")
+
+    class CuedAddressRecognizer(EntityRecognizer):
+        def load(self) -> None:
+            self.pattern = regex.compile(_CUED_ADDRESS, FLAGS)
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            out = []
+            for m in self.pattern.finditer(text):
+                value = regex.sub(r"(?:[\s,]+(?:and|y|und|i|et))+$", "", m.group("v"))
+                if regex.search(r"\d", value) or street.search(value):
+                    out.append(RecognizerResult("STREET_ADDRESS", m.start("v"), m.start("v") + len(value), 0.55))
+            return out
+
+    return CuedAddressRecognizer(supported_entities=["STREET_ADDRESS"], name="CuedAddressRecognizer", version=VERSION)
 
 
 def _old_date_recognizer():
@@ -454,6 +483,7 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
                           name="StreetAddressRecognizer", version=VERSION, global_regex_flags=FLAGS),
         _address_block_recognizer(),
         _group_recognizer("STREET_ADDRESS", _MILITARY, 0.8, "MilitaryAddressRecognizer"),
+        _cued_address_recognizer(),
         _group_recognizer("PERSON", _CUED_NAME, 0.7, "CuedNameRecognizer"),
         _group_recognizer("PERSON", _NAME_THEN_CUE, 0.6, "NameBeforeCueRecognizer"),
         _group_recognizer("PERSON", _TITLED_NAME, 0.7, "TitledNameRecognizer"),
