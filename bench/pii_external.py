@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
+import re
 import time
 import warnings
 from collections import Counter
@@ -63,11 +64,25 @@ def _mistype(text: str, spans: list[dict], rng: random.Random) -> str:
     return "".join(chars)
 
 
+def _value_parts(text: str, span) -> list[dict]:
+    """A generated value as the spans of what is personal in it: the generator's corner addresses
+    ("the corner of X and Y") and "Name and address" values hold connecting words no detector
+    should be asked to cover, so the value is split around them."""
+    kind = SCORED.get(span.entity_type, "unscored:" + span.entity_type)
+    start, end = span.start_position, span.end_position
+    lead = re.match(r"the corner of\s+", text[start:end])
+    start += lead.end() if lead else 0
+    parts, cut = [], start
+    for m in re.finditer(r"\s+and\s+", text[start:end]):
+        parts.append((cut, start + m.start()))
+        cut = start + m.end()
+    parts.append((cut, end))
+    return [{"type": kind, "start": a, "end": b} for a, b in parts if b > a]
+
+
 def _blank_nan(text: str, spans: list[dict]) -> str:
     """The generator writes a missing state as the word "nan" inside addresses: blanked (same
     length), since it is no personal data and no detector should be asked to cover it."""
-    import re
-
     for s in (s for s in spans if s["type"] == "STREET_ADDRESS"):
         part = re.sub(r"\bnan\b", "   ", text[s["start"]:s["end"]])
         text = text[:s["start"]] + part + text[s["end"]:]
@@ -92,8 +107,7 @@ def generate(lines: list[str], n: int, seed: int) -> list[dict]:
             random.seed(seed + i)
             samples = faker.generate_new_fake_sentences(count)
         for s in samples:
-            spans = [{"type": SCORED.get(sp.entity_type, "unscored:" + sp.entity_type), "start": sp.start_position,
-                      "end": sp.end_position} for sp in s.spans]
+            spans = [part for sp in s.spans for part in _value_parts(s.full_text, sp)]
             out.append({"text": _blank_nan(_mistype(s.full_text, spans, rng), spans), "spans": spans, "locale": locale})
     return out
 

@@ -66,7 +66,8 @@ _DOB = (r"(?i:\bborn(?:\son)?|date\sof\sbirth|\bDOB|birth\s?date|birthday(?:\sis
         rf"urodzon[ya](?:\sdnia)?|date\sde\snaissance)[\s:,.]*(?i:(?:is|was|on|it's|it\sis|am|le)\s)?(?P<v>{_DATE})")
 
 _CAP = r"\p{Lu}[\p{L}'’\-]*"
-_JOIN = r"(?:am|an|der|den|im|zum|zur|ob|de|du|des|la|le|les|d'|of|the|sur|nad|vor)"
+_JOIN = (r"(?:am|an|der|den|im|zum|zur|ob|de|du|des|la|le|les|d'|of|the|sur|nad|vor|del|della|delle|dei|degli|di|da|do|"
+         r"dos|das|las|los|el|van|von|ten|ter|op|aan|het)")
 _CITY = rf"{_CAP}(?:[\s\-](?:{_CAP}|{_JOIN})){{0,4}}"
 _POSTCODE = r"(?:[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}|\d{2}-\d{3}|\d{5}(?:-\d{4})?)"
 _NUMBER = r"\d{1,5}[A-Za-z]?(?:\s?[/-]\s?\d{1,4}[A-Za-z]?)?"
@@ -90,10 +91,12 @@ _STREET_WORD = (r"(?i:street|st\.?|road|rd\.?|avenue|ave\.?|lane|ln\.?|drive|dr\
                 r"sq\.?|terrace|crescent|close|parade|row|walk|boulevard|blvd\.?|highway|hwy\.?|gardens|grove|mews|"
                 r"\w*stra(?:ß|ss)e|\w*str\.|\w*weg|\w*gasse|\w*platz|\w*allee|\w*straat|\w*laan|\w*gracht|\w*vej|"
                 r"\w*gade|\w*vägen|\w*gatan|\w*vei(?:en)?|\w*veg(?:en)?|\w*gata|\w*katu|\w*tie|ulica|ul\.|aleja|al\.|plac|osiedle|os\.|rue|"
-                r"chemin|impasse|allée|quai|via|viale|piazza|corso|calle|avenida|ctra\.|carrer|rua|praça|travessa)")
+                r"chemin|impasse|allée|quai|via|viale|piazza|corso|calle|avenida|ctra\.|carrer|rua|praça|travessa|út|utca|u\.|"
+                r"útja|tér|körút|trg|ulice|náměstí|ulitsa)")
 _DESIGNATOR = r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Box|P\.?O\.? Box|PSC|Wohnung|lok\.|m\.)"
 _ADDR_TOKEN = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}[A-Za-z]?|\d{{1,5}}[A-Za-z]?(?:/\d{{1,4}}[A-Za-z]?)?|[A-Z]{{1,2}}\d[A-Z\d]?\s\d[A-Z]{{2}}|"
-               rf"\d{{2}}-\d{{3}}|\p{{Lu}}[\p{{L}}'’\-]*\.?|{_JOIN}|{_STREET_WORD}|z|ze|C/|d'\p{{Lu}}[\p{{L}}]*)")
+               rf"\d{{2}}-\d{{3}}|\p{{Lu}}[\p{{L}}'’\-]*\.?|{_JOIN}|{_STREET_WORD}|z|ze|C/|d'\p{{Lu}}[\p{{L}}]*|"
+               rf"\(\p{{Lu}}[\p{{L}}]*\)|\d{{1,4}}\.)")
 _ADDRESS_BLOCK = (rf"(?<![\w.,/-])(?P<v>(?:{_DESIGNATOR}\s)?\d{{1,5}}[A-Za-z]?(?:(?:,?[ \t]+|(?:,?[ \t]*\n){{1,2}},?[ \t]*|,)"
                   rf"{_ADDR_TOKEN}){{2,14}})(?![\w])")
 # An address introduced as one: "the corner of Arenales 9462 and Panna Ways", "Address: Salambek and 1678 Dorp St".
