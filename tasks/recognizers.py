@@ -47,7 +47,9 @@ _TITLED_NAME = (rf"(?<![\w.])(?P<v>{_TITLE}\s(?:{_PARTICLE}\s)?{_NAME}(?:\s(?:{_
 # A lone first name after a cue that a name follows: "Name: Anna", "call me Aleks", "Dear Zofia".
 _SINGLE_CUE = (r"(?:\b(?:[Mm]y name is|[Nn]ame is|[Nn]ame:|[Nn]ame\?|[Cc]all me|[Cc]alled|[Nn]amed|[Hh]i|[Hh]ello|[Dd]ear|"
                r"[Hh]ey|[Uu]nder|[Ss]peak to|[Tt]alk to|[Aa]sk for|[Hh]allo|[Ll]iebe[rs]?|[Ss]ehr geehrte[rs]?|"
-               r"[Cc]ześć|[Dd]zień dobry|[Ss]zanown[ya]|[Bb]onjour|[Cc]her|[Cc]hère|"
+               r"[Cc]ześć|[Dd]zień dobry|[Ss]zanown[ya]|[Bb]onjour|[Cc]her|[Cc]hère|[Mm]ein Name ist|[Ii]ch heiße|"
+               r"[Nn]azywam się|[Mm]am na imię|[Jj]e m'appelle|[Mm]e llamo|[Mm]i chiamo|[Mm]ijn naam is|[Ii]k ben|"
+               r"[Vv]ersicherungsnehmer(?:in)?:?|[Pp]olicyholder:?|[Cc]laimant:?|[Uu]bezpieczon[ya]:?|[Ww]nioskodawca:?|"
                r"(?m:^(?:From|To|Cc|Bcc|Reply-To|Von|An|Od|Do|De|À)[ \t]?:))[ \t:,?]+)")
 # A line holding nothing but a name (signature blocks, address labels): "Vinicius Cunha\nTabio Corp".
 _NAME_LINE = (rf"(?m:^[^\w\n]{{0,4}}(?P<v>{_NAME}(?: \p{{Lu}}\.?)?(?: {{1,2}}(?:(?i:{_PARTICLE}) ){{0,2}}{_NAME}){{1,2}})"
@@ -70,7 +72,7 @@ _JOIN = (r"(?:am|an|der|den|im|zum|zur|ob|de|du|des|la|le|les|d'|of|the|sur|nad|
          r"dos|das|las|los|el|van|von|ten|ter|op|aan|het)")
 _CITY = rf"{_CAP}(?:[\s\-](?:{_CAP}|{_JOIN})){{0,4}}"
 _POSTCODE = r"(?:[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}|\d{2}-\d{3}|\d{5}(?:-\d{4})?)"
-_NUMBER = r"\d{1,5}[A-Za-z]?(?:\s?[/-]\s?\d{1,4}[A-Za-z]?)?"
+_NUMBER = r"\d{1,5}[A-Za-z]?(?:\s?[/-]\s?\d{1,4}[A-Za-z]?)?(?:\s(?:m\.|lok\.|Whg\.|Apt\.?|Flat)\s?\d{1,4})?"
 _KIND = (r"(?:rue|avenue|boulevard|chemin|place|impasse|allée|quai|route|cours|ulica|ul\.|aleja|al\.|plac|pl\.|"
          r"osiedle|os\.)")
 _STREET_NAME = rf"(?:{_CAP}\.?|{_JOIN}|{_KIND})(?:[\s\-](?:{_CAP}\.?|{_JOIN}|\d{{1,2}}(?=\s{_CAP}))){{0,5}}"
@@ -94,10 +96,11 @@ _STREET_WORD = (r"(?i:street|st\.?|road|rd\.?|avenue|ave\.?|lane|ln\.?|drive|dr\
                 r"chemin|impasse|allée|quai|via|viale|piazza|corso|calle|avenida|ctra\.|carrer|rua|praça|travessa|út|utca|u\.|"
                 r"útja|tér|körút|trg|ulice|náměstí|ulitsa)")
 _DESIGNATOR = r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Box|P\.?O\.? Box|PSC|Wohnung|lok\.|m\.)"
-_ADDR_TOKEN = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}[A-Za-z]?|\d{{1,5}}[A-Za-z]?(?:/\d{{1,4}}[A-Za-z]?)?|[A-Z]{{1,2}}\d[A-Z\d]?\s\d[A-Z]{{2}}|"
-               rf"\d{{2}}-\d{{3}}|\p{{Lu}}[\p{{L}}'’\-]*\.?|{_JOIN}|{_STREET_WORD}|z|ze|C/|d'\p{{Lu}}[\p{{L}}]*|"
-               rf"\(\p{{Lu}}[\p{{L}}]*\)|\d{{1,4}}\.)")
-_ADDRESS_BLOCK = (rf"(?<![\w.,/-])(?P<v>(?:{_DESIGNATOR}\s)?\d{{1,5}}[A-Za-z]?(?:(?:,?[ \t]+|(?:,?[ \t]*\n){{1,2}},?[ \t]*|,)"
+# one word of an address; a dot only ends an abbreviation ("St.", "Str."), so "Berlin. Meine" stops there
+_ADDR_TOKEN = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}[A-Za-z]?|\d{{2}}-\d{{3}}(?!\d)|[A-Z]{{1,2}}\d[A-Z\d]?\s\d[A-Z]{{2}}|"
+               rf"\d{{1,5}}[A-Za-z]?(?:/\d{{1,4}}[A-Za-z]?)?|\p{{Lu}}[\p{{L}}'’\-]{{0,3}}\.|\p{{Lu}}[\p{{L}}'’\-]*|{_JOIN}|"
+               rf"{_STREET_WORD}|z|ze|C/|d'\p{{Lu}}[\p{{L}}]*|\(\p{{Lu}}[\p{{L}}]*\)|\d{{1,4}}\.)")
+_ADDRESS_BLOCK = (rf"(?<![\w.,/-])(?P<v>(?:{_DESIGNATOR}\s|{_KIND}\s(?:{_ADDR_TOKEN}\s){{1,4}})?\d{{1,5}}[A-Za-z]?(?:(?:,?[ \t]+|(?:,?[ \t]*\n){{1,2}},?[ \t]*|,)"
                   rf"{_ADDR_TOKEN}){{2,14}})(?![\w])")
 # An address introduced as one: "the corner of Arenales 9462 and Panna Ways", "Address: Salambek and 1678 Dorp St".
 _ADDRESS_CUE = (r"(?i:corner\sof|address(?:\sis)?:?|adres(?:se)?:?|anschrift:?|wohnhaft\sin|zamieszkał[ay]?\sw?|"
@@ -367,7 +370,9 @@ victoria sydney india china florence austin jordan georgia virginia carolina dak
 berlin vienna warsaw madrid rome milan brussels dublin zurich geneva europe america asia africa christian
 inc ltd plc corp corporation group holdings trust company co gmbh ag sa spa bv nv llc limited partners services solutions
 technologies systems international global department office manager director address phone email fax mobile desk
-dept subject re fwd""".split())
+dept subject re fwd dear damen herren ladies gentlemen państwo panie panowie mesdames messieurs""".split())
+_SALUTATIONS = frozenset("""sir madam dear damen herren ladies gentlemen państwo panie panowie mesdames messieurs team
+customer customers everyone all""".split())
 # A lone capitalised word that is a known first name: "Martin has...", "They had 6: Julian, Ellen".
 _PLACE_BEFORE = (r"(?<!\b(?:East|West|North|South|Lake|Port|Mount|Saint|Sainte|St\.|San|Santa|New|Fort|Bad|Our|our|"
                  r"Upper|Lower|Great|Little|Old)\s)")  # "East Timothy", "Lake Kayla": Faker and real-world places
@@ -376,6 +381,9 @@ _GIVEN_ALONE = rf"(?<![\w'’\-]){_PLACE_BEFORE}(?P<v>{_NAME})(?![\w'’\-])"
 
 LEXICON_LANGS = ("en", "de", "fr", "pl", "es", "it", "nl")
 _RARE_ZIPF = 2.0  # below this in every language's word list (wordfreq): no common word, no famous name
+# German (and French) compounds are rare words but common nouns: "Versicherungsnummer", "Schadensmeldung"
+_NOUN_ENDING = regex.compile(r"(?:ung|ungen|heit|keit|schaft|nummer|ierung|tion|ment|ität|schein|vertrag|meldung|"
+                             r"versicherung|antrag|bescheid|fall|zahlung|konto|adresse|datum)$")
 
 
 def _rare_word_recognizer():
@@ -396,7 +404,8 @@ def _rare_word_recognizer():
             out = []
             for m in self.pattern.finditer(text):
                 word = m.group(0).strip("'’").casefold()
-                if len(word) > 2 and all(zipf_frequency(word, lang) < _RARE_ZIPF for lang in LEXICON_LANGS):
+                if (2 < len(word) <= 14 and not _NOUN_ENDING.search(word)
+                        and all(zipf_frequency(word, lang) < _RARE_ZIPF for lang in LEXICON_LANGS)):
                     out.append(RecognizerResult("PERSON", m.start(), m.end(), 0.45))
             return out
 
@@ -417,7 +426,10 @@ _ID_CUES = {
                     r"text\sme\s(?:on|at)|Telefon(?:nummer)?|Handy(?:nummer)?|Mobil(?:nummer)?|Rufnummer|"
                     r"(?:numer|nr\.?)\s(?:tel\.?|telefonu|komórki)|komórka|komórkowy|téléphone|portable|mobile",
     "US_SSN": r"SSN|social\ssecurity(?:\snumber|\sno\.?|\s#)?|Sozialversicherungsnummer",
-    "ID_NUMBER": r"passport(?:\snumber|\sno\.?)?|Reisepass(?:nummer)?|Personalausweis(?:nummer)?|Ausweisnummer|"
+    "ID_NUMBER": r"(?:policy|claim|customer|member|contract|insurance|account)\s(?:number|no\.?|ID|ref(?:erence)?|#)|"
+                 r"polic(?:y|ies)|polisa|Versicherungs(?:schein)?nummer|Polic?ennummer|Schadennummer|Kundennummer|"
+                 r"Vertragsnummer|(?:numer|nr\.?)\s(?:polisy|szkody|klienta|umowy)|num[ée]ro\sde\s(?:contrat|sinistre|client)|"
+                 r"passport(?:\snumber|\sno\.?)?|Reisepass(?:nummer)?|Personalausweis(?:nummer)?|Ausweisnummer|"
                  r"paszport(?:u)?|dowodu?\sosobist\w*|(?:numer|nr\.?)\sdowodu|passeport|carte\sd'identité|"
                  r"national\sinsurance(?:\snumber|\sno\.?)?|NINO|NI\snumber|driver'?s\slicen[cs]e(?:\snumber|\sno\.?)?|"
                  r"(?:licen[cs]e|ID|identity\scard)\s(?:number|no\.?)|REGON|NIR|num[ée]ro\sde\ss[ée]curit[ée]\ssociale",
@@ -537,7 +549,10 @@ def widen_names(text: str, results: list) -> list:
             r.end = _name_end(text, r.start, r.end)
             label = r.end > r.start and regex.match(r"\.?\s*:", text[r.end:]) and (
                 text[r.start:r.end].split()[0].casefold() not in given_names())
-            if r.end <= r.start or label or _DETERMINER.search(text[max(0, r.start - 7):r.start]):
+            words = [w.strip(".,") for w in text[r.start:r.end].casefold().split()]
+            common = (len(words) == 1 and (words[0] in _SALUTATIONS or words[0] in _stopwords())  # "Madam", "Herren"
+                      or any(_NOUN_ENDING.search(w) and len(w) > 8 for w in words))  # "Meine Versicherungsnummer"
+            if r.end <= r.start or label or common or _DETERMINER.search(text[max(0, r.start - 7):r.start]):
                 continue
             left = _WIDEN_LEFT.search(text[max(0, r.start - 14):r.start])
             r.start -= len(left.group(0)) if left else 0
@@ -561,7 +576,7 @@ def name_parts(value: str) -> list[str]:
             and not _IS_PARTICLE.match(w)]
 
 
-_ITEM = r"\p{Lu}[\p{L}'’\-]+(?: \p{Lu}\.?)?(?: \p{Lu}[\p{L}'’\-]+)?"
+_ITEM = r"\p{Lu}[\p{L}'’\-]+(?: \p{Lu}\.?(?= ))?(?: \p{Lu}[\p{L}'’\-]+)?(?![\w'’\-])"
 _LIST = regex.compile(rf"(?<![\w'’\-]){_ITEM}(?:, {_ITEM})*,? (?:and|und|i|oraz|et|y|e|en|or) {_ITEM}(?![\w'’\-])")
 
 
@@ -576,5 +591,5 @@ def complete_lists(text: str, results: list) -> list:
         named = [any(r.entity_type == "PERSON" and r.start <= a and b <= r.end for r in results) for a, b in items]
         if any(named):
             added += [RecognizerResult("PERSON", a, b, 0.5) for (a, b), hit in zip(items, named)
-                      if not hit and text[a:b].casefold() not in _stopwords()]
+                      if not hit and not any(w in _stopwords() or w in _NOT_NAMES for w in text[a:b].casefold().split())]
     return results + added

@@ -151,3 +151,25 @@ def test_a_value_planted_in_a_hold_out_answer_never_reaches_the_mlflow_predictio
     assert "<EMAIL_ADDRESS>" in open(table, encoding="utf-8").read()
     assert client.get_run(run_id).data.metrics["pii/residual_in_artifacts"] == metrics.get(
         "pii/residual_in_artifacts", 6.0) == 6.0  # 3 values x 2 rows
+
+
+CLAIM_MAILS = [  # (text, values that must go, words that must stay)
+    ("Sehr geehrte Damen und Herren, mein Name ist Jürgen Weiß, wohnhaft in der Lindenstraße 12, 10115 Berlin. "
+     "Meine Versicherungsnummer ist VS-2024-118273. Telefon: 030 12345678.",
+     ["Jürgen", "Weiß", "Lindenstraße", "10115", "118273", "12345678"], ["Sehr geehrte Damen und Herren", "Telefon"]),
+    ("Szanowni Państwo, nazywam się Katarzyna Wójcik, PESEL 85010112345, zamieszkała ul. Długa 5 m. 3, 31-147 Kraków, "
+     "tel. 512 345 678. Szkodę zgłosił pan Zdzisław Kmieć.",
+     ["Katarzyna", "Wójcik", "85010112345", "Długa", "31-147", "512 345 678", "Zdzisław", "Kmieć"], ["Szanowni Państwo"]),
+    ("Dear Sir or Madam, I am writing about claim number CLM-88123. My name is Olivia Pemberton-Hughes, "
+     "14 Rosebery Avenue, London EC1R 4TD, mobile 07700 900461, NI number QQ 12 34 56 C.",
+     ["Olivia", "Pemberton", "Rosebery", "EC1R", "900461", "QQ 12", "88123"], ["Dear Sir or Madam"]),
+    ("Hi, this is Tyrone Washington, 1841 Maple Ridge Dr, Springfield, IL 62704. Call me at (217) 555-0143. "
+     "My SSN is 123-45-6789 and policy # HX-449201. DOB 03/14/1979.",
+     ["Tyrone", "Maple Ridge", "62704", "555-0143", "6789", "449201", "1979"], ["Call me at"]),
+]
+
+
+@pytest.mark.parametrize("text,gone,kept", CLAIM_MAILS, ids=["de", "pl", "en_GB", "en_US"])
+def test_claim_mails_in_four_locales_lose_every_personal_value_and_keep_their_salutation(analyzer, text, gone, kept):
+    masked = _masked(analyzer, text)
+    assert [v for v in gone if v in masked] == [] and [k for k in kept if k not in masked] == [], masked
