@@ -5,10 +5,11 @@ reviewer's rationale).
     python -m tasks.pii_guard FILE.jsonl...   # counts per type of what it still finds; never the values
 
 The first pass (tasks/anonymize.py) is spaCy NER plus loragate's own pattern recognizers at the
-params' threshold. This one runs no NER and none of those patterns but two: presidio's stock
-pattern recognizers (e-mail, IBAN, payment cards, IP, US SSN), libphonenumber's own matcher over
-the params' phone regions, and the cue table (an identifier introduced by its name) and honorific
-names, at a lower threshold, over every entity type. Placeholders the first pass wrote are text
+params' threshold. This one runs no NER and few of those patterns: presidio's stock pattern
+recognizers (e-mail, IBAN, payment cards, IP, US SSN), libphonenumber's own matcher over the
+params' phone regions, the checksum-validated national IDs (PESEL, NIP, Steuer-ID), and the cue
+table (an identifier introduced by its name), honorific names and birth-date cues, at a lower
+threshold. Placeholders the first pass wrote are text
 it ignores. A hit in the anonymize stage quarantines the record; a hit in an artifact is masked
 there (`<TYPE>`) and counted (`pii/residual_in_artifacts`), which fails the gate's pre-check.
 """
@@ -41,11 +42,12 @@ def second_detector(phone_regions: tuple[str, ...] = PiiConfig().phone_regions) 
         UsSsnRecognizer,
     )
 
-    from tasks.recognizers import _TITLED_NAME, _cued_id_recognizer, _group_recognizer
+    from tasks.recognizers import _DOB, _TITLED_NAME, _cued_id_recognizer, _group_recognizer, checksum_recognizers
 
     return (EmailRecognizer(), IbanRecognizer(), CreditCardRecognizer(), IpRecognizer(), UsSsnRecognizer(),
-            PhoneRecognizer(supported_regions=list(phone_regions)), _cued_id_recognizer(),
-            _group_recognizer("PERSON", _TITLED_NAME, 0.7, "TitledNameRecognizer"))
+            PhoneRecognizer(supported_regions=list(phone_regions)), *checksum_recognizers(), _cued_id_recognizer(),
+            _group_recognizer("PERSON", _TITLED_NAME, 0.7, "TitledNameRecognizer"),
+            _group_recognizer("DATE_OF_BIRTH", _DOB, 0.85, "DateOfBirthRecognizer"))
 
 
 def findings(text: str, phone_regions: tuple[str, ...] = PiiConfig().phone_regions) -> list:
