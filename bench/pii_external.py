@@ -24,7 +24,7 @@ import warnings
 from collections import Counter
 
 from bench.pii_quality import score
-from tasks.anonymize import build_analyzer, detect, resolve_spans
+from tasks.data.anonymize import build_analyzer, detect, resolve_spans
 from tasks.config import Config
 from tasks.io import write_json
 

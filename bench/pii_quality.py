@@ -18,10 +18,10 @@ import time
 from collections import Counter
 
 from bench.pii_synth import generate
-from tasks.anonymize import build_analyzer, detect, detected_entities, resolve_spans
+from tasks.data.anonymize import build_analyzer, detect, detected_entities, resolve_spans
 from tasks.config import Config
 from tasks.io import write_json
-from tasks.recognizers import widen_names
+from tasks.data.recognizers import widen_names
 
 STRUCTURED = ("EMAIL_ADDRESS", "PHONE_NUMBER", "IBAN_CODE", "CREDIT_CARD", "IP_ADDRESS", "PL_PESEL", "PL_NIP", "DE_TAX_ID")
 TARGETS = {**{t: 0.99 for t in STRUCTURED}, "PERSON": 0.95, "STREET_ADDRESS": 0.95}

@@ -22,7 +22,7 @@ from prefect.input import RunInput
 
 from tasks import audit
 from tasks.config import Config
-from tasks.pii_guard import scrub
+from tasks.data.pii_guard import scrub
 from tasks.tracking import client_for, experiment_id
 
 APPROVAL_TAG = "loragate.approval_status"

@@ -20,7 +20,7 @@ import mlflow
 import numpy as np
 
 from tasks.evaluation import EvalReport
-from tasks.pii_guard import scrub_table
+from tasks.data.pii_guard import scrub_table
 from tasks.io import read_json, read_jsonl
 from tasks.orchestration import stage_task
 from tasks.scoring import BERT_KEYS, ROUGE_KEYS, delta_interval, interval, mean_interval, parse_label

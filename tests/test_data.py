@@ -3,8 +3,8 @@ import json
 import pytest
 
 from tasks.config import Config, config_from_dict
-from tasks.data import DataError, validate
-from tasks.split import in_holdout, split
+from tasks.data.validate import DataError, validate
+from tasks.data.split import in_holdout, split
 
 
 def _write(path, rows):
@@ -60,7 +60,7 @@ def test_holdout_is_frozen_when_new_data_arrives(tmp_path):
 def test_raw_personal_data_is_never_tracked_by_git():
     import subprocess
 
-    from tasks.data import CLEAN
+    from tasks.data.validate import CLEAN
 
     tracked = subprocess.run(["git", "ls-files", str(CLEAN), "data/raw"], capture_output=True, text=True).stdout
     ignored = subprocess.run(["git", "check-ignore", "-q", str(CLEAN)]).returncode == 0

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from tasks.anonymize import anonymize
+from tasks.data.anonymize import anonymize
 from tasks.config import Config, ConfigError, config_from_dict
-from tasks.data import DataError, validate
+from tasks.data.validate import DataError, validate
 from tasks.report import _confusion_plot, slice_metrics
 from tasks.scoring import NO_LABEL, classification_scores, delta_interval, mean_interval, parse_label, score
 

@@ -4,9 +4,9 @@ import pytest
 
 from bench.pii_quality import TARGETS, score
 from bench.pii_synth import generate
-from tasks.anonymize import PiiError, Replacer, anonymize, anonymize_records, build_analyzer, detect, resolve_spans
+from tasks.data.anonymize import PiiError, Replacer, anonymize, anonymize_records, build_analyzer, detect, resolve_spans
 from tasks.config import Config, ConfigError, config_from_dict
-from tasks.data import validate
+from tasks.data.validate import validate
 
 
 def test_sample_personal_values_are_all_removed_and_report_holds_counts_only(tmp_path, sample, personal_values):

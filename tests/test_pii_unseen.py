@@ -8,12 +8,12 @@ import json
 import pytest
 from presidio_analyzer import RecognizerResult
 
-from tasks.anonymize import PiiError, anonymize, anonymize_records, build_analyzer, resolve_spans
+from tasks.data.anonymize import PiiError, anonymize, anonymize_records, build_analyzer, resolve_spans
 from tasks.config import Config, config_from_dict
-from tasks.data import validate
+from tasks.data.validate import validate
 from tasks.evaluation import EvalReport
 from tasks.report import record_results
-from tasks.split import in_holdout
+from tasks.data.split import in_holdout
 from tasks.tracking import client_for, start_run
 
 

@@ -2,9 +2,9 @@
 text leaving the workspace for MLflow passes (predictions table, HTML report, review text, the
 reviewer's rationale).
 
-    python -m tasks.pii_guard FILE.jsonl...   # counts per type of what it still finds; never the values
+    python -m tasks.data.pii_guard FILE.jsonl...   # counts per type of what it still finds; never the values
 
-The first pass (tasks/anonymize.py) is spaCy NER plus loragate's own pattern recognizers at the
+The first pass (tasks/data/anonymize.py) is spaCy NER plus loragate's own pattern recognizers at the
 params' threshold. This one runs no NER and few of those patterns: presidio's stock pattern
 recognizers (e-mail, IBAN, payment cards, IP, US SSN), libphonenumber's own matcher over the
 params' phone regions, the checksum-validated national IDs (PESEL, NIP, Steuer-ID), and the cue
@@ -42,7 +42,7 @@ def second_detector(phone_regions: tuple[str, ...] = PiiConfig().phone_regions) 
         UsSsnRecognizer,
     )
 
-    from tasks.recognizers import _DOB, _TITLED_NAME, _cued_id_recognizer, _group_recognizer, checksum_recognizers
+    from tasks.data.recognizers import _DOB, _TITLED_NAME, _cued_id_recognizer, _group_recognizer, checksum_recognizers
 
     return (EmailRecognizer(), IbanRecognizer(), CreditCardRecognizer(), IpRecognizer(), UsSsnRecognizer(),
             PhoneRecognizer(supported_regions=list(phone_regions)), *checksum_recognizers(), _cued_id_recognizer(),
@@ -68,7 +68,7 @@ def residual_scan(texts: list[str], phone_regions: tuple[str, ...] = PiiConfig()
 
 def scrub(text: str, phone_regions: tuple[str, ...] = PiiConfig().phone_regions) -> tuple[str, Counter]:
     """text with every hit of the second detector replaced by `<TYPE>`, and the hits per type."""
-    from tasks.anonymize import resolve_spans
+    from tasks.data.anonymize import resolve_spans
 
     spans = resolve_spans(findings(text, phone_regions))
     for s in sorted(spans, key=lambda s: s.start, reverse=True):

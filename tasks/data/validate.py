@@ -1,7 +1,7 @@
 """Validate stage: read user JSONL in any supported format, check every record, drop exact
 duplicates, and write one normalized chat format.
 
-    python -m tasks.data [params.yaml]      # DVC stage `validate`: data.raw -> data/interim/clean.jsonl
+    python -m tasks.data.validate [params.yaml]      # DVC stage `validate`: data.raw -> data/interim/clean.jsonl
 
 Supported inputs: chat `messages` (system/user/assistant), Alpaca (`instruction`/`input`/`output`),
 `prompt`/`completion` strings. An invalid record stops the stage with one line naming file, line

@@ -1,6 +1,6 @@
 """Split stage: a seeded, frozen train/hold-out split of the anonymized records.
 
-    python -m tasks.split [params.yaml]   # DVC stage: data/interim/anonymized.jsonl -> data/splits/{train,holdout}.jsonl
+    python -m tasks.data.split [params.yaml]   # DVC stage: data/interim/anonymized.jsonl -> data/splits/{train,holdout}.jsonl
 
 A record goes to the hold-out when sha256(salt + record id) falls under split.holdout_fraction.
 The decision depends on the record alone, never on the rest of the data: when next quarter's
@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tasks.anonymize import ANONYMIZED
+from tasks.data.anonymize import ANONYMIZED
 from tasks.config import Config, load_config
 from tasks.io import read_jsonl, write_json, write_jsonl
 

