@@ -18,7 +18,7 @@ import torch
 from tasks.config import Config
 from tasks.evaluation import generate, load_for_inference
 from tasks.io import read_jsonl, write_json
-from tasks.models import resolve_model
+from tasks.training.models import resolve_model
 
 
 @torch.inference_mode()

