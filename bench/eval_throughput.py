@@ -16,7 +16,7 @@ import time
 import torch
 
 from tasks.config import Config
-from tasks.evaluation import generate, load_for_inference
+from tasks.evaluation.holdout import generate, load_for_inference
 from tasks.io import read_jsonl, write_json
 from tasks.training.models import resolve_model
 

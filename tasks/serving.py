@@ -12,7 +12,7 @@ class AdapterChatModel(mlflow.pyfunc.PythonModel):
     """predict(list of user messages or chat prompts) -> greedy answers."""
 
     def load_context(self, context) -> None:
-        from tasks.evaluation import load_for_inference
+        from tasks.evaluation.holdout import load_for_inference
         from tasks.training.models import resolve_model
 
         cfg = context.model_config
@@ -22,7 +22,7 @@ class AdapterChatModel(mlflow.pyfunc.PythonModel):
         self.system = cfg.get("system")
 
     def predict(self, context, model_input: list[str], params=None) -> list[str]:
-        from tasks.evaluation import generate
+        from tasks.evaluation.holdout import generate
 
         items = model_input["prompt"].tolist() if hasattr(model_input, "columns") else list(model_input)
         head = [{"role": "system", "content": self.system}] if self.system else []

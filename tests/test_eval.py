@@ -8,8 +8,8 @@ import pytest
 from tasks.data.anonymize import anonymize
 from tasks.config import Config, ConfigError, config_from_dict
 from tasks.data.validate import DataError, validate
-from tasks.report import _confusion_plot, slice_metrics
-from tasks.scoring import NO_LABEL, classification_scores, delta_interval, mean_interval, parse_label, score
+from tasks.evaluation.report import _confusion_plot, slice_metrics
+from tasks.evaluation.scoring import NO_LABEL, classification_scores, delta_interval, mean_interval, parse_label, score
 
 CFG = Config()
 
@@ -96,8 +96,8 @@ def test_the_slice_field_travels_from_raw_records_to_the_anonymized_file(tmp_pat
 
 
 def test_classification_deltas_carry_paired_intervals_for_accuracy_and_macro_f1():
-    from tasks.evaluation import EvalReport
-    from tasks.report import comparison_metrics
+    from tasks.evaluation.holdout import EvalReport
+    from tasks.evaluation.report import comparison_metrics
 
     cfg = config_from_dict({"eval": {"task": "classification", "labels": ["billing", "delivery"],
                                      "bootstrap_resamples": 300}})

@@ -11,8 +11,8 @@ from presidio_analyzer import RecognizerResult
 from tasks.data.anonymize import PiiError, anonymize, anonymize_records, build_analyzer, resolve_spans
 from tasks.config import Config, config_from_dict
 from tasks.data.validate import validate
-from tasks.evaluation import EvalReport
-from tasks.report import record_results
+from tasks.evaluation.holdout import EvalReport
+from tasks.evaluation.report import record_results
 from tasks.data.split import in_holdout
 from tasks.tracking import client_for, start_run
 

@@ -1,7 +1,7 @@
 """Metric scripts for `evaluate`, loaded by file path so that scoring works with no hub.
 
 `evaluate.load("rouge")` fetches its script from the Hugging Face Hub; these modules are loaded
-with `evaluate.load(<path to the .py>)` instead (see tasks/scoring.py).
+with `evaluate.load(<path to the .py>)` instead (see tasks/evaluation/scoring.py).
 """
 from pathlib import Path
 

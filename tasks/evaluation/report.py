@@ -19,11 +19,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from tasks.evaluation import EvalReport
+from tasks.evaluation.holdout import EvalReport
 from tasks.data.pii_guard import scrub_table
 from tasks.io import read_json, read_jsonl
 from tasks.orchestration import stage_task
-from tasks.scoring import BERT_KEYS, ROUGE_KEYS, delta_interval, interval, mean_interval, parse_label
+from tasks.evaluation.scoring import BERT_KEYS, ROUGE_KEYS, delta_interval, interval, mean_interval, parse_label
 from tasks.tracking import client_for, log_loss_curve, log_metrics
 
 PER_ROW = (*ROUGE_KEYS, *BERT_KEYS, "accuracy")  # metrics that are means of per-row values

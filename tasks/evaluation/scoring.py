@@ -2,7 +2,7 @@
 scores through scikit-learn, and paired bootstrap intervals through scipy; the metric choices are
 returned beside the scores so two runs' numbers are comparable, or visibly not.
 
-    python -m tasks.scoring PREDICTIONS.jsonl   # rescore a predictions file (fields: reference, prediction)
+    python -m tasks.evaluation.scoring PREDICTIONS.jsonl   # rescore a predictions file (fields: reference, prediction)
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from tasks.config import Config, load_config
 from tasks.io import read_jsonl
-from tasks.metrics import BERTSCORE, ROUGE
+from tasks.evaluation.metrics import BERTSCORE, ROUGE
 from tasks.training.models import resolve_model
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")

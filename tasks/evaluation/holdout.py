@@ -1,7 +1,7 @@
 """Hold-out evaluation: batched greedy generation (left padding, KV cache, stop at EOS) of the
 base model or base + adapter, then ROUGE/BERTScore against the references.
 
-    python -m tasks.evaluation MODEL_DIR HOLDOUT.jsonl OUT_DIR [ADAPTER_DIR]
+    python -m tasks.evaluation.holdout MODEL_DIR HOLDOUT.jsonl OUT_DIR [ADAPTER_DIR]
 
 Writes OUT_DIR/predictions.jsonl (id, slice, prompt, reference, prediction, every per-row score) and
 OUT_DIR/metrics.json. The hold-out is already anonymized, so nothing here holds raw personal data.
@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from tasks.config import Config, load_config
 from tasks.io import read_jsonl, write_json, write_jsonl
-from tasks.scoring import metric_config, score
+from tasks.evaluation.scoring import metric_config, score
 from tasks.orchestration import stage_task
 
 
