@@ -92,7 +92,7 @@ def _prefect_server() -> bool:
 
 
 def version_rows(cfg, root: Path) -> list[dict]:
-    from tasks.gate import APPROVAL_TAG, CHECKS_TAG
+    from tasks.governance.gate import APPROVAL_TAG, CHECKS_TAG
     from tasks.tracking import client_for
 
     client = client_for(cfg, root)
@@ -112,7 +112,7 @@ def version_rows(cfg, root: Path) -> list[dict]:
 
 
 def cmd_status(args) -> int:
-    from tasks.gate import alias_history
+    from tasks.governance.gate import alias_history
 
     root = Path(args.workspace).resolve()
     cfg = load_config(root / args.params)
@@ -134,7 +134,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_decide(args) -> int:
-    from tasks import gate
+    from tasks.governance import gate
 
     root = Path(args.workspace).resolve()
     cfg = load_config(root / args.params)
@@ -149,7 +149,7 @@ def cmd_decide(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from tasks import audit, gate
+    from tasks.governance import audit, gate
 
     root = Path(args.workspace).resolve()
     cfg = load_config(root / args.params)
@@ -184,7 +184,7 @@ def cmd_ui(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tasks.gate import GateError
+    from tasks.governance.gate import GateError
 
     args = _parser().parse_args(argv)
     commands = {"run": cmd_run, "status": cmd_status, "approve": cmd_decide, "reject": cmd_decide,

@@ -16,9 +16,9 @@ from prefect import flow
 from tasks.config import apply_overrides
 from tasks.evaluation.holdout import evaluate_task
 from tasks.data.validate import system_prompt
-from tasks.gate import Checks, Decision, await_decision, record_run_started, review_description, run_checks_task
+from tasks.governance.gate import Checks, Decision, await_decision, record_run_started, review_description, run_checks_task
 from tasks.training.models import resolve_model_task
-from tasks.register import register_task
+from tasks.governance.register import register_task
 from tasks.evaluation.report import record_results_task
 from tasks.data.split import HOLDOUT, TRAIN
 from tasks.tracking import client_for, finish, initiator, log_metrics, previous_params, start_run

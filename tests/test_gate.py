@@ -8,7 +8,7 @@ import time
 import pytest
 
 from flows.cli import main as cli
-from tasks import gate
+from tasks.governance import gate
 from tasks.config import config_from_dict
 from tasks.tracking import client_for, log_metrics, start_run
 

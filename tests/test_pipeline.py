@@ -11,8 +11,8 @@ from prefect.flow_runs import resume_flow_run
 from flows.cli import main as cli
 from flows.finetune import finetune
 from tasks.config import load_config
-from tasks import audit, gate
-from tasks.gate import APPROVAL_TAG
+from tasks.governance import audit, gate
+from tasks.governance.gate import APPROVAL_TAG
 from tests.test_gate import _paused_run_id
 from tasks.tracking import client_for
 

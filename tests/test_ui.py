@@ -16,7 +16,7 @@ import yaml
 from flows.cli import main as cli
 from flows.cli import ui_command
 from flows.finetune import finetune
-from tasks import gate
+from tasks.governance import gate
 from tasks.config import load_config
 from tasks.tracking import client_for
 

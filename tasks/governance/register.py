@@ -1,5 +1,5 @@
 """Register stage: the adapter becomes a new version of the registered model; the gate records it
-as `pending`. Nothing here promotes it; only tasks/gate.py moves the serving alias.
+as `pending`. Nothing here promotes it; only tasks/governance/gate.py moves the serving alias.
 
     loragate status   # lists versions, their approval state and aliases
 """
@@ -11,8 +11,8 @@ from pathlib import Path
 import mlflow
 
 from tasks.config import Config
-from tasks.gate import record_registered
-from tasks.serving import AdapterChatModel
+from tasks.governance.gate import record_registered
+from tasks.governance.serving import AdapterChatModel
 from tasks.tracking import client_for, initiator
 from tasks.orchestration import stage_task
 

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from tasks.orchestration import stage_task
 from prefect.input import RunInput
 
-from tasks import audit
+from tasks.governance import audit
 from tasks.config import Config
 from tasks.data.pii_guard import scrub
 from tasks.tracking import client_for, experiment_id
