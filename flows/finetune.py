@@ -16,7 +16,8 @@ from prefect import flow
 from tasks.config import apply_overrides
 from tasks.evaluation.holdout import evaluate_task
 from tasks.data.validate import system_prompt
-from tasks.governance.gate import Checks, Decision, await_decision, record_run_started, review_description, run_checks_task
+from flows.approve import await_decision
+from tasks.governance.gate import Checks, Decision, record_run_started, review_description, run_checks_task
 from tasks.training.models import resolve_model_task
 from tasks.governance.register import register_task
 from tasks.evaluation.report import record_results_task

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from flows.approve import await_decision
 from flows.cli import main as cli
 from tasks.governance import gate
 from tasks.config import config_from_dict
@@ -189,7 +190,7 @@ def test_a_paused_flow_times_out_and_leaves_the_version_pending(store, prefect_s
 
     @flow
     def wait(version: str):
-        return gate.await_decision(cfg, root, "triage", version, "review me")
+        return await_decision(cfg, root, "triage", version, "review me")
 
     decision, note = wait(v)
     assert decision is None and "stays pending" in note
@@ -207,7 +208,7 @@ def test_a_paused_flow_resumed_with_input_goes_through_the_gate(store, prefect_s
 
     @flow
     def wait(version: str):
-        return gate.await_decision(cfg, root, "triage", version, "review me")
+        return await_decision(cfg, root, "triage", version, "review me")
 
     worker = threading.Thread(target=lambda: results.append(wait(v)))
     worker.start()

@@ -14,15 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
 
 from mlflow.tracking import MlflowClient
-from tasks.orchestration import stage_task
-from prefect.input import RunInput
 
-from tasks.governance import audit
 from tasks.config import Config
 from tasks.data.pii_guard import scrub
+from tasks.governance import audit
+from tasks.orchestration import stage_task
 from tasks.tracking import client_for, experiment_id
 
 APPROVAL_TAG = "loragate.approval_status"
@@ -322,32 +320,10 @@ def review_description(model: str, version: str, metrics: dict[str, float], chec
             f"Pre-checks: **{'passed' if checks.passed else 'failed'}**\n\nData hashes (dvc.lock):\n{hashes}\n")
 
 
-class ApprovalInput(RunInput):
-    """The Prefect UI form a paused run shows its reviewer."""
-    decision: Literal["approve", "reject"]
-    reviewer: str
-    rationale: str
-
-
-def await_decision(cfg: Config, root: str | Path, model: str, version: str, description: str) -> tuple[Decision | None, str]:
-    """Pause the running flow with the approval form; the answer goes through approve/reject above.
-    A timeout or a refused answer leaves the version pending, and says so."""
-    from prefect.exceptions import FlowPauseTimeout
-    from prefect.flow_runs import pause_flow_run
-
-    form = ApprovalInput.with_initial_data(description=description, decision="reject")
-    try:
-        # poll every 2 s, not Prefect's 10: the reviewer sees the resume take effect at once
-        answer = pause_flow_run(wait_for_input=form, timeout=cfg.gate.approval_timeout_s, poll_interval=2)
-    except FlowPauseTimeout:
-        _record(cfg, root, client_for(cfg, root), "approval_timed_out", model=model, version=str(version),
-                actor="loragate", waited_s=cfg.gate.approval_timeout_s)
-        return None, f"no decision within {cfg.gate.approval_timeout_s} s: version {version} stays pending"
-    decide = approve if answer.decision == "approve" else reject
-    try:
-        return decide(cfg, root, model, version, answer.reviewer, answer.rationale), ""
-    except GateError as err:
-        return None, f"decision refused: {err}; version {version} stays pending"
+def record_timeout(cfg: Config, root: str | Path, model: str, version: str, waited_s: int) -> None:
+    """A paused approval that got no answer: logged, the version stays pending."""
+    _record(cfg, root, client_for(cfg, root), "approval_timed_out", model=model, version=str(version),
+            actor="loragate", waited_s=waited_s)
 
 
 run_checks_task = stage_task(run_checks, "pre-checks")
