@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import tasks  # noqa: F401  (offline defaults before any library import)
-from tasks.config import ConfigError, apply_overrides, load_config
+from tasks.config import ConfigError, load_config, params_for_run
 from tasks.training.models import ModelNotFound
 from tasks.data.versioning import StageFailed
 
@@ -68,10 +68,10 @@ def cmd_run(args) -> int:
     if args.wait_for_approval and not _prefect_server():
         raise ConfigError("--wait-for-approval: needs a Prefect server the reviewer can reach; start one "
                           "(`prefect server start`) and set PREFECT_API_URL")
-    cfg = apply_overrides(root / args.params, sets)
-    if not Path(root / cfg.data.raw).is_file():
-        raise ConfigError(f"data.raw: {cfg.data.raw}: no such file")
-    summary = finetune(str(root), args.params, wait_for_approval=args.wait_for_approval)
+    with params_for_run(root / args.params, sets) as cfg:  # the user's params.yaml is back as it was after
+        if not Path(root / cfg.data.raw).is_file():
+            raise ConfigError(f"data.raw: {cfg.data.raw}: no such file")
+        summary = finetune(str(root), args.params, wait_for_approval=args.wait_for_approval)
     m = summary.metrics
     print(f"\nhold-out ROUGE-L {m['baseline/rougeL']:.3f} -> {m['finetuned/rougeL']:.3f}, "
           f"BERTScore F1 {m['baseline/bertscore_f1']:.3f} -> {m['finetuned/bertscore_f1']:.3f}")

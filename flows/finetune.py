@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from tasks.config import apply_overrides
+from tasks.config import params_for_run
 from tasks.evaluation.holdout import evaluate_task
 from tasks.data.validate import system_prompt
 from flows.approve import await_decision
@@ -22,6 +22,7 @@ from tasks.training.models import resolve_model_task
 from tasks.governance.register import register_task
 from tasks.evaluation.report import record_results_task
 from tasks.data.split import HOLDOUT, TRAIN
+from tasks.io import write_json
 from tasks.tracking import client_for, finish, initiator, log_metrics, previous_params, start_run
 from tasks.training.train import train_task
 from tasks.data.versioning import reproduce_task
@@ -62,14 +63,16 @@ def _run_name(cfg, previous: dict[str, str] | None) -> str:
 @flow(name="loragate-finetune")  # log_prints would log dill's captured bytecode dumps
 def finetune(workspace: str = ".", params: str = "params.yaml", wait_for_approval: bool = False) -> RunSummary:
     root, timings = Path(workspace).resolve(), {}
-    cfg = apply_overrides(root / params)  # DVC reads every param it lists from this file
-    with _timed(timings, "data_stages"):
-        data = reproduce_task(root)
+    with params_for_run(root / params) as cfg:  # DVC reads every param it lists from this file
+        with _timed(timings, "data_stages"):
+            data = reproduce_task(root)
     run_id = start_run(cfg, root, _run_name(cfg, previous_params(cfg, root)), {f"loragate.data.{Path(p).stem}": h for p, h in data.hashes.items()}
                        | {"loragate.base_model": cfg.model.base})
     record_run_started(cfg, root, run_id, initiator(), data.hashes)
     try:
         run_dir = root / "runs" / run_id
+        write_json(run_dir / "params.json", cfg.to_dict())  # the resolved params stay with the run
+        client_for(cfg, root).log_dict(run_id, cfg.to_dict(), "params.json")
         adapter = run_dir / "train" / "adapter"
         with _timed(timings, "resolve_model"):
             model_dir = resolve_model_task(cfg.model.base, cfg.model.cache_dir)

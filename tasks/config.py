@@ -7,12 +7,14 @@ keys and out-of-range values raise ConfigError with one line naming the key.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -320,6 +322,36 @@ def apply_overrides(path: str | Path, overrides: list[str] = ()) -> Config:
         with atomic_path(path) as tmp, open(tmp, "w") as fh:
             yml.dump(doc, fh)
     return cfg
+
+_ACTIVE: set[Path] = set()  # params files a run in this process has set up
+
+
+@contextlib.contextmanager
+def params_for_run(path: str | Path, overrides: list[str] = ()) -> Iterator[Config]:
+    """params.yaml as one run sees it: overrides and missing defaults written in for DVC's stages,
+    and the user's own file put back byte for byte afterwards, also after an error. A copy of the
+    original waits in .loragate/ while the run lasts, so a run killed midway is undone by the next."""
+    path = Path(path).resolve()
+    if path in _ACTIVE:  # the CLI already set this file up for the flow it calls
+        yield load_config(path, overrides)
+        return
+    backup = path.parent / ".loragate" / f"{path.name}.orig"
+    if backup.exists():  # a run was killed before it could restore the file
+        os.replace(backup, path)
+    original = path.read_bytes() if path.exists() else None
+    if original is not None:
+        backup.parent.mkdir(exist_ok=True)
+        backup.write_bytes(original)
+    _ACTIVE.add(path)
+    try:
+        yield apply_overrides(path, overrides)
+    finally:
+        _ACTIVE.discard(path)
+        if original is None:
+            path.unlink(missing_ok=True)
+        else:
+            os.replace(backup, path)
+
 
 if __name__ == "__main__":
     args = sys.argv[1:]

@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from tasks.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, params_for_run
 
 
 def test_repo_params_match_the_typed_defaults():
@@ -39,3 +39,28 @@ def test_apply_overrides_keeps_comments_and_writes_nothing_when_invalid(tmp_path
     with pytest.raises(ConfigError):
         apply_overrides(params, ["train.max_steps=0"])
     assert params.read_text() == written
+
+
+def test_a_run_with_overrides_leaves_the_users_params_file_as_it_was(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  max_steps: 60  # budget\n")
+    before = params.read_bytes()
+    with params_for_run(params, ["train.max_steps=7"]) as cfg:
+        assert cfg.train.max_steps == 7 and load_config(params).train.max_steps == 7  # what DVC's stages read
+        assert "lora:" in params.read_text()  # defaults filled in for DVC
+    assert params.read_bytes() == before and not (tmp_path / ".loragate" / "params.yaml.orig").exists()
+    with pytest.raises(RuntimeError), params_for_run(params, ["train.max_steps=9"]):
+        raise RuntimeError("the run failed")
+    assert params.read_bytes() == before
+
+
+def test_a_run_killed_midway_is_undone_by_the_next(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  max_steps: 60\n")
+    before = params.read_bytes()
+    (tmp_path / ".loragate").mkdir()
+    (tmp_path / ".loragate" / "params.yaml.orig").write_bytes(before)  # what a killed run leaves
+    params.write_text("train:\n  max_steps: 3\n")
+    with params_for_run(params) as cfg:
+        assert cfg.train.max_steps == 60
+    assert params.read_bytes() == before

@@ -75,10 +75,12 @@ def _two_runs(workspace: Path):
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0}
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    before = (workspace / "params.yaml").read_bytes()
     first = finetune(str(workspace))
     cfg = load_config(workspace / "params.yaml")
     gate.approve(cfg, workspace, first.model_name, first.version, "reviewer-b", "first baseline release")
     assert cli(["run", "--workspace", str(workspace), "--set", "lora.r=8"]) == 0
+    assert (workspace / "params.yaml").read_bytes() == before  # --set applied to that run only
     client = client_for(cfg, workspace)
     runs = client.search_runs([client.get_experiment_by_name(cfg.registry.experiment).experiment_id],
                               order_by=["attributes.start_time ASC"])
