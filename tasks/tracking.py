@@ -47,10 +47,20 @@ def experiment_id(client: MlflowClient, cfg: Config, root: str | Path) -> str:
     return client.create_experiment(cfg.registry.experiment, artifact_location=artifacts)
 
 
+def package_version() -> str:
+    """The installed loragate's version, tagged on every run: stage code is part of what a run was."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loragate")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def start_run(cfg: Config, root: str | Path, run_name: str, tags: dict[str, str]) -> str:
     client = client_for(cfg, root)
     run = client.create_run(experiment_id(client, cfg, root), run_name=run_name,
-                            tags={"loragate.initiator": initiator(), **tags})
+                            tags={"loragate.initiator": initiator(), "loragate.version": package_version(), **tags})
     params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in cfg.flat().items()]
     client.log_batch(run.info.run_id, params=params)
     return run.info.run_id

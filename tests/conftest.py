@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,42 @@ def workspace(tmp_path, tiny_model, sample) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=ws, check=True, env=env)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=ws, check=True, env=env)
     return ws
+
+
+class Background:
+    """fn run in a thread; result() returns its value, re-raises its error, and fails loudly when
+    it has not finished in time instead of reading a result that is not there."""
+
+    def __init__(self, fn):
+        self.done, self.value, self.error = threading.Event(), None, None
+        threading.Thread(target=self._run, args=(fn,), daemon=True).start()
+
+    def _run(self, fn) -> None:
+        try:
+            self.value = fn()
+        except BaseException as err:  # handed to the test thread by result()
+            self.error = err
+        finally:
+            self.done.set()
+
+    def result(self, timeout: float):
+        if not self.done.wait(timeout):
+            raise AssertionError(f"the call did not finish within {timeout} s (hang)")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def paused_flow_run_id(timeout: float = 60):
+    """The id of the flow run that pauses for input on the test's Prefect server; the server only
+    reports states when asked, so this asks until the deadline and then fails loudly."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            paused = [r for r in client.read_flow_runs() if r.state and r.state.is_paused()]
+            if paused:
+                return paused[0].id
+            time.sleep(0.5)
+    raise AssertionError(f"no flow run paused within {timeout} s")

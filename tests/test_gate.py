@@ -2,8 +2,6 @@
 edits, and a real paused Prefect flow is decided through the same gate."""
 from __future__ import annotations
 
-import threading
-import time
 
 import pytest
 
@@ -12,6 +10,7 @@ from flows.cli import main as cli
 from tasks.governance import gate
 from tasks.config import config_from_dict
 from tasks.tracking import client_for, log_metrics, start_run
+from tests.conftest import Background, paused_flow_run_id
 
 GOOD = {"delta/rougeL": 0.2, "delta/bertscore_f1": 0.1, "pii/residual_records": 0, "pii/residual_in_artifacts": 0}
 
@@ -168,19 +167,6 @@ def test_cli_refuses_self_approval_in_one_line(store, capfd):
     assert f"alias production: version - -> {v}  by reviewer-b (approval)" in out
 
 
-def _paused_run_id(timeout: float = 60):
-    from prefect.client.orchestration import get_client
-
-    deadline = time.time() + timeout
-    with get_client(sync_client=True) as client:
-        while time.time() < deadline:
-            paused = [r for r in client.read_flow_runs() if r.state and r.state.is_paused()]
-            if paused:
-                return paused[0].id
-            time.sleep(0.5)
-    raise AssertionError("no flow run paused")
-
-
 def test_a_paused_flow_times_out_and_leaves_the_version_pending(store, prefect_server):
     from prefect import flow
 
@@ -204,18 +190,14 @@ def test_a_paused_flow_resumed_with_input_goes_through_the_gate(store, prefect_s
 
     cfg, root = store
     v = new_version(cfg, root)
-    results = []
-
     @flow
     def wait(version: str):
         return await_decision(cfg, root, "triage", version, "review me")
 
-    worker = threading.Thread(target=lambda: results.append(wait(v)))
-    worker.start()
-    resume_flow_run(_paused_run_id(), run_input={"decision": "approve", "reviewer": "reviewer-b",
-                                                 "rationale": "metrics and samples reviewed"})
-    worker.join(timeout=60)
-    decision, note = results[0]
+    waiting = Background(lambda: wait(v))
+    resume_flow_run(paused_flow_run_id(), run_input={"decision": "approve", "reviewer": "reviewer-b",
+                                                     "rationale": "metrics and samples reviewed"})
+    decision, note = waiting.result(timeout=60)
     assert decision.status == "approved" and note == ""
     assert alias_holder(cfg, root) == v
     assert gate.verify(cfg, root) == []

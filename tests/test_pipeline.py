@@ -1,10 +1,11 @@
 """End to end on the tiny model: real DVC repo, real MLflow store, real Prefect server."""
+import importlib.metadata
 import json
 from pathlib import Path
 
-import threading
 
 import mlflow
+import pytest
 import yaml
 from prefect.flow_runs import resume_flow_run
 
@@ -13,7 +14,7 @@ from flows.finetune import finetune
 from tasks.config import load_config
 from tasks.governance import audit, gate
 from tasks.governance.gate import APPROVAL_TAG
-from tests.test_gate import _paused_run_id
+from tests.conftest import Background, paused_flow_run_id
 from tasks.tracking import client_for
 
 
@@ -31,13 +32,10 @@ def test_flow_records_the_run_and_waits_for_a_four_eyes_approval(workspace, pref
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0}
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
-    results = []
-    worker = threading.Thread(target=lambda: results.append(finetune(str(workspace), wait_for_approval=True)))
-    worker.start()
-    resume_flow_run(_paused_run_id(timeout=600), run_input={"decision": "approve", "reviewer": "reviewer-b",
+    running = Background(lambda: finetune(str(workspace), wait_for_approval=True))
+    resume_flow_run(paused_flow_run_id(timeout=600), run_input={"decision": "approve", "reviewer": "reviewer-b",
                                                             "rationale": "scores and samples reviewed"})
-    worker.join(timeout=120)
-    summary = results[0]
+    summary = running.result(timeout=120)
     cfg = load_config(workspace / "params.yaml")
     client = client_for(cfg, workspace)
 
@@ -49,6 +47,7 @@ def test_flow_records_the_run_and_waits_for_a_four_eyes_approval(workspace, pref
     assert events == ["run_started", "registered", "checks", "approved", "alias_moved"]
     assert gate.verify(cfg, workspace) == []
     assert version.tags["loragate.initiator"] == "test-initiator"
+    assert client.get_run(summary.run_id).data.tags["loragate.version"] == importlib.metadata.version("loragate")
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
     split_outs = {o["path"]: o["md5"] for o in lock["stages"]["split"]["outs"]}
     assert version.tags["loragate.data.holdout"] == split_outs["data/splits/holdout.jsonl"]
@@ -91,3 +90,20 @@ def test_cli_rejects_bad_input_in_one_line_and_writes_nothing(workspace, prefect
 def test_cli_status_lists_nothing_before_a_run(workspace, capsys):
     assert cli(["status", "--workspace", str(workspace), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"versions": [], "alias_history": []}
+
+
+def test_a_fine_tuned_model_that_does_not_beat_its_baseline_by_the_margin_is_rejected_by_checks(workspace, prefect_server):
+    """The gate's delta check on real scores: a 4-step tiny model cannot gain 0.5 ROUGE-L, so the
+    version is rejected by the checks, with the measured delta in the reason, and cannot be approved."""
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["gate"] = {"min_delta_rougeL": 0.5}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    summary = finetune(str(workspace))
+    cfg = load_config(workspace / "params.yaml")
+    delta = summary.metrics["delta/rougeL"]
+    assert delta < 0.5 and not summary.checks.passed
+    assert f"delta/rougeL {delta:+.4f} < required +0.5000" in summary.checks.reasons
+    version = client_for(cfg, workspace).get_model_version(cfg.registry.model_name, summary.version)
+    assert version.tags[APPROVAL_TAG] == "rejected-by-checks"
+    with pytest.raises(gate.GateError, match="failed its pre-checks"):
+        gate.approve(cfg, workspace, cfg.registry.model_name, summary.version, "reviewer-b", "ship it")
