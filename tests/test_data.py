@@ -54,7 +54,9 @@ def test_holdout_is_frozen_when_new_data_arrives(tmp_path):
     new_holdout = {json.loads(x)["id"] for x in (tmp_path / "h2").read_text().splitlines()}
     assert old_holdout == {i for i in new_holdout if i.startswith("r")}
     assert 0.12 < report.holdout_share < 0.28
-    assert in_holdout("r1", "a", 0.2) == in_holdout("r1", "a", 0.2)
+    ids = [f"r{i}" for i in range(400)]
+    drawn = {salt: {i for i in ids if in_holdout(i, salt, 0.2)} for salt in ("a", "b")}
+    assert drawn["a"] != drawn["b"] and len(drawn["a"] & drawn["b"]) < len(drawn["a"]) / 2  # the salt re-draws it
 
 
 def test_raw_personal_data_is_never_tracked_by_git():

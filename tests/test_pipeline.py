@@ -27,6 +27,17 @@ def _files_holding(root: Path, values: list[str]) -> list[str]:
     return hits
 
 
+def _direct_answer(cfg, workspace, summary, prompt: str) -> str:
+    """What base + adapter answer without MLflow in between: the registered pyfunc must say the same."""
+    from tasks.data.validate import system_prompt
+    from tasks.evaluation.holdout import generate, load_for_inference
+
+    model, tokenizer = load_for_inference(cfg.model.base, str(Path(summary.run_dir) / "train" / "adapter"))
+    system = system_prompt(workspace / "data/splits/holdout.jsonl")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return generate(model, tokenizer, [messages], cfg.eval.max_new_tokens, batch_size=8, desc="direct")[0]
+
+
 def test_flow_records_the_run_and_waits_for_a_four_eyes_approval(workspace, prefect_server, personal_values):
     # a 4-step tiny model may not beat its baseline: let the checks pass so a human is asked
     params = yaml.safe_load((workspace / "params.yaml").read_text())
@@ -66,8 +77,9 @@ def test_flow_records_the_run_and_waits_for_a_four_eyes_approval(workspace, pref
 
     # the registered version is the adapter only, and it serves
     model = mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}/{summary.version}")
-    (answer,) = model.predict(["My router is broken, call me."])
-    assert isinstance(answer, str)
+    prompt = "My router is broken, call me."
+    (answer,) = model.predict([prompt])
+    assert isinstance(answer, str) and answer == _direct_answer(cfg, workspace, summary, prompt)
 
     raw = (workspace / "data/raw/tickets.jsonl").read_text()
     present = [v for v in personal_values if v in raw]

@@ -118,23 +118,19 @@ def test_packed_rows_do_not_attend_to_each_other(tiny_model, attn):
         assert not torch.allclose(model(input_ids=packed, use_cache=False).logits[0], alone, atol=1e-2)
 
 
-def test_auto_packing_follows_the_attention():
-    from tasks.training.train import packs
+@pytest.mark.parametrize("cuda", [True, False])
+def test_auto_packing_and_attention_follow_the_device(monkeypatch, cuda):
+    from tasks.training.train import attention, packs
 
-    cuda = torch.cuda.is_available()
-    assert packs(config_from_dict({})) is cuda  # auto: packed only where flex attention skips other rows
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert attention("auto") == {True: "flex_attention", False: "sdpa"}[cuda]
+    assert packs(config_from_dict({})) == {True: True, False: False}[cuda]  # packed only where flex skips other rows
     assert packs(config_from_dict({"train": {"packing": True}})) is True
     assert packs(config_from_dict({"train": {"packing": False}})) is False
+    assert attention("eager") == "eager"
     with pytest.raises(ConfigError, match="train.packing: must be auto, true or false"):
         config_from_dict({"train": {"packing": "sometimes"}})
-
-
-def test_auto_attention_is_flex_on_cuda_only():
-    from tasks.training.train import attention
-
-    assert attention("auto") == ("flex_attention" if torch.cuda.is_available() else "sdpa")
-    assert attention("eager") == "eager"
-    if not torch.cuda.is_available():
+    if not cuda:
         with pytest.raises(ConfigError, match="train.attn_implementation: flex_attention trains on CUDA only"):
             attention("flex_attention")
 
