@@ -1,4 +1,5 @@
 """End to end on the tiny model: real DVC repo, real MLflow store, real Prefect server."""
+import html
 import importlib.metadata
 import json
 from pathlib import Path
@@ -18,13 +19,26 @@ from tests.conftest import Background, paused_flow_run_id
 from tasks.tracking import client_for
 
 
-def _files_holding(root: Path, values: list[str]) -> list[str]:
+def _forms(value: str) -> set[bytes]:
+    """A value as files may hold it: as is, JSON-escaped (ASCII or not) and HTML-escaped."""
+    return {value.encode(), json.dumps(value)[1:-1].encode(), json.dumps(value, ensure_ascii=False)[1:-1].encode(),
+            html.escape(value).encode()}
+
+
+def _files_holding(root: Path, values: list[str], skip: tuple[str, ...] = ()) -> list[str]:
+    forms = {f: v for v in values for f in _forms(v)}
     hits = []
-    for path in root.rglob("*"):
-        if path.is_file():
+    for path in (p for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file()):
+        if not any(str(path).endswith(s) or f"/{s}/" in str(path) for s in skip):
             data = path.read_bytes()
-            hits += [f"{path.relative_to(root)}" for v in values if v.encode() in data]
+            hits += [f"{path.name}: {len(v)}-character value" for f, v in forms.items() if f in data]
     return hits
+
+
+def _prefect_database() -> Path:
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    return Path(PREFECT_API_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
 
 
 def _direct_answer(cfg, workspace, summary, prompt: str) -> str:
@@ -38,6 +52,7 @@ def _direct_answer(cfg, workspace, summary, prompt: str) -> str:
     return generate(model, tokenizer, [messages], cfg.eval.max_new_tokens, batch_size=8, desc="direct")[0]
 
 
+@pytest.mark.slow
 def test_flow_records_the_run_and_waits_for_a_four_eyes_approval(workspace, prefect_server, personal_values):
     # a 4-step tiny model may not beat its baseline: let the checks pass so a human is asked
     params = yaml.safe_load((workspace / "params.yaml").read_text())
@@ -84,9 +99,11 @@ def test_flow_records_the_run_and_waits_for_a_four_eyes_approval(workspace, pref
     raw = (workspace / "data/raw/tickets.jsonl").read_text()
     present = [v for v in personal_values if v in raw]
     assert len(present) >= 80  # at least one name per record
-    assert _files_holding(workspace / "mlflow", present) == []
-    assert _files_holding(workspace / "data/splits", present) == []
-    assert _files_holding(workspace / "runs", present) == []
+    # everywhere but the raw input, clean.jsonl (never cached) and the stage code: MLflow, the DVC cache, splits,
+    # reports, run folders, dvc.lock, and the Prefect server's database
+    assert _files_holding(workspace, present, skip=("data/raw", "clean.jsonl", ".git", "tasks")) == []
+    assert (workspace / ".dvc" / "cache").is_dir() and _prefect_database().stat().st_size > 0
+    assert _files_holding(_prefect_database(), present) == []
 
 
 def test_cli_rejects_bad_input_in_one_line_and_writes_nothing(workspace, prefect_server, capfd):
@@ -104,6 +121,7 @@ def test_cli_status_lists_nothing_before_a_run(workspace, capsys):
     assert json.loads(capsys.readouterr().out) == {"versions": [], "alias_history": []}
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_model_that_does_not_beat_its_baseline_by_the_margin_is_rejected_by_checks(workspace, prefect_server):
     """The gate's delta check on real scores: a 4-step tiny model cannot gain 0.5 ROUGE-L, so the
     version is rejected by the checks, with the measured delta in the reason, and cannot be approved."""

@@ -87,6 +87,7 @@ def _two_runs(workspace: Path):
     return cfg, client, runs
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver")
 def test_two_runs_side_by_side_in_the_mlflow_compare_view(workspace, prefect_server, tmp_path):
     cfg, client, runs = _two_runs(workspace)
