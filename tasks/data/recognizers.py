@@ -192,7 +192,7 @@ def _address_block_recognizer():
 
 # Phone candidates: international and national formats with separators, optional extension.
 # libphonenumber then decides; its own matcher (presidio's PhoneRecognizer) tries every region on
-# every text and took 80% of analysis time with 21 regions.
+# every text and took most of the analysis time with 21 regions.
 _PHONE = (r"(?<![\w+])(?:(?:\+|00)[ \t]?\d{1,3}[ \t.\-/]?)?(?:\(0\)[ \t]?)?(?:\(\d[\d ]{0,5}\)[ \t]?|\d{1,5}[ \t.\-/]?)"
           r"\d{2,4}(?:[ \t.\-/]?\d{2,4}){0,5}(?P<ext>[ \t]?(?:x|ext\.?)[ \t]?\d{1,5})?(?!\w)")
 _NANP = regex.compile(r"^[2-9]\d\d[2-9]\d{6}$")  # area code and exchange never start with 0 or 1

@@ -103,8 +103,8 @@ def attention(name: str) -> str:
 
 def packs(cfg: Config) -> bool:
     """Whether rows are packed. trl flattens a packed batch into one row: flex/flash attention skip
-    the blocks between its sequences, sdpa and eager compute them all under a mask (on 2 CPU cores
-    SmolLM2 trained at 88 tokens/s packed vs 170 padded), so `auto` packs only for the former."""
+    the blocks between its sequences, sdpa and eager compute them all under a mask, so on the CPU
+    packing makes each token dearer and `auto` packs only for the former."""
     if cfg.train.packing == "auto":
         return attention(cfg.train.attn_implementation) in {"flex_attention", "flash_attention_2"}
     return bool(cfg.train.packing)
