@@ -102,6 +102,7 @@ def generate(lines: list[str], n: int, seed: int) -> list[dict]:
         count = n // len(LOCALES) + (i < n % len(LOCALES))
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
+            random.seed(seed + i)  # the person records draw their initials while the faker is built
             faker = PresidioSentenceFaker(locale, lower_case_ratio=0.05, sentence_templates=lines,
                                           entity_type_mapping=mapping, random_seed=seed + i)
             random.seed(seed + i)

@@ -119,47 +119,48 @@ _BLOCK_END = regex.compile(r"(?:\b\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]
 _OLD_DATE = rf"(?<![\w/.-])(?P<v>{_DATE})(?![\w/-])"
 
 
+def _regex_recognizer(name: str, entities: list[str], pattern: str, hit, warm=None):
+    """A presidio recognizer from a regex and a judge: hit(match, entities) gives (type, start, end,
+    score) or None. warm() runs at load, before worker processes fork (word lists, gazetteers)."""
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    class LoragateRecognizer(EntityRecognizer):
+        def load(self) -> None:
+            self.pattern = regex.compile(pattern, FLAGS)
+            if warm:
+                warm()
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            found = (hit(m, entities) for m in self.pattern.finditer(text))
+            return [RecognizerResult(*f) for f in found if f]
+
+    return LoragateRecognizer(supported_entities=entities, name=name, version=VERSION)
+
+
 def _cued_address_recognizer():
     """Words after an address cue, kept when they hold a number or a street word; ends at the
     last capitalised word or number (never on "and")."""
-    from presidio_analyzer import EntityRecognizer, RecognizerResult
-
     street = regex.compile(rf"(?<!\w){_STREET_WORD}(?!\w)")
 
-    class CuedAddressRecognizer(EntityRecognizer):
-        def load(self) -> None:
-            self.pattern = regex.compile(_CUED_ADDRESS, FLAGS)
+    def hit(m, entities):
+        value = regex.sub(r"(?:[\s,]+(?:and|y|und|i|et))+$", "", m.group("v"))
+        if regex.search(r"\d", value) or street.search(value):
+            return "STREET_ADDRESS", m.start("v"), m.start("v") + len(value), 0.55
 
-        def analyze(self, text, entities, nlp_artifacts=None):
-            out = []
-            for m in self.pattern.finditer(text):
-                value = regex.sub(r"(?:[\s,]+(?:and|y|und|i|et))+$", "", m.group("v"))
-                if regex.search(r"\d", value) or street.search(value):
-                    out.append(RecognizerResult("STREET_ADDRESS", m.start("v"), m.start("v") + len(value), 0.55))
-            return out
-
-    return CuedAddressRecognizer(supported_entities=["STREET_ADDRESS"], name="CuedAddressRecognizer", version=VERSION)
+    return _regex_recognizer("CuedAddressRecognizer", ["STREET_ADDRESS"], _CUED_ADDRESS, hit)
 
 
 def _old_date_recognizer():
     from datetime import date
 
-    from presidio_analyzer import EntityRecognizer, RecognizerResult
+    latest = date.today().year - 16
 
-    class OldDateRecognizer(EntityRecognizer):
-        def load(self) -> None:
-            self.pattern, self.latest = regex.compile(_OLD_DATE, FLAGS), date.today().year - 16
+    def hit(m, entities):
+        year = regex.search(r"(\d{4})(?!.*\d{4})", m.group("v"))
+        if year and 1900 <= int(year.group(1)) <= latest:
+            return "DATE_OF_BIRTH", m.start("v"), m.end("v"), 0.45
 
-        def analyze(self, text, entities, nlp_artifacts=None):
-            out = []
-            for m in self.pattern.finditer(text):
-                year = regex.search(r"(\d{4})(?!.*\d{4})|(\d{2})$", m.group("v"))
-                year = int(year.group(1)) if year and year.group(1) else None
-                if year and 1900 <= year <= self.latest:
-                    out.append(RecognizerResult("DATE_OF_BIRTH", m.start("v"), m.end("v"), 0.45))
-            return out
-
-    return OldDateRecognizer(supported_entities=["DATE_OF_BIRTH"], name="OldDateRecognizer", version=VERSION)
+    return _regex_recognizer("OldDateRecognizer", ["DATE_OF_BIRTH"], _OLD_DATE, hit)
 
 
 # IBAN-shaped: country code, check digits, 11-30 more characters in groups; a mistyped IBAN fails
@@ -168,26 +169,17 @@ _IBAN_SHAPE = r"(?<![\w])(?P<v>[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{
 
 
 def _address_block_recognizer():
-    from presidio_analyzer import EntityRecognizer, RecognizerResult
-
     street, designator = regex.compile(rf"(?<!\w){_STREET_WORD}(?!\w)"), regex.compile(rf"(?<!\w){_DESIGNATOR}\s\d")
 
-    class AddressBlockRecognizer(EntityRecognizer):
-        def load(self) -> None:
-            self.pattern = regex.compile(_ADDRESS_BLOCK, FLAGS)
+    def hit(m, entities):
+        words = regex.split(r"[\s,]+", m.group("v"))
+        while words and words[-1].casefold().strip(".") in _stopwords():  # "... Road The" -> "... Road"
+            words.pop()
+        value = m.group("v")[: m.group("v").rfind(words[-1]) + len(words[-1])] if words else ""
+        if value and (street.search(value) or designator.search(value) or _BLOCK_END.search(value)):
+            return "STREET_ADDRESS", m.start("v"), m.start("v") + len(value), 0.6
 
-        def analyze(self, text, entities, nlp_artifacts=None):
-            out, stop = [], _stopwords()
-            for m in self.pattern.finditer(text):
-                words = regex.split(r"[\s,]+", m.group("v"))
-                while words and words[-1].casefold().strip(".") in stop:  # "... Road The" -> "... Road"
-                    words.pop()
-                value = m.group("v")[: m.group("v").rfind(words[-1]) + len(words[-1])] if words else ""
-                if value and (street.search(value) or designator.search(value) or _BLOCK_END.search(value)):
-                    out.append(RecognizerResult("STREET_ADDRESS", m.start("v"), m.start("v") + len(value), 0.6))
-            return out
-
-    return AddressBlockRecognizer(supported_entities=["STREET_ADDRESS"], name="AddressBlockRecognizer", version=VERSION)
+    return _regex_recognizer("AddressBlockRecognizer", ["STREET_ADDRESS"], _ADDRESS_BLOCK, hit)
 
 
 # Phone candidates: international and national formats with separators, optional extension.
@@ -230,22 +222,12 @@ def _phone_score(core: str, regions: tuple[str, ...] = PHONE_REGIONS) -> float:
 
 
 def _phone_recognizer(regions: tuple[str, ...] = PHONE_REGIONS):
-    from presidio_analyzer import EntityRecognizer, RecognizerResult
+    def hit(m, entities):
+        core = m.group(0)[: m.start("ext") - m.start()] if m.group("ext") else m.group(0)
+        score = _phone_score(core.strip(), regions)
+        return ("PHONE_NUMBER", m.start(), m.end(), score) if score else None
 
-    class PhoneNumberRecognizer(EntityRecognizer):
-        def load(self) -> None:
-            self.pattern = regex.compile(_PHONE, FLAGS)
-
-        def analyze(self, text, entities, nlp_artifacts=None):
-            out = []
-            for m in self.pattern.finditer(text):
-                core = m.group(0)[: m.start("ext") - m.start()] if m.group("ext") else m.group(0)
-                score = _phone_score(core.strip(), regions)
-                if score:
-                    out.append(RecognizerResult("PHONE_NUMBER", m.start(), m.end(), score))
-            return out
-
-    return PhoneNumberRecognizer(supported_entities=["PHONE_NUMBER"], name="PhoneNumberRecognizer", version=VERSION)
+    return _regex_recognizer("PhoneNumberRecognizer", ["PHONE_NUMBER"], _PHONE, hit)
 
 
 # 12-19 digits, grouped by spaces or dashes as printed on cards and receipts; Luhn-checked below.
@@ -277,16 +259,7 @@ class CustomPattern:
 
 def _group_recognizer(entity: str, pattern: str, score: float, name: str):
     """A recognizer whose span is the regex's `v` group: the cue words around it stay readable."""
-    from presidio_analyzer import EntityRecognizer, RecognizerResult
-
-    class GroupRecognizer(EntityRecognizer):
-        def load(self) -> None:
-            self.pattern = regex.compile(pattern, FLAGS)
-
-        def analyze(self, text, entities, nlp_artifacts=None):
-            return [RecognizerResult(entity, m.start("v"), m.end("v"), score) for m in self.pattern.finditer(text)]
-
-    return GroupRecognizer(supported_entities=[entity], name=name, version=VERSION)
+    return _regex_recognizer(name, [entity], pattern, lambda m, entities: (entity, m.start("v"), m.end("v"), score))
 
 
 def _nip_recognizer():
@@ -338,26 +311,15 @@ def given_names() -> frozenset[str]:
 def _checked_name_recognizer(entity: str, pattern: str, score: float, name: str, given: bool):
     """A name pattern whose words must not be function words; with `given`, the first must be a known
     first name. Keeps "Hi Team"-like cues and "The Dimensions" out of the PERSON findings."""
-    from presidio_analyzer import EntityRecognizer, RecognizerResult
+    def hit(m, entities):
+        words = [w.strip("'’.").casefold() for w in m.group("v").split()]
+        named = [w for w in words if len(w) > 1 and not _IS_PARTICLE.match(w)]  # initials and "van der" pass
+        # a known first name before a surname is a name even when alone it is a place ("Carolina Lombardi")
+        common = [w for w in named[1 if given and len(named) > 1 else 0:] if w in _NOT_NAMES]
+        if named and not common and not any(w in _stopwords() for w in named) and (not given or words[0] in given_names()):
+            return entity, m.start("v"), m.end("v"), score
 
-    class CheckedNameRecognizer(EntityRecognizer):
-        def load(self) -> None:
-            self.pattern = regex.compile(pattern, FLAGS)
-            given_names()  # loaded once here, before worker processes fork
-
-        def analyze(self, text, entities, nlp_artifacts=None):
-            out, stop, known = [], _stopwords(), given_names()
-            for m in self.pattern.finditer(text):
-                words = [w.strip("'’.").casefold() for w in m.group("v").split()]
-                named = [w for w in words if len(w) > 1 and not _IS_PARTICLE.match(w)]  # initials and "van der" pass
-                # a known first name before a surname is a name even when alone it is a place ("Carolina Lombardi")
-                common = [w for w in named[1 if given and len(named) > 1 else 0:] if w in _NOT_NAMES]
-                if not named or any(w in stop for w in named) or common or (given and words[0] not in known):
-                    continue
-                out.append(RecognizerResult(entity, m.start("v"), m.end("v"), score))
-            return out
-
-    return CheckedNameRecognizer(supported_entities=[entity], name=name, version=VERSION)
+    return _regex_recognizer(name, [entity], pattern, hit, warm=given_names)
 
 
 # capitalised words that follow name cues but are not names
@@ -391,25 +353,19 @@ def _rare_word_recognizer():
     which also count names and places) is a proper noun: a rare surname, first name or small place.
     spaCy's small model misses exactly these ("Otremba", "Nishioka"); masking a rare place too is
     the safe side of the trade."""
-    from presidio_analyzer import EntityRecognizer, RecognizerResult
     from wordfreq import zipf_frequency
 
-    class RareWordRecognizer(EntityRecognizer):
-        def load(self) -> None:
-            self.pattern = regex.compile(rf"(?<![\w'’\-/.@<_]){_NAME}(?![\w'’\-/@>_])", FLAGS)
-            for lang in LEXICON_LANGS:  # loaded once here, before worker processes fork
-                zipf_frequency("the", lang)
+    def hit(m, entities):
+        word = m.group(0).strip("'’").casefold()
+        if (2 < len(word) <= 14 and not _NOUN_ENDING.search(word)
+                and all(zipf_frequency(word, lang) < _RARE_ZIPF for lang in LEXICON_LANGS)):
+            return "PERSON", m.start(), m.end(), 0.45
 
-        def analyze(self, text, entities, nlp_artifacts=None):
-            out = []
-            for m in self.pattern.finditer(text):
-                word = m.group(0).strip("'’").casefold()
-                if (2 < len(word) <= 14 and not _NOUN_ENDING.search(word)
-                        and all(zipf_frequency(word, lang) < _RARE_ZIPF for lang in LEXICON_LANGS)):
-                    out.append(RecognizerResult("PERSON", m.start(), m.end(), 0.45))
-            return out
+    def warm():
+        for lang in LEXICON_LANGS:
+            zipf_frequency("the", lang)
 
-    return RareWordRecognizer(supported_entities=["PERSON"], name="RareWordRecognizer", version=VERSION)
+    return _regex_recognizer("RareWordRecognizer", ["PERSON"], rf"(?<![\w'’\-/.@<_]){_NAME}(?![\w'’\-/@>_])", hit, warm)
 
 
 # An identifier introduced by its name is personal data whether or not its checksum holds (a
@@ -456,26 +412,17 @@ def _cued_value(text: str) -> str:
 
 
 def _cued_id_recognizer():
-    from presidio_analyzer import EntityRecognizer, RecognizerResult
-
     cue = "|".join(f"(?P<{kind}>{pattern})" for kind, pattern in _ID_CUES.items())
 
-    class CuedIdRecognizer(EntityRecognizer):
-        def load(self) -> None:
-            self.pattern = regex.compile(rf"(?i:(?<![\w])(?:{cue})(?<=\.|\b)(?!\w)){_CUE_GAP}{_CUE_VALUE}", FLAGS)
+    def hit(m, entities):
+        kind = next(k for k in _ID_CUES if m.group(k) is not None)
+        value = _cued_value(m.group("v"))
+        if sum(c.isdigit() for c in value) >= 5 and kind in (entities or [kind]):
+            valid = _CHECKS.get(kind, lambda v: False)(regex.sub(r"[\s./\-()]", "", value))
+            return kind, m.start("v"), m.start("v") + len(value), 1.0 if valid else 0.8
 
-        def analyze(self, text, entities, nlp_artifacts=None):
-            out = []
-            for m in self.pattern.finditer(text):
-                kind = next(k for k in _ID_CUES if m.group(k) is not None)
-                value = _cued_value(m.group("v"))
-                if sum(c.isdigit() for c in value) < 5 or kind not in (entities or [kind]):
-                    continue
-                valid = _CHECKS.get(kind, lambda v: False)(regex.sub(r"[\s./\-()]", "", value))
-                out.append(RecognizerResult(kind, m.start("v"), m.start("v") + len(value), 1.0 if valid else 0.8))
-            return out
-
-    return CuedIdRecognizer(supported_entities=list(_ID_CUES), name="CuedIdRecognizer", version=VERSION)
+    return _regex_recognizer("CuedIdRecognizer", list(_ID_CUES),
+                             rf"(?i:(?<![\w])(?:{cue})(?<=\.|\b)(?!\w)){_CUE_GAP}{_CUE_VALUE}", hit)
 
 
 def checksum_recognizers() -> list:
