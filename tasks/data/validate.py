@@ -1,7 +1,7 @@
 """Validate stage: read user JSONL in any supported format, check every record, drop exact
 duplicates, and write one normalized chat format.
 
-    python -m tasks.data.validate [params.yaml]      # DVC stage `validate`: data.raw -> data/interim/clean.jsonl
+    python -m tasks.data.validate RAW.jsonl CLEAN.jsonl REPORT.json [--params params.yaml]   # DVC stage `validate`
 
 Supported inputs: chat `messages` (system/user/assistant), Alpaca (`instruction`/`input`/`output`),
 `prompt`/`completion` strings. An invalid record stops the stage with one line naming file, line
@@ -19,13 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Config, load_config
+from tasks.config import Config
 from tasks.io import atomic_path, write_json, write_jsonl
+from tasks.orchestration import stage_main
 
 FORMATS = ("messages", "alpaca", "prompt_completion")
 ROLES = ("system", "user", "assistant")
-CLEAN = Path("data/interim/clean.jsonl")
-VALIDATION_REPORT = Path("data/reports/validation.json")
 
 
 class DataError(ValueError):
@@ -166,16 +165,14 @@ def validate(cfg: Config, src: str | Path, dst: str | Path, key: bytes | None = 
     return ValidationReport(fmt, len(rows), written, len(rows) - written)
 
 
-def main(argv: list[str]) -> int:
-    cfg = load_config(argv[1] if len(argv) > 1 else "params.yaml")
-    try:
-        report = validate(cfg, cfg.data.raw, CLEAN)
-    except DataError as err:
-        print(f"loragate: invalid input: {err}", file=sys.stderr)
-        return 2
-    write_json(VALIDATION_REPORT, asdict(report))
+def _run(cfg: Config, src: str, dst: str, report_path: str) -> None:
+    report = validate(cfg, src, dst)
+    write_json(report_path, asdict(report))
     print(f"validate: {report.records_out} records ({report.duplicates_dropped} duplicates dropped)")
-    return 0
+
+
+def main(argv: list[str]) -> int:
+    return stage_main(argv, ("src", "dst", "report"), _run, (DataError,), prefix="invalid input: ")
 
 
 if __name__ == "__main__":
