@@ -8,7 +8,8 @@ import pytest
 from tasks.data.anonymize import anonymize
 from tasks.config import Config, ConfigError, config_from_dict
 from tasks.data.validate import DataError, validate
-from tasks.evaluation.report import _confusion_plot, slice_metrics
+from tasks.evaluation.plots import confusion_plot
+from tasks.evaluation.stats import slice_metrics
 from tasks.evaluation.scoring import NO_LABEL, classification_scores, delta_interval, mean_interval, parse_label, score
 
 CFG = Config()
@@ -72,7 +73,7 @@ def test_classification_mode_needs_labels_and_adds_scores_beside_rouge():
     assert means["accuracy"] == pytest.approx(2 / 3) and per_row["accuracy"] == [1.0, 0.0, 1.0]
     assert "rougeL" in means and "bertscore_f1" in means
     rows = [{"reference": r, "prediction": p} for r, p in [("billing", "billing"), ("delivery", "billing")]]
-    fig = _confusion_plot(cfg.eval.labels, rows)
+    fig = confusion_plot(cfg.eval.labels, rows)
     counts = fig.axes[0].images[0].get_array()  # rows: reference billing, delivery, (no label)
     assert counts.tolist() == [[1, 0, 0], [1, 0, 0], [0, 0, 0]]
 
@@ -102,7 +103,7 @@ def test_the_slice_field_travels_from_raw_records_to_the_anonymized_file(tmp_pat
 
 def test_classification_deltas_carry_paired_intervals_for_accuracy_and_macro_f1():
     from tasks.evaluation.holdout import EvalReport
-    from tasks.evaluation.report import comparison_metrics
+    from tasks.evaluation.stats import comparison_metrics
 
     cfg = config_from_dict({"eval": {"task": "classification", "labels": ["billing", "delivery"],
                                      "bootstrap_resamples": 300}})
