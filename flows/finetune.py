@@ -19,7 +19,7 @@ from tasks.data.validate import system_prompt
 from flows.approve import await_decision
 from tasks.governance.gate import Checks, Decision, record_run_started, review_description, run_checks_task
 from tasks.training.models import resolve_model_task
-from tasks.governance.register import register_task
+from tasks.governance.register import register_task, serving_base
 from tasks.evaluation.report import record_results_task
 from tasks.data.split import HOLDOUT, TRAIN
 from tasks.io import write_json
@@ -67,7 +67,7 @@ def finetune(workspace: str = ".", params: str = "params.yaml", wait_for_approva
         with _timed(timings, "data_stages"):
             data = reproduce_task(root)
     run_id = start_run(cfg, root, _run_name(cfg, previous_params(cfg, root)), {f"loragate.data.{Path(p).stem}": h for p, h in data.hashes.items()}
-                       | {"loragate.base_model": cfg.model.base})
+                       | {"loragate.base_model": cfg.model.base, "loragate.serving_base": serving_base(cfg)})
     record_run_started(cfg, root, run_id, initiator(), data.hashes)
     try:
         run_dir = root / "runs" / run_id

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -62,6 +63,22 @@ def test_qlora_trains_in_4bit_on_cpu(tmp_path, tiny_model, train_file):
     after = _snapshot(trainer.model)
     assert report.quantized and report.steps == 2
     assert any(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
+    # scored (and served) on the 4-bit base it was trained on, not on the full-precision one
+    from tasks.evaluation.holdout import evaluate_holdout, load_for_inference
+    from tasks.governance.register import serving_base
+
+    scored = evaluate_holdout(cfg, tiny_model, train_file, tmp_path / "eval", str(tmp_path / "q" / "adapter"))
+    model, _ = load_for_inference(tiny_model, str(tmp_path / "q" / "adapter"), bnb_config(cfg.quantization))
+    assert scored.examples > 0 and any("4bit" in type(m).__name__ for m in model.modules())
+    assert serving_base(cfg).endswith("(nf4 4-bit, compute float32)")
+    from types import SimpleNamespace
+
+    from tasks.governance.serving import AdapterChatModel
+
+    served = AdapterChatModel()
+    served.load_context(SimpleNamespace(artifacts={"adapter": str(tmp_path / "q" / "adapter")}, model_config={
+        "base_model": tiny_model, "max_new_tokens": 4, "quantization": dataclasses.asdict(cfg.quantization)}))
+    assert any("4bit" in type(m).__name__ for m in served.model.modules())
 
 
 def _lora_model(model_dir: str, quantized: bool, dropout: float):

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from tasks.config import Config, load_config
 from tasks.io import read_jsonl, write_json, write_jsonl
 from tasks.evaluation.scoring import metric_config, score
+from tasks.training.train import bnb_config
 from tasks.orchestration import stage_task
 
 
@@ -31,14 +32,15 @@ class EvalReport:
 
 
 def load_for_inference(model_dir: str, adapter_dir: str | None = None, quantization=None):
-    """Model (base, or base + LoRA adapter) in eval mode, and its tokenizer padding on the left."""
+    """Model (base, or base + LoRA adapter) in eval mode, and its tokenizer padding on the left. With
+    a BitsAndBytesConfig the base is the 4-bit one a QLoRA adapter was trained on and is served on."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir or model_dir)
     tokenizer.padding_side = "left"  # decoder-only batches must end at the prompt's last token
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    device_map = "auto" if torch.cuda.is_available() else None
+    device_map = "auto" if torch.cuda.is_available() else ("cpu" if quantization else None)
     model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quantization, device_map=device_map)
     if adapter_dir:
         from peft import PeftModel
@@ -71,7 +73,8 @@ def evaluate_holdout(cfg: Config, model_dir: str, holdout: str | Path, out_dir: 
     if cfg.eval.max_examples:
         rows = rows[: cfg.eval.max_examples]
     started = time.perf_counter()
-    model, tokenizer = load_for_inference(model_dir, adapter_dir)
+    # a QLoRA adapter is scored on the 4-bit base it was trained on, the base it is served on
+    model, tokenizer = load_for_inference(model_dir, adapter_dir, bnb_config(cfg.quantization))
     prompts = [r["messages"][:-1] for r in rows]
     references = [r["messages"][-1]["content"] for r in rows]
     predictions = generate(model, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size, f"eval {label}")

@@ -5,6 +5,8 @@ as `pending`. Nothing here promotes it; only tasks/governance/gate.py moves the 
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,17 +27,25 @@ class Registration:
     tags: dict[str, str]
 
 
+def serving_base(cfg: Config) -> str:
+    """The base the version was scored on and is served on: the 4-bit one for QLoRA."""
+    q = cfg.quantization
+    return f"{cfg.model.base} ({q.quant_type} 4-bit, compute {q.compute_dtype})" if q.enabled else f"{cfg.model.base} (full precision)"
+
+
 def register(cfg: Config, root: str | Path, run_id: str, adapter_dir: str | Path,
              data_hashes: dict[str, str], system_prompt: str | None = None) -> Registration:
     """Log the adapter as a pyfunc model in run_id and register it as a pending version."""
     client_for(cfg, root)
     model_config = {"base_model": cfg.model.base, "cache_dir": cfg.model.cache_dir,
-                    "max_new_tokens": cfg.eval.max_new_tokens, "system": system_prompt}
+                    "max_new_tokens": cfg.eval.max_new_tokens, "system": system_prompt,
+                    "quantization": dataclasses.asdict(cfg.quantization) if cfg.quantization.enabled else None}
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=AdapterChatModel(), artifacts={"adapter": str(adapter_dir)},
             model_config=model_config, pip_requirements=["loragate", "torch", "transformers", "peft"])
     tags = {"loragate.initiator": initiator(), "loragate.base_model": cfg.model.base,
+            "loragate.serving_base": serving_base(cfg),
             "loragate.run_id": run_id, **{f"loragate.data.{Path(p).stem}": h for p, h in sorted(data_hashes.items())
                                           if p.startswith("data/splits/")}}
     version = mlflow.register_model(info.model_uri, cfg.registry.model_name, tags=tags)

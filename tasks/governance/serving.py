@@ -12,12 +12,16 @@ class AdapterChatModel(mlflow.pyfunc.PythonModel):
     """predict(list of user messages or chat prompts) -> greedy answers."""
 
     def load_context(self, context) -> None:
+        from tasks.config import QuantizationConfig
         from tasks.evaluation.holdout import load_for_inference
         from tasks.training.models import resolve_model
+        from tasks.training.train import bnb_config
 
         cfg = context.model_config
         base = resolve_model(cfg["base_model"], cfg.get("cache_dir", "~/.cache/loragate/models"))
-        self.model, self.tokenizer = load_for_inference(base, context.artifacts["adapter"])
+        quant = cfg.get("quantization")  # QLoRA versions serve on the 4-bit base they were scored on
+        bnb = bnb_config(QuantizationConfig(**quant)) if quant else None
+        self.model, self.tokenizer = load_for_inference(base, context.artifacts["adapter"], bnb)
         self.max_new_tokens = int(cfg.get("max_new_tokens", 64))
         self.system = cfg.get("system")
 
