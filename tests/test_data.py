@@ -31,7 +31,7 @@ def test_formats_are_detected_and_normalized_to_chat(tmp_path, row, user, answer
     ({"messages": [{"role": "user", "content": "x"}, {"role": "bot", "content": "y"}]},
      "in.jsonl:2: field 'messages[1].role'"),
     ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]},
-     "in.jsonl:2: messages[1]: field 'content'"),
+     "in.jsonl:2: field 'messages[1].content': must be a non-empty string"),
 ])
 def test_invalid_input_names_file_line_and_field_and_writes_nothing(tmp_path, bad, expected):
     good = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}

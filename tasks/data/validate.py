@@ -17,14 +17,14 @@ import secrets
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError
 
 from tasks.config import Config
 from tasks.io import atomic_path, write_json, write_jsonl
 from tasks.orchestration import stage_main
 
-FORMATS = ("messages", "alpaca", "prompt_completion")
-ROLES = ("system", "user", "assistant")
 
 
 class DataError(ValueError):
@@ -49,41 +49,74 @@ def detect_format(record: dict[str, Any]) -> str | None:
     return None
 
 
-def _text(record: dict, key: str, where: str, optional: bool = False) -> str:
-    value = record.get(key, "" if optional else None)
-    if not isinstance(value, str) or (not optional and not value.strip()):
-        raise DataError(f"{where}: field '{key}': must be a non-empty string")
+def _non_empty(value: Any) -> Any:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
     return value
 
 
-def _messages(record: dict, where: str) -> list[dict[str, str]]:
-    msgs = record.get("messages")
-    if not isinstance(msgs, list) or len(msgs) < 2:
-        raise DataError(f"{where}: field 'messages': must be a list of at least 2 messages")
-    out = []
-    for i, msg in enumerate(msgs):
-        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
-            raise DataError(f"{where}: field 'messages[{i}].role': must be one of {'/'.join(ROLES)}")
-        out.append({"role": msg["role"], "content": _text(msg, "content", f"{where}: messages[{i}]")})
-    if out[-1]["role"] != "assistant":
-        raise DataError(f"{where}: field 'messages[{len(out) - 1}].role': the last message must be the assistant's")
-    if not any(m["role"] == "user" for m in out):
+Text = Annotated[str, BeforeValidator(_non_empty)]
+_RECORD = ConfigDict(extra="ignore")  # other fields (a slice label, ids) travel along unchecked
+
+
+class Message(BaseModel):
+    model_config = _RECORD
+    role: Literal["system", "user", "assistant"]
+    content: Text
+
+
+class ChatRecord(BaseModel):
+    model_config = _RECORD
+    messages: Annotated[list[Message], Field(min_length=2)]
+
+
+class AlpacaRecord(BaseModel):
+    model_config = _RECORD
+    instruction: Text
+    input: StrictStr = ""
+    output: Text
+
+
+class PromptCompletionRecord(BaseModel):
+    model_config = _RECORD
+    prompt: Text
+    completion: Text
+
+
+SCHEMAS = {"messages": ChatRecord, "alpaca": AlpacaRecord, "prompt_completion": PromptCompletionRecord}  # the formats
+
+
+def _parsed(record: Any, fmt: str, where: str) -> BaseModel:
+    """The record checked against its format's schema; the first problem as one line naming the
+    field (`messages[1].role`), never the value."""
+    try:
+        return SCHEMAS[fmt].model_validate(record)
+    except ValidationError as err:
+        e = err.errors()[0]
+        if not e["loc"]:
+            raise DataError(f"{where}: record must be a JSON object") from None
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
+        why = e["msg"].removeprefix("Value error, ")
+        raise DataError(f"{where}: field '{field}': {why[0].lower()}{why[1:]}") from None
+
+
+def _chat(messages: list[dict[str, str]], where: str) -> list[dict[str, str]]:
+    if messages[-1]["role"] != "assistant":
+        raise DataError(f"{where}: field 'messages[{len(messages) - 1}].role': the last message must be the assistant's")
+    if not any(m["role"] == "user" for m in messages):
         raise DataError(f"{where}: field 'messages': no user message")
-    return out
+    return messages
 
 
 def normalize(record: Any, fmt: str, where: str) -> list[dict[str, str]]:
     """One record -> chat messages ending with the assistant's answer."""
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: record must be a JSON object")
+    rec = _parsed(record, fmt, where)
     if fmt == "messages":
-        return _messages(record, where)
+        return _chat([m.model_dump() for m in rec.messages], where)
     if fmt == "alpaca":
-        instruction, extra = _text(record, "instruction", where), _text(record, "input", where, optional=True)
-        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        return [{"role": "user", "content": user}, {"role": "assistant", "content": _text(record, "output", where)}]
-    return [{"role": "user", "content": _text(record, "prompt", where)},
-            {"role": "assistant", "content": _text(record, "completion", where)}]
+        user = f"{rec.instruction}\n\n{rec.input}" if rec.input.strip() else rec.instruction
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": rec.output}]
+    return [{"role": "user", "content": rec.prompt}, {"role": "assistant", "content": rec.completion}]
 
 
 def _slice(record: dict, field: str, where: str) -> str:
