@@ -13,8 +13,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from tasks.data.split import HOLDOUT, TRAIN
 from tasks.orchestration import stage_task
 
@@ -26,17 +24,24 @@ class StageFailed(RuntimeError):
 @dataclass(frozen=True)
 class DataVersion:
     hashes: dict[str, str]  # workspace-relative path -> DVC md5
-    reproduced: list[str]  # stages that ran (empty when everything was up to date)
+    reproduced: list[str]  # stages DVC found stale before the run (empty when everything was up to date)
 
 
-def _lock_hashes(root: Path) -> dict[str, str]:
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
-    hashes = {}
-    for stage in lock.get("stages", {}).values():
-        for out in stage.get("outs", []):
-            if "md5" in out:
-                hashes[out["path"]] = out["md5"]
-    return hashes
+def _stale_stages(root: Path) -> list[str]:
+    """Stages DVC's own status says must run (changed deps, params or outs)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return list(repo.status())
+
+
+def _out_hashes(root: Path) -> dict[str, str]:
+    """workspace-relative path -> the md5 DVC recorded for every stage output."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {str(out.def_path): out.hash_info.value for stage in repo.index.stages for out in stage.outs
+                if out.hash_info and out.hash_info.value}
 
 
 def _run_streaming(cmd: list[str], cwd: Path, env: dict) -> tuple[int, str, str]:
@@ -53,19 +58,21 @@ def _run_streaming(cmd: list[str], cwd: Path, env: dict) -> tuple[int, str, str]
 
 def reproduce(root: str | Path) -> DataVersion:
     """`dvc repro` in root, run by this interpreter so stage commands (`python -m tasks...`) find
-    the same environment. On failure, the stage's own one-line reason becomes the error."""
+    the same environment. It runs as a child process rather than through the API so that a failing
+    stage's own one-line reason (`loragate: ...` on its stderr) can become the error; what ran and
+    the output hashes come from DVC's Python API."""
     root = Path(root).resolve()
+    stale = _stale_stages(root)
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    code, out, err = _run_streaming([sys.executable, "-m", "dvc", "repro"], root, env)
-    ran = re.findall(r"Running stage '([^']+)'", out)
+    code, _, err = _run_streaming([sys.executable, "-m", "dvc", "repro"], root, env)
     if code != 0:
         reasons = re.findall(r"^loragate: (.+)$", err, re.M) or re.findall(r"^ERROR: (.+)$", err, re.M)
         raise StageFailed(reasons[-1] if reasons else f"dvc repro failed in {root}")
-    hashes = _lock_hashes(root)
+    hashes = _out_hashes(root)
     missing = [str(p) for p in (TRAIN, HOLDOUT) if str(p) not in hashes]
     if missing:
         raise StageFailed(f"{root / 'dvc.lock'}: no hash recorded for {', '.join(missing)}")
-    return DataVersion(hashes, ran)
+    return DataVersion(hashes, stale)
 
 reproduce_task = stage_task(reproduce, "dvc-repro")
 
