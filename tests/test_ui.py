@@ -117,10 +117,9 @@ def test_two_runs_side_by_side_in_the_mlflow_compare_view(workspace, prefect_ser
             browser.get(url)
             wanted = [first.info.run_name, second.info.run_name, "lora.r", "metric.bertscore.num_layers",
                       "delta/rougeL", "delta/rougeL_ci_low", "finetuned/bertscore_f1", "vs_champion/rougeL"]
-            deadline, text = time.time() + 60, ""
-            while time.time() < deadline and second.info.run_name not in text:
-                time.sleep(1)
-                text = browser.find_element("tag name", "body").text
+            from selenium.webdriver.support.ui import WebDriverWait  # fails loudly after 60 s
+
+            WebDriverWait(browser, 60).until(lambda b: second.info.run_name in b.find_element("tag name", "body").text)
             shot = tmp_path / "compare.png"
             browser.save_screenshot(str(shot))
             text = _scrolled_text(browser)
