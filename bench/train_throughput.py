@@ -236,7 +236,8 @@ def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | Non
 
 def run_case(case: str, a) -> dict:
     """case = <path>-<data>[-<variant>...]: path recipe|loragate|lean, data fixed|var; variants: qkvo (targets),
-    nodrop (LoRA dropout 0 in the recipe). loragate runs its params defaults (Liger kernels, dropout 0, fused
+    nodrop (LoRA dropout 0 in the recipe), b<N> (micro-batch N, any path: recipe-fixed-b16 is the recipe at
+    loragate's 16 rows a step, so a ratio does not mix in batch size). loragate runs its params defaults (Liger kernels, dropout 0, fused
     LoRA, packing, flex attention) less what a variant turns off: noliger, drop (dropout 0.05), unfused (peft's
     forward), sdpa, nopack (padded batches); or adds: compile (torch.compile), b<N> (micro-batch N),
     offload (activations to host)."""
@@ -253,13 +254,13 @@ def run_case(case: str, a) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()  # build-time bf16 copies are not training memory
     with tempfile.TemporaryDirectory() as out:
+        batch = next((int(v[1:]) for v in variants if v[0] == "b" and v[1:].isdigit()),
+                     {"recipe": a.recipe_batch, "lean": a.lean_batch}.get(path, a.batch))
         if path == "recipe":
-            data = rows(kind, a.recipe_batch * steps, a.max_len, vocab)
-            trainer = recipe_trainer(model, data, targets, a.recipe_batch, steps, a.max_len, vocab - 1, out,
+            data = rows(kind, batch * steps, a.max_len, vocab)
+            trainer = recipe_trainer(model, data, targets, batch, steps, a.max_len, vocab - 1, out,
                                      dropout=0.0 if "nodrop" in variants else 0.05)
         else:
-            batch = next((int(v[1:]) for v in variants if v[0] == "b" and v[1:].isdigit()),
-                         a.lean_batch if path == "lean" else a.batch)
             data = rows(kind, batch * steps * (3 if kind == "var" else 1), a.max_len, vocab)
             extra = {"liger_kernels": "noliger" not in variants,
                      "packing": False if "nopack" in variants else "auto",
@@ -307,6 +308,12 @@ def ratios(results: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def headline(results: dict[str, dict]) -> dict[str, dict]:
+    """Per case, what a reader compares first: tokens/s, MFU, peak memory and the step-time spread."""
+    keys = ("tokens_per_s", "mfu", "step_s", "step_s_min_max", "tokens_per_step", "peak_allocated_gib", "error")
+    return {case: {k: r[k] for k in keys if k in r} for case, r in results.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--arch", default="qwen2.5-7b", choices=sorted(ARCHS))
@@ -330,7 +337,8 @@ def main() -> None:
         results[case] = isolated(case)
         print(json.dumps({k: v for k, v in results[case].items() if k != "losses"}), flush=True)
         summary = {"arch": a.arch, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                   "torch": torch.__version__, "args": vars(a), "results": results, "ratios": ratios(results)}
+                   "torch": torch.__version__, "args": vars(a), "headline": headline(results),
+                   "results": results, "ratios": ratios(results)}
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / f"train_throughput-{a.arch}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary["ratios"], indent=2))
