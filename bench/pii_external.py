@@ -23,7 +23,7 @@ import time
 import warnings
 from collections import Counter
 
-from bench.pii_quality import score
+from tasks.data.pii_eval import score
 from tasks.data.anonymize import build_analyzer, detect, resolve_spans
 from tasks.config import Config
 from tasks.io import write_json

@@ -1,4 +1,4 @@
-"""Anonymization quality and speed on the synthetic benchmark (bench/pii_synth.py).
+"""Anonymization quality and speed on the project's own synthetic data (data/sample/pii_synth.py).
 
     python -m bench.pii_quality [--records 2000] [--plain-records 500]
 
@@ -15,41 +15,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from collections import Counter
+import sys
+from pathlib import Path
 
-from bench.pii_synth import generate
 from tasks.data.anonymize import build_analyzer, detect, detected_entities, resolve_spans
 from tasks.config import Config
+from tasks.data.pii_eval import TARGETS, score
 from tasks.io import write_json
 from tasks.data.recognizers import widen_names
 
-STRUCTURED = ("EMAIL_ADDRESS", "PHONE_NUMBER", "IBAN_CODE", "CREDIT_CARD", "IP_ADDRESS", "PL_PESEL", "PL_NIP", "DE_TAX_ID")
-TARGETS = {**{t: 0.99 for t in STRUCTURED}, "PERSON": 0.95, "STREET_ADDRESS": 0.95}
-
-
-def _covered(text: str, gold: dict, spans: list[tuple[int, int]]) -> bool:
-    return all(any(a <= i < b for a, b in spans) for i in range(gold["start"], gold["end"]) if text[i].isalnum())
-
-
-def score(records: list[dict], found: list[list]) -> dict:
-    """Per-type recall (value fully masked), typed recall and precision (detection overlaps a value)."""
-    gold_n, removed, typed, det_n, det_ok, misses = Counter(), Counter(), Counter(), Counter(), Counter(), Counter()
-    for rec, results in zip(records, found):
-        spans = [(r.start, r.end) for r in results]
-        for g in rec["spans"]:
-            gold_n[g["type"]] += 1
-            removed[g["type"]] += _covered(rec["text"], g, spans)
-            typed[g["type"]] += _covered(rec["text"], g, [(r.start, r.end) for r in results if r.entity_type == g["type"]])
-        for r in results:
-            det_n[r.entity_type] += 1
-            det_ok[r.entity_type] += any(r.start < g["end"] and g["start"] < r.end for g in rec["spans"])
-    recall = {t: round(removed[t] / gold_n[t], 4) for t in sorted(gold_n)}
-    return {"recall": recall, "typed_recall": {t: round(typed[t] / gold_n[t], 4) for t in sorted(gold_n)},
-            "precision": {t: round(det_ok[t] / det_n[t], 4) for t in sorted(det_n)},
-            "values": dict(sorted(gold_n.items())), "detections": dict(sorted(det_n.items())),
-            "overall_recall": round(sum(removed.values()) / sum(gold_n.values()), 4),
-            "overall_precision": round(sum(det_ok.values()) / max(sum(det_n.values()), 1), 4)}
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data" / "sample"))
+from pii_synth import generate  # noqa: E402  (a seeded sample generator, like generate.py beside it)
 
 def run_plain(cfg: Config, records: list[dict]) -> tuple[list[list], float]:
     analyzer = build_analyzer(dataclasses.replace(cfg, pii=dataclasses.replace(cfg.pii, ner_only=False)))

@@ -22,8 +22,9 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def load_generator():
-    spec = importlib.util.spec_from_file_location("sample_generate", ROOT / "data/sample/generate.py")
+def load_generator(name: str = "generate"):
+    """A seeded generator of data/sample/ (the sample tickets, or pii_synth's labelled messages)."""
+    spec = importlib.util.spec_from_file_location(f"sample_{name}", ROOT / f"data/sample/{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

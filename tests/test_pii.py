@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from bench.pii_quality import TARGETS, score
-from bench.pii_synth import generate
 from tasks.data.anonymize import PiiError, Replacer, anonymize, anonymize_records, build_analyzer, detect, resolve_spans
 from tasks.config import Config, ConfigError, config_from_dict
+from tasks.data.pii_eval import TARGETS, score
 from tasks.data.validate import validate
+from tests.conftest import load_generator
 
 
 def test_sample_personal_values_are_all_removed_and_report_holds_counts_only(tmp_path, sample, personal_values):
@@ -118,8 +118,8 @@ def test_a_record_that_cannot_be_masked_is_quarantined_by_reason_and_the_run_goe
 
 
 def test_synthetic_multilocale_recall_and_precision_per_type(analyzer):
-    """300 records of bench/pii_synth (5 Faker locales, EU identifiers): the issue's targets hold."""
-    records = generate(300, seed=11)
+    """300 records of data/sample/pii_synth (5 Faker locales, EU identifiers): the issue's targets hold."""
+    records = load_generator("pii_synth").generate(300, seed=11)
     found = [resolve_spans(texts[0])
              for r, texts in zip(records, detect(Config(), [[r["text"]] for r in records], analyzer))]
     result = score(records, found)

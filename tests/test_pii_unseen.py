@@ -173,3 +173,17 @@ CLAIM_MAILS = [  # (text, values that must go, words that must stay)
 def test_claim_mails_in_four_locales_lose_every_personal_value_and_keep_their_salutation(analyzer, text, gone, kept):
     masked = _masked(analyzer, text)
     assert [v for v in gone if v in masked] == [] and [k for k in kept if k not in masked] == [], masked
+
+
+def test_a_dpo_measures_the_anonymizer_on_their_own_labelled_sample(tmp_path, capsys):
+    from tasks.data.pii_eval import main
+
+    text = "Call Zofia Wrona on +48 601 234 567 about order 1234."
+    rows = [{"text": text, "spans": [{"start": 5, "end": 16, "type": "PERSON"}, {"start": 20, "end": 35, "type": "PHONE_NUMBER"}]}]
+    (tmp_path / "labelled.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    assert main(["pii_eval", str(tmp_path / "labelled.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["recall"] == {"PERSON": 1.0, "PHONE_NUMBER": 1.0} and "Wrona" not in out
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    assert main(["pii_eval", str(tmp_path / "bad.jsonl")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -119,9 +119,11 @@ _BLOCK_END = regex.compile(r"(?:\b\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]
 _OLD_DATE = rf"(?<![\w/.-])(?P<v>{_DATE})(?![\w/-])"
 
 
-def _regex_recognizer(name: str, entities: list[str], pattern: str, hit, warm=None):
+def _regex_recognizer(name: str, entities: list[str], pattern: str, hit, warm=None, overlapped: bool = False):
     """A presidio recognizer from a regex and a judge: hit(match, entities) gives (type, start, end,
-    score) or None. warm() runs at load, before worker processes fork (word lists, gazetteers)."""
+    score) or None. warm() runs at load, before worker processes fork (word lists, gazetteers).
+    overlapped: also try matches starting inside a rejected one ("Call Zofia Wrona": not "Call...",
+    but "Zofia Wrona")."""
     from presidio_analyzer import EntityRecognizer, RecognizerResult
 
     class LoragateRecognizer(EntityRecognizer):
@@ -131,7 +133,7 @@ def _regex_recognizer(name: str, entities: list[str], pattern: str, hit, warm=No
                 warm()
 
         def analyze(self, text, entities, nlp_artifacts=None):
-            found = (hit(m, entities) for m in self.pattern.finditer(text))
+            found = (hit(m, entities) for m in self.pattern.finditer(text, overlapped=overlapped))
             return [RecognizerResult(*f) for f in found if f]
 
     return LoragateRecognizer(supported_entities=entities, name=name, version=VERSION)
@@ -319,7 +321,7 @@ def _checked_name_recognizer(entity: str, pattern: str, score: float, name: str,
         if named and not common and not any(w in _stopwords() for w in named) and (not given or words[0] in given_names()):
             return entity, m.start("v"), m.end("v"), score
 
-    return _regex_recognizer(name, [entity], pattern, hit, warm=given_names)
+    return _regex_recognizer(name, [entity], pattern, hit, warm=given_names, overlapped=True)
 
 
 # capitalised words that follow name cues but are not names

@@ -1,7 +1,7 @@
 """Synthetic personal-data benchmark: support messages in five Faker locales with every injected
 value's character span, so recall and precision can be measured per entity type.
 
-    python -m bench.pii_synth [N] [OUT.jsonl]   # default 2,000 records -> bench/results/pii_synth.jsonl
+    python data/sample/pii_synth.py [N] [OUT.jsonl]   # default 2,000 records -> bench/results/pii_synth.jsonl
 
 Each record: {"locale", "text", "spans": [{"start", "end", "type"}]}. Messages also carry
 look-alikes that are not personal data (order numbers, amounts, plain dates, versions, office
