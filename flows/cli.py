@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import tasks  # noqa: F401  (offline defaults before any library import)
 from tasks.config import ConfigError, load_config, params_for_run
 from tasks.training.models import ModelNotFound
+from tasks.data.validate import DataError, check
 from tasks.data.versioning import StageFailed
 
 
@@ -71,6 +73,7 @@ def cmd_run(args) -> int:
     with params_for_run(root / args.params, sets) as cfg:  # the user's params.yaml is back as it was after
         if not Path(root / cfg.data.raw).is_file():
             raise ConfigError(f"data.raw: {cfg.data.raw}: no such file")
+        check(cfg, os.path.relpath(root / cfg.data.raw))  # bad input is one line here, before Prefect or DVC start
         summary = finetune(str(root), args.params, wait_for_approval=args.wait_for_approval)
     m = summary.metrics
     print(f"\nhold-out ROUGE-L {m['baseline/rougeL']:.3f} -> {m['finetuned/rougeL']:.3f}, "
@@ -193,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except (ConfigError, ModelNotFound, StageFailed, GateError) as err:
         print(f"loragate: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:
+        print(f"loragate: invalid input: {err}", file=sys.stderr)
         return 2
 
 

@@ -109,8 +109,14 @@ def test_flow_records_the_run_and_waits_for_a_four_eyes_approval(workspace, pref
 def test_cli_rejects_bad_input_in_one_line_and_writes_nothing(workspace, prefect_server, capfd):
     (workspace / "data/raw/bad.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": 3}\n')
     assert cli(["run", "--workspace", str(workspace), "--data", "data/raw/bad.jsonl"]) == 2
-    err = capfd.readouterr().err
+    out, err = capfd.readouterr()
     assert "data/raw/bad.jsonl:2: field 'prompt': must be a non-empty string" in err
+    (workspace / "data/raw/cut.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "compl\n')
+    before = (workspace / "params.yaml").read_bytes()
+    assert cli(["run", "--workspace", str(workspace), "--data", "data/raw/cut.jsonl"]) == 2
+    out, err = capfd.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err  # one line, before any server starts
+    assert "cut.jsonl:2: not valid JSON" in err and (workspace / "params.yaml").read_bytes() == before
     assert not (workspace / "data/interim/clean.jsonl").exists()
     assert not (workspace / "mlflow/mlflow.db").exists() or not client_for(
         load_config(workspace / "params.yaml"), workspace).search_registered_models()

@@ -175,10 +175,9 @@ def _parse_lines(src: Path) -> list[tuple[str, Any]]:
     return rows
 
 
-def validate(cfg: Config, src: str | Path, dst: str | Path, key: bytes | None = None) -> ValidationReport:
-    """Check and normalize src into dst (rows: id, messages); exact duplicates are dropped. Ids are
-    keyed hashes of the raw records (key: `record_id_key()` of the working directory by default)."""
-    key = key or record_id_key()
+def check(cfg: Config, src: str | Path) -> tuple[str, list[tuple[str, Any, list[dict[str, str]]]]]:
+    """Every record of src checked and normalized in memory, nothing written: the format and
+    (where, record, messages) per line. The CLI runs this before any server starts."""
     rows = _parse_lines(Path(src))
     fmt = cfg.data.format
     if fmt == "auto":
@@ -187,15 +186,22 @@ def validate(cfg: Config, src: str | Path, dst: str | Path, key: bytes | None = 
         if not fmt:
             raise DataError(f"{rows[0][0]}: cannot detect the format: expected 'messages', "
                             "'instruction'+'output' or 'prompt'+'completion' fields")
+    return fmt, [(where, record, normalize(record, fmt, where)) for where, record in rows]
+
+
+def validate(cfg: Config, src: str | Path, dst: str | Path, key: bytes | None = None) -> ValidationReport:
+    """Check and normalize src into dst (rows: id, messages); exact duplicates are dropped. Ids are
+    keyed hashes of the raw records (key: `record_id_key()` of the working directory by default)."""
+    key = key or record_id_key()
+    fmt, records = check(cfg, src)
     seen: dict[str, dict] = {}
-    for where, record in rows:
-        messages = normalize(record, fmt, where)
+    for where, record, messages in records:
         row = {"id": record_id(messages, key), "messages": messages}
         if cfg.data.slice_field:
             row["slice"] = _slice(record, cfg.data.slice_field, where)
         seen.setdefault(row["id"], row)
     written = write_jsonl(dst, seen.values())
-    return ValidationReport(fmt, len(rows), written, len(rows) - written)
+    return ValidationReport(fmt, len(records), written, len(records) - written)
 
 
 def _run(cfg: Config, src: str, dst: str, report_path: str) -> None:
