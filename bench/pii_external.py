@@ -23,8 +23,8 @@ import time
 import warnings
 from collections import Counter
 
-from tasks.data.pii_eval import score
-from tasks.data.anonymize import build_analyzer, detect, resolve_spans
+from tasks.data.pii_eval import detections, score
+from tasks.data.anonymize import build_analyzer
 from tasks.config import Config
 from tasks.io import write_json
 
@@ -115,7 +115,7 @@ def generate(lines: list[str], n: int, seed: int) -> list[dict]:
 
 def evaluate(cfg: Config, records: list[dict], analyzer) -> dict:
     started = time.perf_counter()
-    found = [resolve_spans(texts[0]) for texts in detect(cfg, [[r["text"]] for r in records], analyzer)]
+    found = detections(cfg, records, analyzer)
     rate = len(records) / (time.perf_counter() - started)
     scored = [{"text": r["text"], "spans": [s for s in r["spans"] if not s["type"].startswith("unscored:")]}
               for r in records]

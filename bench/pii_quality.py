@@ -18,9 +18,9 @@ import time
 import sys
 from pathlib import Path
 
-from tasks.data.anonymize import build_analyzer, detect, detected_entities, resolve_spans
+from tasks.data.anonymize import build_analyzer, detected_entities, resolve_spans
 from tasks.config import Config
-from tasks.data.pii_eval import TARGETS, score
+from tasks.data.pii_eval import TARGETS, detections, score
 from tasks.io import write_json
 from tasks.data.recognizers import widen_names
 
@@ -33,19 +33,14 @@ def run_plain(cfg: Config, records: list[dict]) -> tuple[list[list], float]:
     started = time.perf_counter()
     found = [widen_names(r["text"], analyzer.analyze(r["text"], language="en", entities=entities,
                                                      score_threshold=cfg.pii.score_threshold)) for r in records]
-    return _resolve(records, found), len(records) / (time.perf_counter() - started)
+    return [resolve_spans(f) for f in found], len(records) / (time.perf_counter() - started)
 
 
 def run_loragate(cfg: Config, records: list[dict]) -> tuple[list[list], float]:
     analyzer = build_analyzer(cfg)
     started = time.perf_counter()
-    found = [texts[0] for texts in detect(cfg, [[r["text"]] for r in records], analyzer)]
-    return _resolve(records, found), len(records) / (time.perf_counter() - started)
-
-
-def _resolve(records: list[dict], found: list[list]) -> list[list]:
-    """Score what gets replaced: overlaps resolved as the anonymize stage resolves them."""
-    return [resolve_spans(res) for res in found]
+    found = detections(cfg, records, analyzer)
+    return found, len(records) / (time.perf_counter() - started)
 
 
 def _table(name: str, s: dict) -> None:

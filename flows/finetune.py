@@ -61,9 +61,11 @@ def _run_name(cfg, previous: dict[str, str] | None) -> str:
 
 
 @flow(name="loragate-finetune")  # log_prints would log dill's captured bytecode dumps
-def finetune(workspace: str = ".", params: str = "params.yaml", wait_for_approval: bool = False) -> RunSummary:
+def finetune(workspace: str = ".", params: str = "params.yaml", wait_for_approval: bool = False,
+             overrides: list[str] | None = None) -> RunSummary:
+    """overrides (`section.key=value`, `loragate run --set`) hold for this run only."""
     root, timings = Path(workspace).resolve(), {}
-    with params_for_run(root / params) as cfg:  # DVC reads every param it lists from this file
+    with params_for_run(root / params, overrides or []) as cfg:  # DVC reads every param it lists from this file
         with _timed(timings, "data_stages"):
             data = reproduce_task(root)
     run_id = start_run(cfg, root, _run_name(cfg, previous_params(cfg, root)), {f"loragate.data.{Path(p).stem}": h for p, h in data.hashes.items()}

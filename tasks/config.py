@@ -313,18 +313,12 @@ def apply_overrides(path: str | Path, overrides: list[str] = ()) -> Config:
             yml.dump(doc, fh)
     return cfg
 
-_ACTIVE: set[Path] = set()  # params files a run in this process has set up
-
-
 @contextlib.contextmanager
 def params_for_run(path: str | Path, overrides: list[str] = ()) -> Iterator[Config]:
     """params.yaml as one run sees it: overrides and missing defaults written in for DVC's stages,
     and the user's own file put back byte for byte afterwards, also after an error. A copy of the
     original waits in .loragate/ while the run lasts, so a run killed midway is undone by the next."""
-    path = Path(path).resolve()
-    if path in _ACTIVE:  # the CLI already set this file up for the flow it calls
-        yield load_config(path, overrides)
-        return
+    path = Path(path)
     backup = path.parent / ".loragate" / f"{path.name}.orig"
     if backup.exists():  # a run was killed before it could restore the file
         os.replace(backup, path)
@@ -332,11 +326,9 @@ def params_for_run(path: str | Path, overrides: list[str] = ()) -> Iterator[Conf
     if original is not None:
         backup.parent.mkdir(exist_ok=True)
         backup.write_bytes(original)
-    _ACTIVE.add(path)
     try:
         yield apply_overrides(path, overrides)
     finally:
-        _ACTIVE.discard(path)
         if original is None:
             path.unlink(missing_ok=True)
         else:

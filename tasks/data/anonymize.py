@@ -33,8 +33,8 @@ from tqdm import tqdm
 from tasks.config import Config, ConfigError
 from tasks.io import read_jsonl, write_json, write_jsonl
 from tasks.orchestration import stage_main
-from tasks.data.recognizers import VERSION as RECOGNIZERS_VERSION
 from tasks.data.pii_guard import findings, residual_scan
+from tasks.data.recognizers import VERSION as RECOGNIZERS_VERSION
 from tasks.data.recognizers import CustomPattern, bare_name, complete_lists, loragate_recognizers, name_parts, widen_names
 
 NER_COMPONENTS = ("ner",)  # presidio reads entities and tokens; tagger/parser/lemmatizer only cost time
@@ -167,12 +167,15 @@ class Replacer:
         self.numbers: dict[tuple[str, str], int] = {}
 
     def start_record(self, items: list[tuple[str, str]]) -> None:
-        """items: (type, value) as presidio resolved them, in reading order."""
+        """items: (type, value) as the spans were resolved, in reading order."""
         self.numbers = {}
         for kind, value in items:
-            key = (kind, self._norm(kind, value))
-            if key not in self.numbers:
-                self.numbers[key] = 1 + sum(k == kind for k, _ in self.numbers)
+            self._number(kind, value)
+
+    def _number(self, kind: str, value: str) -> int:
+        """The value's number in this record; a value not seen yet gets the next one of its type."""
+        key = (kind, self._norm(kind, value))
+        return self.numbers.setdefault(key, 1 + sum(k == kind for k, _ in self.numbers))
 
     @staticmethod
     def _norm(kind: str, value: str) -> str:
@@ -181,9 +184,7 @@ class Replacer:
 
     def __call__(self, kind: str, value: str) -> str:
         if self.key is None:
-            key = (kind, self._norm(kind, value))  # a value never numbered gets the next number, not an error
-            number = self.numbers.setdefault(key, 1 + sum(k == kind for k, _ in self.numbers))
-            return f"<{kind}_{number}>"
+            return f"<{kind}_{self._number(kind, value)}>"
         digest = hmac.new(self.key, f"{kind}\x1f{self._norm(kind, value)}".encode(), hashlib.sha256).hexdigest()
         return f"<{kind}_{digest[:10]}>"
 
@@ -194,18 +195,14 @@ def resolve_spans(results: list) -> list:
     fragment of a value is left between two findings, and what gets numbered is what gets replaced."""
     from presidio_analyzer import RecognizerResult
 
-    groups: list[list] = []
+    groups: list[tuple[int, list]] = []  # (end so far, members)
     for r in sorted(results, key=lambda r: (r.start, -r.end)):
-        if groups and r.start < max(g.end for g in groups[-1]):
-            groups[-1].append(r)
+        if groups and r.start < groups[-1][0]:
+            groups[-1] = (max(groups[-1][0], r.end), groups[-1][1] + [r])
         else:
-            groups.append([r])
-    out = []
-    for group in groups:
-        top = max(group, key=lambda r: (r.end - r.start, r.score, r.entity_type))
-        out.append(RecognizerResult(top.entity_type, group[0].start, max(r.end for r in group),
-                                    max(r.score for r in group)))
-    return out
+            groups.append((r.end, [r]))
+    return [RecognizerResult(max(g, key=lambda r: (r.end - r.start, r.score, r.entity_type)).entity_type,
+                             g[0].start, end, max(r.score for r in g)) for end, g in groups]
 
 
 def _mask_record(texts: list[str], results: list[list], replacer: Replacer, anonymizer) -> tuple[list[str], list[str]]:

@@ -41,13 +41,17 @@ def score(records: list[dict], found: list[list]) -> dict:
             "overall_precision": round(sum(det_ok.values()) / max(sum(det_n.values()), 1), 4)}
 
 
-def evaluate(cfg, records: list[dict], analyzer=None) -> dict:
-    """Detect with the params' anonymizer (overlaps resolved as the stage resolves them) and score."""
+def detections(cfg, records: list[dict], analyzer=None) -> list[list]:
+    """What the params' anonymizer would replace in each record's text: overlaps resolved as the
+    anonymize stage resolves them."""
     from tasks.data.anonymize import build_analyzer, detect, resolve_spans
 
-    found = [resolve_spans(texts[0]) for texts in detect(cfg, [[r["text"]] for r in records],
-                                                            analyzer or build_analyzer(cfg))]
-    return score(records, found)
+    return [resolve_spans(texts[0]) for texts in detect(cfg, [[r["text"]] for r in records],
+                                                         analyzer or build_analyzer(cfg))]
+
+
+def evaluate(cfg, records: list[dict], analyzer=None) -> dict:
+    return score(records, detections(cfg, records, analyzer))
 
 
 def main(argv: list[str]) -> int:

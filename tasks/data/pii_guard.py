@@ -50,6 +50,13 @@ def second_detector(phone_regions: tuple[str, ...] = PiiConfig().phone_regions) 
             _group_recognizer("DATE_OF_BIRTH", _DOB, 0.85, "DateOfBirthRecognizer"))
 
 
+@functools.lru_cache(maxsize=1)
+def _anonymizer():
+    from presidio_anonymizer import AnonymizerEngine
+
+    return AnonymizerEngine()
+
+
 def findings(text: str, phone_regions: tuple[str, ...] = PiiConfig().phone_regions) -> list:
     """What the second detector finds in text, placeholders left out."""
     held = [(m.start(), m.end()) for m in PLACEHOLDER.finditer(text)]
@@ -71,8 +78,8 @@ def scrub(text: str, phone_regions: tuple[str, ...] = PiiConfig().phone_regions)
     from tasks.data.anonymize import resolve_spans
 
     spans = resolve_spans(findings(text, phone_regions))
-    for s in sorted(spans, key=lambda s: s.start, reverse=True):
-        text = f"{text[:s.start]}<{s.entity_type}>{text[s.end:]}"
+    if spans:  # presidio's default operator replaces a span with <TYPE>
+        text = _anonymizer().anonymize(text=text, analyzer_results=spans, merge_entities_with_spaces=False).text
     return text, Counter(s.entity_type for s in spans)
 
 

@@ -19,10 +19,11 @@ from stdnum.de import idnr
 from stdnum.pl import nip, pesel
 from stdnum.us import ssn
 
+from tasks.config import PiiConfig
+
 VERSION = "3.0"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
-PHONE_REGIONS = ("US", "CA", "GB", "IE", "DE", "AT", "CH", "PL", "FR", "BE", "NL", "LU", "ES", "PT", "IT",
-                 "CZ", "SK", "DK", "SE", "FI")
+PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
 _NAME = r"\p{Lu}[\p{Ll}'’]+(?:-\p{Lu}[\p{Ll}'’]+)?"
 # Honorifics and titles in the languages we serve; a name after one is masked whole, with it.
@@ -398,7 +399,6 @@ _CUE_GAP = r"(?:[\s:#=\-–.]|(?i:\b(?:is|was|ist|lautet|jest|to|est|number|no\.
 _CUE_VALUE = r"(?P<v>\+?\(?[A-Z0-9][A-Z0-9]*(?:(?:[\s./\-]|\)\s?)[A-Z0-9]+)*\)?)(?![\p{Ll}\d])"
 _CHECKS = {"PL_PESEL": pesel.is_valid, "PL_NIP": nip.is_valid, "DE_TAX_ID": idnr.is_valid, "IBAN_CODE": iban.is_valid,
            "CREDIT_CARD": luhn.is_valid, "US_SSN": ssn.is_valid}
-_NEXT_WORD = regex.compile(r"\s[A-Z]?[a-z]")  # "… 12345 Please": a value never runs into a word
 
 
 def _cued_value(text: str) -> str:
