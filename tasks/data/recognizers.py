@@ -11,6 +11,7 @@ are what tells a street or a name from ordinary words.
 from __future__ import annotations
 
 import functools
+import unicodedata
 from dataclasses import dataclass
 
 import regex
@@ -21,7 +22,7 @@ from stdnum.us import ssn
 
 from tasks.config import PiiConfig
 
-VERSION = "3.0"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.1"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -30,10 +31,11 @@ _NAME = r"\p{Lu}[\p{Ll}'’]+(?:-\p{Lu}[\p{Ll}'’]+)?"
 # Polish ones are lower-case mid-sentence and declined ("pan Aleks", "panią Nowak", "panu Kowalskiemu").
 _TITLE = (r"(?:[Pp]an(?:i|a|u|em|ią|ie)?|[Pp]aństw[ao]|Herrn?|Frau|M\.|Mme\.?|Mlle\.?|Monsieur|Madame|Mademoiselle|"
           r"Sr\.|Sra\.|Srta\.|Señora?|Señorita|Doña|Sig\.(?:ra)?|Signora?|Dhr\.|Mevr\.|Mr\.?|Mrs\.?|Ms\.?|Mx\.?|"
-          r"Miss|Dr\.?|Prof\.?|Sir|Dame|Lady|Lord|Ing\.|Mag\.|Dott\.(?:ssa)?)")
+          r"Miss|Dr\.?|Prof\.?|Sir|Dame|Lady|Lord|Dipl\.-\p{Lu}\p{Ll}*\.|Ing\.|Mag\.|Dott\.(?:ssa)?)")
 _PARTICLE = r"(?:von|van|der|den|de|du|del|della|di|da|dos|la|le|ten|ter|zu|y)"
 _IS_PARTICLE = regex.compile(rf"^{_PARTICLE}$", regex.IGNORECASE)
-_SUFFIX = r"(?:Jr|Sr|II|III|IV|PhD|MD|Esq)\.?"
+# generational suffixes and degrees written after a name ("Anna Nowak MBA", "Jan Kos B.Sc.")
+_SUFFIX = r"(?:Jr|Sr|II|III|IV|PhD|Ph\.D|MD|Esq|MBA|B\.A|M\.A|B\.Sc|M\.Sc|B\.Eng|M\.Eng|LL\.M|LL\.B|Dipl\.-\p{Lu}\p{Ll}*)\.?"
 _FULL_NAME = rf"(?:{_TITLE}\s)?{_NAME}(?:\s{_NAME}){{1,2}}(?:,?\s{_SUFFIX})?"
 # A name right after an introduction, a sign-off or a cue that a person follows.
 _CUED_NAME = (r"(?:\b(?:[Mm]y name is|[Tt]his is|I am|I'm|[Cc]olleague|[Pp]erson:|[Ss]poke to|signed for by|"
@@ -70,6 +72,7 @@ _DOB = (r"(?i:\bborn(?:\son)?|date\sof\sbirth|\bDOB|birth\s?date|birthday(?:\sis
 
 _CAP = r"\p{Lu}[\p{L}'’\-]*"
 _JOIN = (r"(?:am|an|der|den|im|zum|zur|ob|de|du|des|la|le|les|d'|of|the|sur|nad|vor|del|della|delle|dei|degli|di|da|do|"
+         r"dalla|dallo|dello|dal|sul|sulla|"
          r"dos|das|las|los|el|van|von|ten|ter|op|aan|het)")
 _CITY = rf"{_CAP}(?:[\s\-](?:{_CAP}|{_JOIN})){{0,4}}"
 _POSTCODE = r"(?:[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}|\d{2}-\d{3}|\d{5}(?:-\d{4})?)"
@@ -109,6 +112,16 @@ _ADDRESS_CUE = (r"(?i:corner\sof|address(?:\sis)?:?|adres(?:se)?:?|anschrift:?|w
 _CUED_ADDRESS = (rf"{_ADDRESS_CUE}[\s:]+(?:the\s)?(?P<v>{_ADDR_TOKEN}(?:(?:,?[ \t]+|,)(?:{_ADDR_TOKEN}|and|y|und|i|et)){{1,12}})"
                  rf"(?![\w])")
 
+
+# A number labelled after it, as in signatures: "0171 555 0199 (mobile)", "1667900760-Fax".
+_PHONE_THEN_CUE = (r"(?<![\w+])(?P<v>\+?\d[\d \-().]{5,18}\d)[ \t]?[-(]?[ \t]?"
+                   r"(?i:fax|office|mobile|phone|cell|tel|home|work|desk|Handy|Telefon|komórka|portable)\b")
+
+# A street and its house number alone: "Magrethevej 224", "Via Solfatara 21", "Rue des Lilas 4".
+_STREET_AND_NUMBER = (r"(?<![\w'’])(?P<v>(?:\p{Lu}\p{Ll}+(?:vej|gade|gata|gatan|vägen|weg|straße|strasse|str\.|gasse|platz|"
+                      r"allee|straat|laan|gracht|katu|tie|veien|vei|veg|utca)|(?:Via|Viale|Rue|Calle|Avenida|Rua|Piazza|Corso|"
+                      rf"Carrer|Travessa|Trg|Ulica|Plac|Aleja|ul\.|al\.|pl\.|os\.)(?:\s(?:{_JOIN}|\p{{Lu}}[\p{{L}}'’\-]*)){{1,3}})"
+                      r"\s\d{1,4}[a-zA-Z]?(?:/\d{1,4})?)(?![\w'’])")
 
 # US military post: "USNS Vogel\nFPO AA 51439", "PSC 0889, Box 9579\nAPO AE 30595"
 _MILITARY = (r"(?<!\w)(?P<v>(?:(?:USNS|USS|USNV|USCGC)\s\p{Lu}[\p{L}'’\-]+|(?:PSC|Unit)\s\d{4},?\sBox\s\d{4}),?\s+"
@@ -188,7 +201,7 @@ def _address_block_recognizer():
 # Phone candidates: international and national formats with separators, optional extension.
 # libphonenumber then decides; its own matcher (presidio's PhoneRecognizer) tries every region on
 # every text and took most of the analysis time with 21 regions.
-_PHONE = (r"(?<![\w+])(?:(?:\+|00)[ \t]?\d{1,3}[ \t.\-/]?)?(?:\(0\)[ \t]?)?(?:\(\d[\d ]{0,5}\)[ \t]?|\d{1,5}[ \t.\-/]?)"
+_PHONE = (r"(?<![\w+])(?:(?:\+|00)[ \t]?\d{1,3}[ \t.\-/]?)?(?:\(0\)[ \t]?)?(?:\(\d[\d ]{0,5}\)[ \t]?(?:\d{1,4}[ \t])?|\d{1,5}[ \t.\-/]?)"
           r"\d{2,4}(?:[ \t.\-/]?\d{2,4}){0,5}(?P<ext>[ \t]?(?:x|ext\.?)[ \t]?\d{1,5})?(?!\w)")
 _NANP = regex.compile(r"^[2-9]\d\d[2-9]\d{6}$")  # area code and exchange never start with 0 or 1
 _NOT_PHONE = regex.compile(r"^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$|^\d{1,3}(?:\.\d{1,3}){3}$|^\d{4}-\d{2}-\d{2}$")
@@ -221,7 +234,10 @@ def _phone_score(core: str, regions: tuple[str, ...] = PHONE_REGIONS) -> float:
     parsed = [n for r in ((None,) if international else regions) if (n := _parse(number, r))]
     if any(phonenumbers.is_valid_number(n) for n in parsed):
         return 0.75
-    return 0.5 if grouped and any(phonenumbers.is_possible_number(n) for n in parsed) else 0.0
+    # "+71 (0)82 857 22 27": a plus and 8+ grouped digits is a phone's shape even where no country
+    # code fits (a typo, or a region libphonenumber does not know)
+    plausible = international and digits >= 8 or any(phonenumbers.is_possible_number(n) for n in parsed)
+    return 0.5 if grouped and plausible else 0.0
 
 
 def _phone_recognizer(regions: tuple[str, ...] = PHONE_REGIONS):
@@ -238,19 +254,22 @@ _CARD = r"(?<![\w+\-])(?:\d[ \-]?){11,18}\d(?![\w\-])"
 _CARD_PREFIX = regex.compile(r"^(?:[2-6]|0604|1800|2131)")  # Mastercard 2-series, Visa, Amex, Discover, JCB, Maestro
 
 
+_CARD_GROUPS = regex.compile(r"^\d{4}(?:[ \-]\d{4}){3}(?:[ \-]\d{1,3})?$|^\d{4}[ \-]\d{6}[ \-]\d{5}$|^\d{16}$")
+
+
 def _card_recognizer():
     """presidio's card regex predates Mastercard's 2-series, 13/19-digit Visa and Maestro; this one
-    takes any issuer prefix with a valid Luhn check digit."""
-    from presidio_analyzer import Pattern, PatternRecognizer
+    takes any issuer prefix with a valid Luhn check digit, and a number printed as cards are
+    (4-4-4-4, Amex's 4-6-5, 16 digits) whose check digit fails: a mistyped card is still one."""
+    def hit(m, entities):
+        digits = "".join(c for c in m.group(0) if c.isdigit())
+        if not _CARD_PREFIX.match(digits):
+            return None
+        if luhn.is_valid(digits):
+            return "CREDIT_CARD", m.start(), m.end(), 1.0
+        return ("CREDIT_CARD", m.start(), m.end(), 0.45) if _CARD_GROUPS.match(m.group(0)) else None
 
-    class PaymentCardRecognizer(PatternRecognizer):
-        def validate_result(self, pattern_text: str) -> bool:
-            digits = "".join(c for c in pattern_text if c.isdigit())
-            return bool(_CARD_PREFIX.match(digits)) and luhn.is_valid(digits)
-
-    return PaymentCardRecognizer(supported_entity="CREDIT_CARD", patterns=[Pattern("card_luhn", _CARD, 0.3)],
-                                 context=["card", "visa", "mastercard", "amex"], name="PaymentCardRecognizer",
-                                 version=VERSION)
+    return _regex_recognizer("PaymentCardRecognizer", ["CREDIT_CARD"], _CARD, hit)
 
 
 @dataclass(frozen=True)
@@ -311,6 +330,14 @@ def given_names() -> frozenset[str]:
     return frozenset(gender_guesser.detector.Detector(case_sensitive=False).names) - _stopwords()
 
 
+def is_given(word: str) -> bool:
+    """A known first name, also possessive ("Daniel's"), written with accents the list lacks
+    ("Édouard") or hyphenated ("Karl-Friedrich") when every part is one."""
+    w = regex.sub(r"['’]s$", "", word.strip("'’.")).casefold()
+    plain = "".join(c for c in unicodedata.normalize("NFKD", w) if not unicodedata.combining(c))
+    return bool({w, plain} & given_names()) or "-" in w and all(p in given_names() for p in w.split("-"))
+
+
 def _checked_name_recognizer(entity: str, pattern: str, score: float, name: str, given: bool):
     """A name pattern whose words must not be function words; with `given`, the first must be a known
     first name. Keeps "Hi Team"-like cues and "The Dimensions" out of the PERSON findings."""
@@ -319,7 +346,7 @@ def _checked_name_recognizer(entity: str, pattern: str, score: float, name: str,
         named = [w for w in words if len(w) > 1 and not _IS_PARTICLE.match(w)]  # initials and "van der" pass
         # a known first name before a surname is a name even when alone it is a place ("Carolina Lombardi")
         common = [w for w in named[1 if given and len(named) > 1 else 0:] if w in _NOT_NAMES]
-        if named and not common and not any(w in _stopwords() for w in named) and (not given or words[0] in given_names()):
+        if named and not common and not any(w in _stopwords() for w in named) and (not given or is_given(words[0])):
             return entity, m.start("v"), m.end("v"), score
 
     return _regex_recognizer(name, [entity], pattern, hit, warm=given_names, overlapped=True)
@@ -337,7 +364,8 @@ inc ltd plc corp corporation group holdings trust company co gmbh ag sa spa bv n
 technologies systems international global department office manager director address phone email fax mobile desk
 dept subject re fwd dear damen herren ladies gentlemen państwo panie panowie mesdames messieurs""".split())
 _SALUTATIONS = frozenset("""sir madam dear damen herren ladies gentlemen państwo panie panowie mesdames messieurs team
-customer customers everyone all""".split())
+customer customers everyone all sehr geehrte geehrter geehrten liebe lieber szanowni szanowny szanowna cher chère chers
+madame monsieur estimado estimada estimados gentile gentili geachte beste""".split())
 # A lone capitalised word that is a known first name: "Martin has...", "They had 6: Julian, Ellen".
 _PLACE_BEFORE = (r"(?<!\b(?:East|West|North|South|Lake|Port|Mount|Saint|Sainte|St\.|San|Santa|New|Fort|Bad|Our|our|"
                  r"Upper|Lower|Great|Little|Old)\s)")  # "East Timothy", "Lake Kayla": Faker and real-world places
@@ -381,7 +409,7 @@ _ID_CUES = {
     "IBAN_CODE": r"IBAN|(?:bank\s)?account(?:\snumber|\sno\.?)|Kontonummer|(?:numer|nr\.?)\skonta|RIB",
     "CREDIT_CARD": r"(?:credit|debit|payment|bank)\scard|card(?:\s(?:number|no\.?|num|#))?|cc|Kartennummer|"
                    r"Kreditkarte(?:nnummer)?|(?:numer|nr\.?)\skarty|karty|carte(?:\sbancaire)?|Visa|Mastercard|Amex",
-    "PHONE_NUMBER": r"phone|tel\.?|telephone|mobile|cell|fax|call\s(?:me\s)?(?:on|at)|reach\sme\s(?:on|at)|"
+    "PHONE_NUMBER": r"phone|tel\.?|telephone|mobile|cell|fax|desk|landline|direct\sline|call\s(?:me\s)?(?:on|at)|reach\sme\s(?:on|at)|"
                     r"text\sme\s(?:on|at)|Telefon(?:nummer)?|Handy(?:nummer)?|Mobil(?:nummer)?|Rufnummer|"
                     r"(?:numer|nr\.?)\s(?:tel\.?|telefonu|komórki)|komórka|komórkowy|téléphone|portable|mobile",
     "US_SSN": r"SSN|social\ssecurity(?:\snumber|\sno\.?|\s#)?|Sozialversicherungsnummer",
@@ -396,7 +424,7 @@ _ID_CUES = {
 # between the cue and the value: "is", "number", "nr", a colon...
 _CUE_GAP = r"(?:[\s:#=\-–.]|(?i:\b(?:is|was|ist|lautet|jest|to|est|number|no\.|nr\.?|numer|num[ée]ro|Nummer|of|my)\b))*"
 # the value: digit groups (letters allowed, as in IBANs, passports and NINOs), 5+ digits in all
-_CUE_VALUE = r"(?P<v>\+?\(?[A-Z0-9][A-Z0-9]*(?:(?:[\s./\-]|\)\s?)[A-Z0-9]+)*\)?)(?![\p{Ll}\d])"
+_CUE_VALUE = r"(?P<v>\+?\(?(?:[a-z]{1,2}(?=\d))?[A-Z0-9][A-Z0-9]*(?:(?:[\s./\-]|\)\s?)[A-Z0-9]+)*\)?)(?![\p{Ll}\d])"
 _CHECKS = {"PL_PESEL": pesel.is_valid, "PL_NIP": nip.is_valid, "DE_TAX_ID": idnr.is_valid, "IBAN_CODE": iban.is_valid,
            "CREDIT_CARD": luhn.is_valid, "US_SSN": ssn.is_valid}
 
@@ -447,6 +475,7 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
                           name="StreetAddressRecognizer", version=VERSION, global_regex_flags=FLAGS),
         _address_block_recognizer(),
         _group_recognizer("STREET_ADDRESS", _MILITARY, 0.8, "MilitaryAddressRecognizer"),
+        _group_recognizer("STREET_ADDRESS", _STREET_AND_NUMBER, 0.5, "StreetNumberRecognizer"),
         _cued_address_recognizer(),
         _group_recognizer("PERSON", _CUED_NAME, 0.7, "CuedNameRecognizer"),
         _group_recognizer("PERSON", _NAME_THEN_CUE, 0.6, "NameBeforeCueRecognizer"),
@@ -460,6 +489,7 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
         _old_date_recognizer(),
         _group_recognizer("IBAN_CODE", _IBAN_SHAPE, 0.5, "IbanShapeRecognizer"),
         _cued_id_recognizer(),
+        _group_recognizer("PHONE_NUMBER", _PHONE_THEN_CUE, 0.5, "PhoneBeforeCueRecognizer"),
         *checksum_recognizers(),
     ]
     found += [PatternRecognizer(supported_entity=c.entity, patterns=[Pattern(f"custom_{i}", c.regex, c.score)],
@@ -469,9 +499,9 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
 
 
 _TITLES_AND_SUFFIXES = regex.compile(rf"^{_TITLE}\s|,?\s{_SUFFIX}$")
-_DETERMINER = regex.compile(r"\b(?:[Oo]ur|[Yy]our|[Tt]heir|[Ii]ts)\s$")  # "Our Zielona Góra office": a place
-_WIDEN_LEFT = regex.compile(rf"(?<!\w){_TITLE}\s$")
-_WIDEN_RIGHT = regex.compile(rf"^,?\s{_SUFFIX}(?!\w)")
+# "Our Zielona Góra office", "our West Amandafort office": a place
+_DETERMINER = regex.compile(r"\b(?:[Oo]ur|[Yy]our|[Tt]heir|[Ii]ts)\s(?:(?:East|West|North|South|New|Old)\s)?$")
+_ID_WORD = regex.compile(r"(?i:\b(?:iban|bic|swift|pesel|nip|regon|ssn|vat|tin|nino|pin)\b|-id\b)")  # "My Steuer-ID", "New IBAN"
 
 
 def _name_end(text: str, start: int, end: int) -> int:
@@ -497,18 +527,142 @@ def widen_names(text: str, results: list) -> list:
                 r.end += len(regex.match(r"\w*", text[r.end:]).group(0))  # spaCy sometimes cuts "PhD" to "Ph"
             r.end = _name_end(text, r.start, r.end)
             label = r.end > r.start and regex.match(r"\.?\s*:", text[r.end:]) and (
-                text[r.start:r.end].split()[0].casefold() not in given_names())
+                not is_given(text[r.start:r.end].split()[0]))
             words = [w.strip(".,") for w in text[r.start:r.end].casefold().split()]
-            common = (len(words) == 1 and (words[0] in _SALUTATIONS or words[0] in _stopwords())  # "Madam", "Herren"
+            common = (all(w in _SALUTATIONS or w in _stopwords() for w in words)  # "Madam", "Damen und Herren"
+                      and (len(words) == 1 or any(w in _SALUTATIONS for w in words))
                       or any(_NOUN_ENDING.search(w) and len(w) > 8 for w in words))  # "Meine Versicherungsnummer"
-            if r.end <= r.start or label or common or _DETERMINER.search(text[max(0, r.start - 7):r.start]):
+            common = common or bool(_ID_WORD.search(text[r.start:r.end + 3]))
+            # NER reading a foreign sentence ("proszę o kontakt"): no capital in a text that has them
+            common = common or not regex.search(r"\p{Lu}", text[r.start:r.end]) and bool(regex.search(r"\p{Lu}", text))
+            if r.end <= r.start or label or common or _DETERMINER.search(text[max(0, r.start - 20):r.start]):
                 continue
-            left = _WIDEN_LEFT.search(text[max(0, r.start - 14):r.start])
-            r.start -= len(left.group(0)) if left else 0
-            right = _WIDEN_RIGHT.match(text[r.end:r.end + 6])
-            r.end += len(right.group(0)) if right else 0
+            r.start, r.end = _grow_name(text, r.start, r.end)
         kept.append(r)
     return kept
+
+
+# what may stand right before a detected name and belongs to it: a title, an initial, the first
+# part of a hyphenated name, another name word ("Mai G Fujimura" where NER took only "Fujimura")
+_GROW_LEFT = regex.compile(rf"(?:(?<!\w){_TITLE}\s|(?<![\w.])\p{{Lu}}\.?\s|(?<![\w'’])\p{{Lu}}[\p{{L}}'’]*\.?-|"
+                           rf"(?<![\w'’\-])(?P<word>{_NAME})\s)$")
+_GROW_RIGHT = regex.compile(rf"^(?:,?\s{_SUFFIX}(?!\w)|-\p{{Lu}}\p{{Ll}}[\p{{L}}'’]*|\s\p{{Lu}}\.?(?=\s\p{{Lu}})|"
+                            rf"\s(?P<word>{_NAME})(?![\w'’\-]))")
+_NAME_WORD_ZIPF = 3.0  # a capitalised neighbour rarer than this in every language is taken as part of the name
+
+
+def _name_word(word: str) -> bool:
+    """A known first name, or a capitalised word too rare to be anything but a name."""
+    from wordfreq import zipf_frequency
+
+    w = word.strip("'’").casefold()
+    if is_given(w):
+        return True
+    return (w not in _stopwords() and w not in _NOT_NAMES and not _NOUN_ENDING.search(w)
+            and all(zipf_frequency(w, lang) < _NAME_WORD_ZIPF for lang in LEXICON_LANGS))
+
+
+def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
+    """A PERSON span grown word by word over titles, initials, degrees and name words on either
+    side (at most three steps a side): NER tags the part it knows and a surviving "Mai G" or
+    "Lavinia-" still says who it was."""
+    for _ in range(3):
+        left = _GROW_LEFT.search(text[max(0, start - 24):start])
+        if not left or (left.group("word") and not _name_word(left.group("word"))):
+            break
+        start -= len(left.group(0))
+    for _ in range(3):
+        right = _GROW_RIGHT.match(text[end:end + 24])
+        if not right or (right.group("word") and not _name_word(right.group("word"))):
+            break
+        end += len(right.group(0))
+    return start, end
+
+
+# one word of an address grown from a detected one: number, capitalised word, code, particle
+_ADDR_PIECE = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}|\d{{1,6}}[A-Za-z]?\.?|\p{{Lu}}[\p{{L}}'’\-]*\.?|{_JOIN}|"
+               rf"\(\p{{Lu}}[\p{{L}}]*\)|\p{{Ll}}{{1,4}}\.|\p{{Ll}}[\p{{L}}\-]{{2,15}})")
+_ADDR_RIGHT = regex.compile(rf"^(?:,?[ \t]+|,)(?P<word>{_ADDR_PIECE})(?![\w'’])")
+_ADDR_LEFT = regex.compile(rf"(?<![\w'’])(?P<word>{_ADDR_PIECE})[ \t]+$")
+# the next line goes on with the address when it starts like a place line: "Hvalsø, SJ", "Hungary 92633"
+_ADDR_NEWLINE = regex.compile(rf"^\.?[ \t]*\n[ \t,]*(?P<word>{_ADDR_PIECE})(?=[ \t]*(?:,|\n|$|\d))")
+_ADDR_GAP = regex.compile(r"^[ \t,]*(?:[\p{L}\d'’\-]+\.?[ \t,]+){1,2}$")  # "Trg [revolucije] 95", "563 Professor [gate] 192"
+_ADDR_ZIPF = 5.0  # a capitalised word this common ("Please", "Thanks") ends an address instead of continuing it
+
+
+def _address_word(word: str) -> bool:
+    from wordfreq import zipf_frequency
+
+    if regex.fullmatch(r"\p{Lu}{1,3}\.?", word):  # state and region codes: "CA", "SJ"
+        return True
+    w = word.strip(".,()").casefold()
+    if word[:1].islower() and not regex.fullmatch(_JOIN, word):  # "Tas vezér u.", "fejedelem útja": rare words only
+        return word.endswith(".") and len(w) <= 4 or w not in _stopwords() and zipf_frequency(w, "en") < _NAME_WORD_ZIPF
+    return bool(regex.match(r"\d", w)) or (w not in _stopwords() and zipf_frequency(w, "en") < _ADDR_ZIPF) or (
+        regex.fullmatch(_JOIN, w) is not None)
+
+
+def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
+    """A STREET_ADDRESS span grown over the address words beside it (numbers, capitalised words,
+    state codes, particles; four left, eight right), on into the next line when it starts like a
+    place line (", SJ", "Austria 16727"): the patterns stop at the first word they do not know, and what is
+    left ("Via delle Coste", "Casselman") still locates a person."""
+    for _ in range(4):
+        left = _ADDR_LEFT.search(text[max(0, start - 40):start])
+        if not left or not _address_word(left.group("word")) or regex.fullmatch(_JOIN, left.group("word")) and not (
+                _ADDR_LEFT.search(text[max(0, start - 40 - len(left.group(0))):start - len(left.group(0))])):
+            break
+        start -= len(left.group(0))
+    for _ in range(8):
+        step = _ADDR_RIGHT.match(text[end:end + 40]) or _ADDR_NEWLINE.match(text[end:end + 40])
+        if not step or not _address_word(step.group("word")):
+            break
+        end += step.end("word")
+    while end > start and text[end - 1] in " \t,":
+        end -= 1
+    return start, end
+
+
+def _runs(text: str, results: list) -> list[list]:
+    """Findings chained by gaps of one or two words on one line ("Trg [revolucije] 95")."""
+    runs: list[list] = []
+    for r in sorted(results, key=lambda r: (r.start, -r.end)):
+        end = max((o.end for o in runs[-1]), default=-1) if runs else -1
+        gap = text[end:r.start] if end >= 0 else ""
+        if runs and (r.start <= end or _ADDR_GAP.match(gap) and not regex.search(r"\b(?:and|or|und|oder|i|et|ou|y|e)\b", gap)):
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return runs
+
+
+# the street part before a place: "Tas vezér u. 66., Budapest", "Main St 87, Tallinn, Estonia"
+_STREET_BEFORE_PLACE = regex.compile(rf"(?<![\w'’])(?:{_ADDR_PIECE}[ \t]+){{0,5}}\d{{1,5}}[A-Za-z]?\.?,[ \t]*"
+                                     rf"(?:{_CITY},[ \t]*){{0,2}}$")
+
+
+def _streets_before_places(text: str, results: list) -> list:
+    """A place (NER's LOCATION) right after a street part with a house number and a comma is the
+    end of an address: the pair becomes one STREET_ADDRESS finding."""
+    from presidio_analyzer import RecognizerResult
+
+    added = []
+    for r in (r for r in results if r.entity_type == "LOCATION"):
+        street = _STREET_BEFORE_PLACE.search(text[max(0, r.start - 80):r.start])
+        if street and regex.search(r"\p{L}", street.group(0)) and all(_address_word(w) for w in street.group(0).split()[:-1]):
+            added.append(RecognizerResult("STREET_ADDRESS", r.start - len(street.group(0)), r.end, 0.5))
+    return results + added
+
+
+def widen_addresses(text: str, results: list) -> list:
+    """A STREET_ADDRESS span grown over the words a chain of findings around it leaves between
+    them (names and places inside an address included) and then over its neighbouring address
+    words."""
+    results = _streets_before_places(text, results)
+    for run in _runs(text, results):
+        for r in (r for r in run if r.entity_type == "STREET_ADDRESS"):
+            r.start, r.end = _grow_address(text, min(o.start for o in run), max(o.end for o in run))
+    return results
 
 
 def bare_name(value: str) -> str:
