@@ -1,6 +1,7 @@
 """`loragate`: the command line, a thin shell over the flows and tasks.
 
     loragate run [--data PATH] [--params FILE] [--set section.key=value ...] [--workspace DIR] [--wait-for-approval]
+    loragate run --resume [RUN_ID]   # a killed run goes on from its last checkpoint
     loragate status [--json]
     loragate approve MODEL VERSION --reviewer NAME --rationale TEXT     (and: reject)
     loragate rollback MODEL --reviewer NAME --rationale TEXT
@@ -31,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override a param; written into the params file, as `dvc exp run -S` does")
     run.add_argument("--workspace", default=".", help="the DVC/git workspace holding dvc.yaml (default: .)")
+    run.add_argument("--resume", nargs="?", const="", metavar="RUN_ID",
+                     help="continue a killed run (default: the newest unfinished one) from its last checkpoint")
     run.add_argument("--wait-for-approval", action="store_true",
                      help="pause after registration with an approval form in the Prefect UI (needs PREFECT_API_URL)")
     status = _with_store(sub.add_parser("status", help="registered versions, approval states, alias history"))
@@ -63,7 +66,9 @@ def _with_reviewer(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args) -> int:
     from flows.finetune import finetune
-    from tasks.tracking import tracking_uri
+    from tasks.data.split import TRAIN
+    from tasks.tracking import resumable_run, tracking_uri
+    from tasks.training.train import check_resume
 
     root = Path(args.workspace).resolve()
     sets = list(args.sets) + ([f"data.raw={args.data}"] if args.data else [])
@@ -74,7 +79,11 @@ def cmd_run(args) -> int:
     if not Path(root / cfg.data.raw).is_file():
         raise ConfigError(f"data.raw: {cfg.data.raw}: no such file")
     check(cfg, os.path.relpath(root / cfg.data.raw))  # bad input is one line here, before Prefect or DVC start
-    summary = finetune(str(root), args.params, wait_for_approval=args.wait_for_approval, overrides=sets)
+    resume = None
+    if args.resume is not None:  # which run, and whether its checkpoints still fit, before anything starts
+        resume = resumable_run(cfg, root, args.resume or None)
+        check_resume(cfg, root / TRAIN, root / "runs" / resume / "train")
+    summary = finetune(str(root), args.params, wait_for_approval=args.wait_for_approval, overrides=sets, resume=resume)
     m = summary.metrics
     print(f"\nhold-out ROUGE-L {m['baseline/rougeL']:.3f} -> {m['finetuned/rougeL']:.3f}, "
           f"BERTScore F1 {m['baseline/bertscore_f1']:.3f} -> {m['finetuned/bertscore_f1']:.3f}")
@@ -188,13 +197,15 @@ def cmd_ui(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from tasks.governance.gate import GateError
+    from tasks.tracking import NotResumable
+    from tasks.training.train import ResumeError
 
     args = _parser().parse_args(argv)
     commands = {"run": cmd_run, "status": cmd_status, "approve": cmd_decide, "reject": cmd_decide,
                 "rollback": cmd_decide, "audit": cmd_audit, "ui": cmd_ui}
     try:
         return commands[args.command](args)
-    except (ConfigError, ModelNotFound, StageFailed, GateError) as err:
+    except (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable) as err:
         print(f"loragate: {err}", file=sys.stderr)
         return 2
     except DataError as err:

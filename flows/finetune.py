@@ -17,14 +17,15 @@ from tasks.config import params_for_run
 from tasks.evaluation.holdout import evaluate_task
 from tasks.data.validate import system_prompt
 from flows.approve import await_decision
-from tasks.governance.gate import Checks, Decision, record_run_started, review_description, run_checks_task
+from tasks.governance.gate import (Checks, Decision, record_run_resumed, record_run_started, review_description,
+                                   run_checks_task)
 from tasks.training.models import resolve_model_task
 from tasks.governance.register import register_task, serving_base
 from tasks.evaluation.report import record_results_task
 from tasks.data.split import HOLDOUT, TRAIN
 from tasks.io import write_json
 from tasks.tracking import client_for, finish, initiator, log_metrics, previous_params, start_run
-from tasks.training.train import train_task
+from tasks.training.train import checkpoint_step, train_task
 from tasks.data.versioning import reproduce_task
 
 
@@ -60,17 +61,28 @@ def _run_name(cfg, previous: dict[str, str] | None) -> str:
     return f"{head} " + (", ".join(changed[:4]) + more if changed else "same params")
 
 
+def _open_run(cfg, root: Path, data, resume: str | None) -> str:
+    """A new MLflow run (and its audit entry), or the killed one `resume` names, reopened."""
+    if resume:
+        record_run_resumed(cfg, root, resume, initiator(), checkpoint_step(root / "runs" / resume / "train"))
+        return resume
+    run_id = start_run(cfg, root, _run_name(cfg, previous_params(cfg, root)),
+                       {f"loragate.data.{Path(p).stem}": h for p, h in data.hashes.items()}
+                       | {"loragate.base_model": cfg.model.base, "loragate.serving_base": serving_base(cfg)})
+    record_run_started(cfg, root, run_id, initiator(), data.hashes)
+    return run_id
+
+
 @flow(name="loragate-finetune")  # log_prints would log dill's captured bytecode dumps
 def finetune(workspace: str = ".", params: str = "params.yaml", wait_for_approval: bool = False,
-             overrides: list[str] | None = None) -> RunSummary:
-    """overrides (`section.key=value`, `loragate run --set`) hold for this run only."""
+             overrides: list[str] | None = None, resume: str | None = None) -> RunSummary:
+    """overrides (`section.key=value`, `loragate run --set`) hold for this run only. resume: the
+    id of a killed run to continue (same MLflow run and folder; training from its last checkpoint)."""
     root, timings = Path(workspace).resolve(), {}
     with params_for_run(root / params, overrides or []) as cfg:  # DVC reads every param it lists from this file
         with _timed(timings, "data_stages"):
             data = reproduce_task(root)
-    run_id = start_run(cfg, root, _run_name(cfg, previous_params(cfg, root)), {f"loragate.data.{Path(p).stem}": h for p, h in data.hashes.items()}
-                       | {"loragate.base_model": cfg.model.base, "loragate.serving_base": serving_base(cfg)})
-    record_run_started(cfg, root, run_id, initiator(), data.hashes)
+    run_id = _open_run(cfg, root, data, resume)
     try:
         run_dir = root / "runs" / run_id
         write_json(run_dir / "params.json", cfg.to_dict())  # the resolved params stay with the run

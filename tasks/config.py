@@ -151,6 +151,9 @@ class TrainConfig:
     max_length: StrictInt = 256  # tokens per row; longer rows are truncated
     gradient_checkpointing: StrictBool = False  # saves activation memory, slower steps
     logging_steps: StrictInt = 5
+    # a checkpoint (adapter, optimizer, scheduler, RNG, data position) every N steps; 0 = every max_steps/4
+    # (at least 10): more often loses less to a kill, each costs a write of the adapter and its optimizer
+    checkpoint_steps: StrictInt = 0
     seed: StrictInt = 42
     # auto: pack rows padding-free into max_length bins where attention skips the other rows' blocks
     # (flex/flash, i.e. CUDA); sdpa/eager see a packed batch as one long masked row: slower per token on CPU
@@ -167,6 +170,7 @@ class TrainConfig:
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _check(self.max_length >= 16, "train.max_length", "must be >= 16")
         _check(self.logging_steps >= 1, "train.logging_steps", "must be >= 1")
+        _check(self.checkpoint_steps >= 0, "train.checkpoint_steps", "must be >= 0 (0: every max_steps/4)")
         _check(self.packing in {"auto", True, False}, "train.packing", "must be auto, true or false")
 
 

@@ -90,3 +90,24 @@ def log_loss_curve(client: MlflowClient, run_id: str, history: list[dict[str, An
 
 def finish(client: MlflowClient, run_id: str, ok: bool) -> None:
     client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+class NotResumable(Exception):
+    """`loragate run --resume` named no run that can go on."""
+
+
+def resumable_run(cfg: Config, root: str | Path, wanted: str | None) -> str:
+    """The run `--resume` continues: the one named, or the newest one with a training folder; never
+    one MLflow shows finished (its version is registered: start a new run instead)."""
+    runs = Path(root) / "runs"
+    folders = sorted((p for p in runs.glob("*") if (p / "train").is_dir()), key=lambda p: p.stat().st_mtime)
+    if wanted:
+        folders = [p for p in folders if p.name == wanted]
+        if not folders:
+            raise NotResumable(f"--resume {wanted}: no such run with a training folder in {runs}")
+    if not folders:
+        raise NotResumable(f"--resume: no run with a training folder in {runs}; start one with `loragate run`")
+    run_id = folders[-1].name
+    if client_for(cfg, root).get_run(run_id).info.status == "FINISHED":
+        raise NotResumable(f"--resume: run {run_id} finished (its version is registered); start a new run")
+    return run_id

@@ -1,12 +1,21 @@
+import ast
 import dataclasses
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tasks.config import ConfigError, config_from_dict
 from tasks.training.train import bnb_config, build_trainer, train
-from tests.conftest import tiny_params
+from tests.conftest import ROOT, tiny_params
 
 
 @pytest.fixture
@@ -37,14 +46,62 @@ def test_lora_moves_the_adapter_and_leaves_the_base_frozen(tmp_path, tiny_model,
     assert [e["step"] for e in history if "loss" in e] == [1, 2, 3, 4]
 
 
-def test_training_resumes_from_the_last_checkpoint(tmp_path, tiny_model, train_file):
-    cfg = config_from_dict(tiny_params(tiny_model, train={"max_steps": 10}))
-    train(cfg, tiny_model, train_file, tmp_path / "run")  # saves a checkpoint at step 10
-    longer = config_from_dict(tiny_params(tiny_model, train={"max_steps": 12}))
-    report = train(longer, tiny_model, train_file, tmp_path / "run")
-    history = json.loads((tmp_path / "run/log_history.json").read_text())
-    assert report.steps == 12
-    assert [e["step"] for e in history if "loss" in e][-2:] == [11, 12]
+def _train_cmd(tmp_path, tiny_model, train_file, out, **train_params):
+    params = tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(tiny_model, train={"logging_steps": 1, **train_params})))
+    return [sys.executable, "-m", "tasks.training.train", tiny_model, str(train_file), str(out), "--params", str(params)]
+
+
+def _adapter(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run / "adapter" / "adapter_model.safetensors")
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_adapter(tmp_path, tiny_model, train_file):
+    """SIGKILL at a random point after a random checkpoint; started again, training continues from
+    the last complete checkpoint (not step 0) and ends with the uninterrupted run's adapter. A resume
+    with another learning rate is refused in one line."""
+    from tasks.training.train import COMPLETE
+
+    steps = {"max_steps": 40, "checkpoint_steps": 4}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run(_train_cmd(tmp_path, tiny_model, train_file, whole, **steps), cwd=ROOT, check=True, capture_output=True)
+    rng = random.Random()
+    target = cut / "checkpoints" / f"checkpoint-{4 * rng.randint(1, 3)}" / COMPLETE
+    proc = subprocess.Popen(_train_cmd(tmp_path, tiny_model, train_file, cut, **steps), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not target.exists():
+        assert proc.poll() is None, "training ended before the checkpoint the test waits for"
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0, 0.15))
+    assert proc.poll() is None, "training finished before the kill"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "adapter").exists()
+
+    changed = subprocess.run(_train_cmd(tmp_path, tiny_model, train_file, cut, **steps, learning_rate=0.001), cwd=ROOT,
+                             capture_output=True, text=True)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert changed.stderr.startswith("loragate: resume refused: train.learning_rate changed (0.003 -> 0.001) since "
+                                     "the checkpoint at step "), changed.stderr
+    resumed = subprocess.run(_train_cmd(tmp_path, tiny_model, train_file, cut, **steps), cwd=ROOT,
+                             capture_output=True, text=True, check=True)
+    report = ast.literal_eval(resumed.stdout.strip().splitlines()[-1])
+    assert report["steps"] == 40 and report["resumed_from_step"] >= int(target.parent.name.split("-")[1])
+    history = json.loads((cut / "log_history.json").read_text())
+    assert [e["step"] for e in history if "loss" in e] == list(range(1, 41))
+    torch.testing.assert_close(_adapter(cut), _adapter(whole))
+
+
+def test_a_checkpoint_cut_off_mid_write_is_passed_over(tmp_path):
+    from tasks.training.train import COMPLETE, last_complete_checkpoint
+
+    for step, complete in ((4, True), (8, True), (12, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / COMPLETE).write_text(str(step))
+    assert last_complete_checkpoint(tmp_path).name == "checkpoint-8"
 
 
 def test_quantization_block_decides_qlora():

@@ -92,6 +92,15 @@ def record_run_started(cfg: Config, root: str | Path, run_id: str, initiator: st
             actor=initiator, base_model=cfg.model.base, data=dict(sorted(data_hashes.items())))
 
 
+def record_run_resumed(cfg: Config, root: str | Path, run_id: str, initiator: str, step: int) -> None:
+    """The log says a run went on from a checkpoint before MLflow shows it running again."""
+    client = client_for(cfg, root)
+    _record(cfg, root, client, "run_resumed", model=cfg.registry.model_name, run_id=run_id, actor=initiator,
+            from_step=step)
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, "loragate.resumed_from_step", str(step))
+
+
 def record_registered(cfg: Config, root: str | Path, model: str, version: str, run_id: str, initiator: str) -> None:
     client = client_for(cfg, root)
     _record(cfg, root, client, "registered", model=model, version=str(version), run_id=run_id, actor=initiator)

@@ -4,21 +4,27 @@ SFTTrainer on the anonymized training split; the loss counts the assistant's ans
     python -m tasks.training.train MODEL_DIR data/splits/train.jsonl OUT_DIR
 
 Writes OUT_DIR/adapter/ (adapter weights + tokenizer), OUT_DIR/log_history.json (the loss curve)
-and checkpoints under OUT_DIR/checkpoints/: a crashed run started again with the same OUT_DIR
-resumes from the last checkpoint instead of starting over.
+and checkpoints under OUT_DIR/checkpoints/ every `train.checkpoint_steps`: a run killed at any
+point (SIGKILL, power loss) and started again with the same OUT_DIR resumes from the last complete
+checkpoint (optimizer, scheduler, RNG and data position included), and finishes with the adapter
+the uninterrupted run would have written. A checkpoint made with other params, data or code is
+refused in one line naming what changed.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
 from tasks.config import Config, ConfigError, QuantizationConfig, load_config
 from tasks.training.fused_lora import fuse_lora
-from tasks.io import read_jsonl, write_json
+from tasks.io import atomic_path, read_json, read_jsonl, write_json
 from tasks.orchestration import stage_task
 
 
@@ -31,6 +37,17 @@ class TrainReport:
     seconds: float
     tokens_per_second: float
     quantized: bool
+    resumed_from_step: int = 0  # 0: started from scratch
+
+
+class ResumeError(Exception):
+    """A checkpoint that belongs to other params, data or code than this run's."""
+
+
+FINGERPRINT = "fingerprint.json"  # what the checkpoints in a folder were made with
+COMPLETE = "loragate-complete"  # written, after an fsync of every file, last into a checkpoint
+# params that change nothing a checkpoint holds
+_NEUTRAL = {"train.logging_steps", "train.checkpoint_steps", "model.cache_dir"}
 
 
 def bnb_config(q: QuantizationConfig):
@@ -81,7 +98,8 @@ def _sft_config(cfg: Config, out_dir: Path):
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.learning_rate, lr_scheduler_type="linear",
         warmup_steps=min(5, t.max_steps // 10), logging_steps=t.logging_steps, max_length=t.max_length,
         gradient_checkpointing=t.gradient_checkpointing, seed=t.seed, data_seed=t.seed,
-        save_strategy="steps", save_steps=max(10, t.max_steps // 4), save_total_limit=1,
+        # two kept: a kill while the newest is written leaves the one before it complete
+        save_strategy="steps", save_steps=t.checkpoint_steps or max(10, t.max_steps // 4), save_total_limit=2,
         # bfd packing is padding-free: rows share a bin, position_ids keep them apart in attention
         packing=packs(cfg), packing_strategy="bfd", optim=t.optimizer,
         use_liger_kernel=_use_liger(cfg),
@@ -143,16 +161,89 @@ def build_trainer(cfg: Config, model_dir: str, train_path: str | Path, out_dir: 
                         _dataset(train_path), out_dir)
 
 
-def train(cfg: Config, model_dir: str, train_path: str | Path, out_dir: str | Path, trainer=None) -> TrainReport:
-    """Train (resuming from the last checkpoint in out_dir if any) and save the adapter."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
+
+def fingerprint(cfg: Config, train_path: str | Path) -> dict[str, str]:
+    """What a checkpoint's numbers depend on: the params of model, LoRA, quantization and training,
+    the training split's bytes, the training code and the libraries that run it."""
+    found = {k: str(v) for k, v in cfg.flat().items()
+             if k.split(".")[0] in {"model", "lora", "quantization", "train"} and k not in _NEUTRAL}
+    found["data: the training split"] = _sha256(Path(train_path))
+    found |= {f"code: tasks/training/{p.name}": _sha256(p) for p in sorted(Path(__file__).parent.glob("*.py"))}
+    return found | {f"package: {name}": version(name) for name in ("torch", "transformers", "peft", "trl")}
+
+
+def resume_problem(saved: dict[str, str], now: dict[str, str]) -> str | None:
+    """The first difference between two fingerprints, as a user reads it; None when they agree."""
+    for key in sorted(set(saved) | set(now)):
+        before, after = saved.get(key, "(none)"), now.get(key, "(none)")
+        if before != after:
+            shown = (before, after) if "." in key and ":" not in key else (before[:12], after[:12])
+            return f"{key} changed ({shown[0]} -> {shown[1]})"
+    return None
+
+
+def _checkpoint_callback():
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        """Every file of a new checkpoint reaches the disk before its completeness mark does."""
+
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            for path in (p for p in folder.rglob("*") if p.is_file()):
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+            with atomic_path(folder / COMPLETE) as tmp:
+                tmp.write_text(str(state.global_step))
+
+    return MarkComplete()
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint holding its completeness mark: one cut off mid-write is passed over."""
+    found = [p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / COMPLETE).is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def checkpoint_step(out_dir: str | Path) -> int:
+    """The step a training folder would go on from (0: none complete yet)."""
+    last = last_complete_checkpoint(Path(out_dir) / "checkpoints") if (Path(out_dir) / "checkpoints").is_dir() else None
+    return int(last.name.split("-")[-1]) if last else 0
+
+
+def check_resume(cfg: Config, train_path: str | Path, out_dir: str | Path) -> None:
+    """ResumeError when out_dir's checkpoints were made with other params, data or code."""
+    ckpt_dir = Path(out_dir) / "checkpoints"
+    if checkpoint_step(out_dir) and (ckpt_dir / FINGERPRINT).is_file():
+        problem = resume_problem(read_json(ckpt_dir / FINGERPRINT), fingerprint(cfg, train_path))
+        if problem:
+            raise ResumeError(f"resume refused: {problem} since the checkpoint at step {checkpoint_step(out_dir)} "
+                              f"in {ckpt_dir}; restore it, or start a new run")
+
+
+def _resume_point(cfg: Config, train_path: str | Path, ckpt_dir: Path) -> Path | None:
+    """The checkpoint to continue from (None: start), after checking it was made for this run."""
+    check_resume(cfg, train_path, ckpt_dir.parent)
+    write_json(ckpt_dir / FINGERPRINT, fingerprint(cfg, train_path))
+    return last_complete_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+
+
+def train(cfg: Config, model_dir: str, train_path: str | Path, out_dir: str | Path, trainer=None) -> TrainReport:
+    """Train, resuming from the last complete checkpoint in out_dir if it was made with the same
+    params, data and code (ResumeError otherwise), and save the adapter."""
     out_dir = Path(out_dir)
+    resume = _resume_point(cfg, train_path, out_dir / "checkpoints")
     trainer = trainer or build_trainer(cfg, model_dir, train_path, out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    trainer.add_callback(_checkpoint_callback())
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
     trainer.model.save_pretrained(out_dir / "adapter")
     trainer.processing_class.save_pretrained(out_dir / "adapter")
@@ -161,11 +252,18 @@ def train(cfg: Config, model_dir: str, train_path: str | Path, out_dir: str | Pa
     trainable, total = trainer.model.get_nb_trainable_parameters()
     tokens = max([float(e.get("num_tokens", 0)) for e in history] + [0.0])
     return TrainReport(trainer.state.global_step, round(result.training_loss, 4), trainable, total,
-                       round(seconds, 1), round(tokens / seconds, 1), bnb_config(cfg.quantization) is not None)
+                       round(seconds, 1), round(tokens / seconds, 1), bnb_config(cfg.quantization) is not None,
+                       int(resume.name.split("-")[-1]) if resume else 0)
 
 train_task = stage_task(train, "train")
 
 
+def _main(cfg: Config, model_dir: str, train_path: str, out_dir: str) -> None:
+    """Train a LoRA adapter on the training split."""
+    print(asdict(train(cfg, model_dir, train_path, out_dir)))
+
+
 if __name__ == "__main__":
-    a = sys.argv[1:]
-    print(asdict(train(load_config(), a[0], a[1], a[2])))
+    from tasks.orchestration import stage_main
+
+    sys.exit(stage_main(sys.argv, ("model_dir", "train_path", "out_dir"), _main, (ResumeError,)))
