@@ -5,7 +5,7 @@
     loragate status [--json]
     loragate approve MODEL VERSION --reviewer NAME --rationale TEXT     (and: reject)
     loragate rollback MODEL --reviewer NAME --rationale TEXT
-    loragate audit verify
+    loragate audit verify | repair
     loragate ui [--port 5000]      # MLflow UI on 127.0.0.1 for the local store
 """
 from __future__ import annotations
@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     ui = _with_store(sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the workspace's store"))
     ui.add_argument("--port", type=int, default=5000)
     aud = sub.add_parser("audit", help="check the hash-chained audit log against MLflow")
-    _with_store(aud.add_subparsers(dest="audit_command", required=True).add_parser("verify"))
+    audit_sub = aud.add_subparsers(dest="audit_command", required=True)
+    _with_store(audit_sub.add_parser("verify", help="check the chain, its head in MLflow, states and the alias"))
+    _with_store(audit_sub.add_parser("repair", help="replay the log onto MLflow after a crash between the two"))
     return p
 
 
@@ -68,6 +70,7 @@ def cmd_run(args) -> int:
     from flows.finetune import finetune
     from tasks.data.split import TRAIN
     from tasks.tracking import resumable_run, tracking_uri
+    from tasks.orchestration import workspace_lock
     from tasks.training.train import check_resume
 
     root = Path(args.workspace).resolve()
@@ -79,11 +82,13 @@ def cmd_run(args) -> int:
     if not Path(root / cfg.data.raw).is_file():
         raise ConfigError(f"data.raw: {cfg.data.raw}: no such file")
     check(cfg, os.path.relpath(root / cfg.data.raw))  # bad input is one line here, before Prefect or DVC start
-    resume = None
-    if args.resume is not None:  # which run, and whether its checkpoints still fit, before anything starts
-        resume = resumable_run(cfg, root, args.resume or None)
-        check_resume(cfg, root / TRAIN, root / "runs" / resume / "train")
-    summary = finetune(str(root), args.params, wait_for_approval=args.wait_for_approval, overrides=sets, resume=resume)
+    with workspace_lock(root):  # taken before the flow starts, so a busy workspace is one line, not a failed flow
+        resume = None
+        if args.resume is not None:  # which run, and whether its checkpoints still fit, before anything starts
+            resume = resumable_run(cfg, root, args.resume or None)
+            check_resume(cfg, root / TRAIN, root / "runs" / resume / "train")
+        summary = finetune(str(root), args.params, wait_for_approval=args.wait_for_approval, overrides=sets,
+                           resume=resume)
     m = summary.metrics
     print(f"\nhold-out ROUGE-L {m['baseline/rougeL']:.3f} -> {m['finetuned/rougeL']:.3f}, "
           f"BERTScore F1 {m['baseline/bertscore_f1']:.3f} -> {m['finetuned/bertscore_f1']:.3f}")
@@ -165,6 +170,9 @@ def cmd_audit(args) -> int:
 
     root = Path(args.workspace).resolve()
     cfg = load_config(root / args.params)
+    if args.audit_command == "repair":
+        for line in gate.repair(cfg, root) or ["nothing to repair: MLflow matches the log"]:
+            print(f"audit repair: {line}")
     problems = gate.verify(cfg, root)
     for line in problems:
         print(f"loragate: audit: {line}", file=sys.stderr)
@@ -197,6 +205,7 @@ def cmd_ui(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from tasks.governance.gate import GateError
+    from tasks.orchestration import WorkspaceBusy
     from tasks.tracking import NotResumable
     from tasks.training.train import ResumeError
 
@@ -205,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rollback": cmd_decide, "audit": cmd_audit, "ui": cmd_ui}
     try:
         return commands[args.command](args)
-    except (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable) as err:
+    except (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy) as err:
         print(f"loragate: {err}", file=sys.stderr)
         return 2
     except DataError as err:

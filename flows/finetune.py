@@ -24,6 +24,7 @@ from tasks.governance.register import register_task, serving_base
 from tasks.evaluation.report import record_results_task
 from tasks.data.split import HOLDOUT, TRAIN
 from tasks.io import write_json
+from tasks.orchestration import workspace_lock
 from tasks.tracking import client_for, finish, initiator, log_metrics, previous_params, start_run
 from tasks.training.train import checkpoint_step, train_task
 from tasks.data.versioning import reproduce_task
@@ -78,7 +79,13 @@ def finetune(workspace: str = ".", params: str = "params.yaml", wait_for_approva
              overrides: list[str] | None = None, resume: str | None = None) -> RunSummary:
     """overrides (`section.key=value`, `loragate run --set`) hold for this run only. resume: the
     id of a killed run to continue (same MLflow run and folder; training from its last checkpoint)."""
-    root, timings = Path(workspace).resolve(), {}
+    with workspace_lock(workspace):
+        return _finetune(Path(workspace).resolve(), params, wait_for_approval, overrides, resume)
+
+
+def _finetune(root: Path, params: str, wait_for_approval: bool, overrides: list[str] | None,
+              resume: str | None) -> RunSummary:
+    timings: dict[str, float] = {}
     with params_for_run(root / params, overrides or []) as cfg:  # DVC reads every param it lists from this file
         with _timed(timings, "data_stages"):
             data = reproduce_task(root)

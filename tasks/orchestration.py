@@ -6,18 +6,25 @@ installed) can import the stage modules; the flow itself needs it.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import sys
-from typing import Callable
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
 
 
-def stage_task(fn: Callable, name: str):
-    """fn as a Prefect task named `name`, or fn itself where Prefect is not installed."""
+def stage_task(fn: Callable, name: str, retries: int = 0):
+    """fn as a Prefect task named `name`, or fn itself where Prefect is not installed. retries:
+    for steps that talk to the MLflow store and are idempotent (a retry finds what the first
+    attempt wrote), with backoff: 2 s, 10 s, 30 s."""
     try:
         from prefect import task
         from prefect.cache_policies import NO_CACHE
     except ImportError:
         return fn
-    return task(fn, name=name, cache_policy=NO_CACHE)
+    return task(fn, name=name, cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=[2, 10, 30][:retries] or 0)
 
 
 def stage_main(argv: list[str], paths: tuple[str, ...], run: Callable, expected: tuple[type, ...] = (),
@@ -40,3 +47,38 @@ def stage_main(argv: list[str], paths: tuple[str, ...], run: Callable, expected:
         print(f"loragate: {prefix if not isinstance(err, ConfigError) else ''}{err}", file=sys.stderr)
         return 2
     return 0
+
+
+class WorkspaceBusy(Exception):
+    """Another `loragate run` holds the workspace."""
+
+
+_HELD: set[Path] = set()  # workspaces this process holds: the CLI takes the lock, the flow inside it finds it held
+
+
+@contextmanager
+def workspace_lock(root: str | Path) -> Iterator[None]:
+    """One run per workspace at a time: DVC's stages, params.yaml overrides, the MLflow store and
+    the audit log are shared. A second run is refused in one line naming the holder."""
+    path = Path(root).resolve() / ".loragate" / "run.lock"
+    if path in _HELD:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise WorkspaceBusy(f"workspace {path.parent.parent} is busy: a run holds it ({holder}); "
+                                "wait for it to finish, or stop it and `loragate run --resume`") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        fh.flush()
+        _HELD.add(path)
+        try:
+            yield
+        finally:
+            _HELD.discard(path)

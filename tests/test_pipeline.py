@@ -70,7 +70,7 @@ def test_flow_records_the_run_and_waits_for_a_four_eyes_approval(workspace, pref
     assert version.tags[APPROVAL_TAG] == "approved" and version.tags["loragate.reviewer"] == "reviewer-b"
     assert str(client.get_registered_model(cfg.registry.model_name).aliases["production"]) == summary.version
     events = [e.event for e in audit.read(gate.audit_path(cfg, workspace))]
-    assert events == ["run_started", "registered", "checks", "approved", "alias_moved"]
+    assert events == ["run_started", "registering", "registered", "checks", "approved", "alias_moved"]
     assert gate.verify(cfg, workspace) == []
     assert version.tags["loragate.initiator"] == "test-initiator"
     assert client.get_run(summary.run_id).data.tags["loragate.version"] == importlib.metadata.version("loragate")

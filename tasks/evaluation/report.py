@@ -98,4 +98,4 @@ def record_results(cfg, root: str | Path, run_id: str, run_dir: str | Path, base
     return metrics
 
 
-record_results_task = stage_task(record_results, "record-results")
+record_results_task = stage_task(record_results, "record-results", retries=3)

@@ -41,12 +41,22 @@ def _last_line(fh) -> str | None:
     return last
 
 
-def append(path: str | Path, event: str, **data: Any) -> Entry:
-    """Add one entry under an exclusive lock (flow threads and CLI calls may append at once)."""
+def _keyed(fh, key: str) -> str | None:
+    fh.seek(0)
+    return next((line.rstrip("\n") for line in fh if line.strip() and json.loads(line).get("key") == key), None)
+
+
+def append(path: str | Path, event: str, key: str | None = None, **data: Any) -> Entry:
+    """Add one entry under an exclusive lock (flow threads and CLI calls may append at once). With
+    a key, an entry already holding it is returned instead: a retried step never logs twice."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", encoding="utf-8") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
+        if key and (found := _keyed(fh, key)):
+            entry = json.loads(found)
+            return Entry(entry["seq"], entry["event"], entry, line_hash(found))
+        data = {**data, "key": key} if key else data
         last = _last_line(fh)
         prev = json.loads(last) if last else None
         entry = {"seq": prev["seq"] + 1 if prev else 1, "prev": line_hash(last) if last else GENESIS,

@@ -5,12 +5,15 @@ Only this module writes approval states and moves aliases; every change is an au
     loragate reject MODEL VERSION --reviewer NAME --rationale TEXT
     loragate rollback MODEL --reviewer NAME --rationale TEXT
     loragate audit verify
+    loragate audit repair     # replays the log onto MLflow after a crash between the two
 
 States (tag `loragate.approval_status`): pending -> approved | rejected, pending -> rejected-by-checks,
 approved -> rolled-back. A decided version is never decided again; a new run makes a new version.
 """
 from __future__ import annotations
 
+import fcntl
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,10 +61,12 @@ def audit_path(cfg: Config, root: str | Path) -> Path:
     return Path(root).resolve() / cfg.gate.audit_log
 
 
-def _record(cfg: Config, root: str | Path, client: MlflowClient, event: str, **data) -> audit.Entry:
+def _record(cfg: Config, root: str | Path, client: MlflowClient, event: str, key: str | None = None,
+            **data) -> audit.Entry:
     """Append to the log, then mirror: the head onto the experiment (catches cut-off lines), the
-    entry's seq:hash onto the version it concerns (visible in the MLflow UI)."""
-    entry = audit.append(audit_path(cfg, root), event, **data)
+    entry's seq:hash onto the version it concerns (visible in the MLflow UI). A key makes a retry
+    find its first entry instead of writing a second."""
+    entry = audit.append(audit_path(cfg, root), event, key=key, **data)
     client.set_experiment_tag(experiment_id(client, cfg, root), HEAD_TAG, f"{entry.seq}:{entry.hash}")
     if data.get("version") and data.get("model"):
         client.set_model_version_tag(data["model"], data["version"], f"loragate.audit.{event}",
@@ -88,23 +93,33 @@ def _now() -> str:
 
 def record_run_started(cfg: Config, root: str | Path, run_id: str, initiator: str,
                        data_hashes: dict[str, str]) -> None:
-    _record(cfg, root, client_for(cfg, root), "run_started", model=cfg.registry.model_name, run_id=run_id,
-            actor=initiator, base_model=cfg.model.base, data=dict(sorted(data_hashes.items())))
+    _record(cfg, root, client_for(cfg, root), "run_started", key=f"run_started:{run_id}", model=cfg.registry.model_name,
+            run_id=run_id, actor=initiator, base_model=cfg.model.base, data=dict(sorted(data_hashes.items())))
 
 
 def record_run_resumed(cfg: Config, root: str | Path, run_id: str, initiator: str, step: int) -> None:
     """The log says a run went on from a checkpoint before MLflow shows it running again."""
     client = client_for(cfg, root)
-    _record(cfg, root, client, "run_resumed", model=cfg.registry.model_name, run_id=run_id, actor=initiator,
-            from_step=step)
+    _record(cfg, root, client, "run_resumed", key=f"run_resumed:{run_id}:{step}", model=cfg.registry.model_name,
+            run_id=run_id, actor=initiator, from_step=step)
     client.update_run(run_id, status="RUNNING")
     client.set_tag(run_id, "loragate.resumed_from_step", str(step))
 
 
+def record_registering(cfg: Config, root: str | Path, model: str, run_id: str, initiator: str) -> None:
+    """The intent, logged before MLflow creates the version: a crash in between is then found by
+    `audit verify` and mended by `audit repair`."""
+    _record(cfg, root, client_for(cfg, root), "registering", key=f"registering:{model}:{run_id}", model=model,
+            run_id=run_id, actor=initiator)
+
+
 def record_registered(cfg: Config, root: str | Path, model: str, version: str, run_id: str, initiator: str) -> None:
+    """The version's `registered` entry (once per run) and, if it has no state yet, `pending`."""
     client = client_for(cfg, root)
-    _record(cfg, root, client, "registered", model=model, version=str(version), run_id=run_id, actor=initiator)
-    _set_state(client, model, str(version), PENDING)
+    _record(cfg, root, client, "registered", key=f"registered:{model}:{run_id}", model=model, version=str(version),
+            run_id=run_id, actor=initiator)
+    if not _version(client, model, str(version)).tags.get(APPROVAL_TAG):
+        _set_state(client, model, str(version), PENDING)
 
 
 def evaluate_checks(cfg: Config, metrics: dict[str, float], tags: dict[str, str]) -> Checks:
@@ -140,19 +155,19 @@ def evaluate_checks(cfg: Config, metrics: dict[str, float], tags: dict[str, str]
 
 
 def run_checks(cfg: Config, root: str | Path, model: str, version: str) -> Checks:
-    """Run the pre-checks once, record them, and mark a failing version `rejected-by-checks`."""
+    """Run the pre-checks, record them, and mark a failing version `rejected-by-checks`. The first
+    recorded verdict stands: a retry (or a second call) replays it and writes nothing twice."""
     client = client_for(cfg, root)
     mv = _version(client, model, version)
-    if mv.tags.get(CHECKS_TAG):
-        raise GateError(f"{model} version {version}: pre-checks already ran ({mv.tags[CHECKS_TAG]})")
     checks = evaluate_checks(cfg, client.get_run(mv.run_id).data.metrics, mv.tags)
-    _record(cfg, root, client, "checks", model=model, version=str(version), passed=checks.passed,
-            reasons=list(checks.reasons), values=checks.values)
+    entry = _record(cfg, root, client, "checks", key=f"checks:{model}:{version}", model=model, version=str(version),
+                    passed=checks.passed, reasons=list(checks.reasons), values=checks.values).data
+    checks = Checks(entry["passed"], tuple(entry["reasons"]), entry["values"])
     client.set_model_version_tag(model, str(version), CHECKS_TAG, "passed" if checks.passed else "failed")
     if not checks.passed:
         reason = "; ".join(checks.reasons)
-        _record(cfg, root, client, "rejected_by_checks", model=model, version=str(version), actor="loragate",
-                rationale=reason)
+        _record(cfg, root, client, "rejected_by_checks", key=f"rejected_by_checks:{model}:{version}", model=model,
+                version=str(version), actor="loragate", rationale=reason)
         _set_state(client, model, str(version), REJECTED_BY_CHECKS, decision_rationale=reason[:5000])
     return checks
 
@@ -178,8 +193,24 @@ def _initiators(client: MlflowClient, mv) -> set[str]:
     return {n.strip().casefold() for n in names if n.strip()}
 
 
+@contextmanager
+def _decision_lock(cfg: Config, root: str | Path):
+    """One decision at a time per workspace: two `approve` calls on one version find it pending
+    one after the other, never both."""
+    path = audit_path(cfg, root).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def approve(cfg: Config, root: str | Path, model: str, version: str, reviewer: str, rationale: str) -> Decision:
     """Four-eyes approval of a pending version whose pre-checks passed; moves the serving alias."""
+    with _decision_lock(cfg, root):
+        return _approve(cfg, root, model, version, reviewer, rationale)
+
+
+def _approve(cfg: Config, root: str | Path, model: str, version: str, reviewer: str, rationale: str) -> Decision:
     client = client_for(cfg, root)
     mv = _decidable(client, model, str(version), reviewer, rationale)
     if mv.tags.get(CHECKS_TAG) != "passed":
@@ -191,9 +222,10 @@ def approve(cfg: Config, root: str | Path, model: str, version: str, reviewer: s
 
 
 def reject(cfg: Config, root: str | Path, model: str, version: str, reviewer: str, rationale: str) -> Decision:
-    client = client_for(cfg, root)
-    _decidable(client, model, str(version), reviewer, rationale)
-    _decide(cfg, root, client, model, str(version), REJECTED, reviewer, rationale)
+    with _decision_lock(cfg, root):
+        client = client_for(cfg, root)
+        _decidable(client, model, str(version), reviewer, rationale)
+        _decide(cfg, root, client, model, str(version), REJECTED, reviewer, rationale)
     return Decision(model, str(version), REJECTED, reviewer.strip())
 
 
@@ -239,6 +271,11 @@ def alias_history(cfg: Config, root: str | Path, model: str) -> list[dict]:
 def rollback(cfg: Config, root: str | Path, model: str, actor: str, rationale: str) -> Decision:
     """Return the alias to the most recent earlier holder that is still approved; the version
     leaving it becomes `rolled-back`."""
+    with _decision_lock(cfg, root):
+        return _rollback(cfg, root, model, actor, rationale)
+
+
+def _rollback(cfg: Config, root: str | Path, model: str, actor: str, rationale: str) -> Decision:
     client = client_for(cfg, root)
     if not actor.strip() or not rationale.strip():
         raise GateError("rollback needs --reviewer and a non-empty --rationale")
@@ -278,16 +315,22 @@ def _head_problems(cfg: Config, root: str | Path, client: MlflowClient, entries:
     return []
 
 
+def _logged_states(model: str, entries: list[audit.Entry]) -> dict[str, str]:
+    """Each version's state as the log's state events leave it."""
+    return {e.data["version"]: _STATE_AFTER[e.event] for e in entries
+            if e.data.get("model") == model and e.event in _STATE_AFTER}
+
+
 def _state_problems(client: MlflowClient, model: str, entries: list[audit.Entry]) -> list[str]:
     """Replay the log's state events and compare with each version's tag."""
-    expected: dict[str, str] = {}
-    for e in entries:
-        if e.data.get("model") == model and e.event in _STATE_AFTER:
-            expected[e.data["version"]] = _STATE_AFTER[e.event]
+    expected = _logged_states(model, entries)
     problems = []
     for mv in client.search_model_versions(f"name='{model}'"):
         tag, want = mv.tags.get(APPROVAL_TAG), expected.get(str(mv.version))
-        if tag != want:
+        if want is None:
+            problems.append(f"{model} version {mv.version} (run {mv.run_id}) has no `registered` entry in the audit "
+                            "log (a crash while registering, or registered outside loragate): `loragate audit repair`")
+        elif tag != want:
             problems.append(f"{model} version {mv.version}: tag says {tag!r} but the audit log says {want!r} "
                             "(state changed outside loragate)")
     return problems
@@ -317,6 +360,46 @@ def verify(cfg: Config, root: str | Path, model: str | None = None) -> list[str]
     return problems
 
 
+def _repair_versions(cfg: Config, root: str | Path, client: MlflowClient, model: str) -> list[str]:
+    """Versions whose registration was logged as intended but not as done get their entry; every
+    version's state tag is set to what the log says."""
+    entries, done = audit.read(audit_path(cfg, root)), []
+    intended = {e.data.get("run_id") for e in entries if e.event == "registering" and e.data.get("model") == model}
+    logged = {e.data.get("version") for e in entries if e.event == "registered" and e.data.get("model") == model}
+    for mv in client.search_model_versions(f"name='{model}'"):
+        if str(mv.version) not in logged and mv.run_id in intended:
+            record_registered(cfg, root, model, str(mv.version), mv.run_id, mv.tags.get("loragate.initiator", ""))
+            done.append(f"{model} version {mv.version}: `registered` entry written (its registration was cut off)")
+    logged_states = _logged_states(model, audit.read(audit_path(cfg, root)))
+    for mv in client.search_model_versions(f"name='{model}'"):
+        want = logged_states.get(str(mv.version))
+        if want and mv.tags.get(APPROVAL_TAG) != want:
+            _set_state(client, model, str(mv.version), want)
+            done.append(f"{model} version {mv.version}: state tag set to {want!r} from the log")
+    return done
+
+
+def repair(cfg: Config, root: str | Path, model: str | None = None) -> list[str]:
+    """Replay the audit log onto MLflow after a crash between an entry and its MLflow change: the
+    head tag, versions' `registered` entries and states, the serving alias. Never edits the log;
+    what cannot be mended this way (a broken chain, lines cut off) stays for `verify` to report."""
+    client, model = client_for(cfg, root), model or cfg.registry.model_name
+    entries, done = audit.read(audit_path(cfg, root)), []
+    exp = client.get_experiment_by_name(cfg.registry.experiment)
+    head = exp.tags.get(HEAD_TAG, "0:") if exp else "0:"
+    if entries and int(head.split(":")[0]) < entries[-1].seq:  # the log got further than MLflow's mirror of it
+        client.set_experiment_tag(experiment_id(client, cfg, root), HEAD_TAG, f"{entries[-1].seq}:{entries[-1].hash}")
+        done.append(f"audit head set to seq {entries[-1].seq}")
+    if _exists(client, model):
+        done += _repair_versions(cfg, root, client, model)
+        moves = alias_history(cfg, root, model)
+        holder = client.get_registered_model(model).aliases.get(cfg.gate.alias)
+        if moves and str(holder) != moves[-1]["version"] and _approved_in_log(cfg, root, model, moves[-1]["version"]):
+            client.set_registered_model_alias(model, cfg.gate.alias, moves[-1]["version"])
+            done.append(f"{model}: alias '{cfg.gate.alias}' set to version {moves[-1]['version']} from the log")
+    return done
+
+
 def review_description(model: str, version: str, metrics: dict[str, float], checks: Checks, tags: dict[str, str]) -> str:
     """The Markdown a reviewer reads above the Prefect form: scores, checks, data hashes."""
     rows = "\n".join(f"| {k} | {metrics.get(f'baseline/{k}', float('nan')):.4f} | "
@@ -335,4 +418,4 @@ def record_timeout(cfg: Config, root: str | Path, model: str, version: str, wait
             actor="loragate", waited_s=waited_s)
 
 
-run_checks_task = stage_task(run_checks, "pre-checks")
+run_checks_task = stage_task(run_checks, "pre-checks", retries=3)

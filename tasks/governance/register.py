@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 
 from tasks.config import Config
-from tasks.governance.gate import record_registered
+from tasks.governance.gate import record_registered, record_registering
 from tasks.governance.serving import AdapterChatModel
 from tasks.tracking import client_for, initiator
 from tasks.orchestration import stage_task
@@ -35,8 +35,15 @@ def serving_base(cfg: Config) -> str:
 
 def register(cfg: Config, root: str | Path, run_id: str, adapter_dir: str | Path,
              data_hashes: dict[str, str], system_prompt: str | None = None) -> Registration:
-    """Log the adapter as a pyfunc model in run_id and register it as a pending version."""
-    client_for(cfg, root)
+    """Log the adapter as a pyfunc model in run_id and register it as a pending version, once per
+    run: a retry (or a resumed run) finds the version its first attempt made. The intent is in the
+    audit log before MLflow creates anything."""
+    client, model = client_for(cfg, root), cfg.registry.model_name
+    made = [v for v in client.search_model_versions(f"name='{model}'") if v.run_id == run_id]
+    if made:
+        record_registered(cfg, root, model, str(made[0].version), run_id, made[0].tags.get("loragate.initiator", ""))
+        return Registration(model, str(made[0].version), run_id, dict(made[0].tags))
+    record_registering(cfg, root, model, run_id, initiator())
     model_config = {"base_model": cfg.model.base, "cache_dir": cfg.model.cache_dir,
                     "max_new_tokens": cfg.eval.max_new_tokens, "system": system_prompt,
                     "quantization": dataclasses.asdict(cfg.quantization) if cfg.quantization.enabled else None}
@@ -53,4 +60,4 @@ def register(cfg: Config, root: str | Path, run_id: str, adapter_dir: str | Path
     return Registration(cfg.registry.model_name, str(version.version), run_id, tags)
 
 
-register_task = stage_task(register, "register")
+register_task = stage_task(register, "register", retries=3)
