@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import tasks  # noqa: F401  (offline defaults before any library import)
 from tasks.config import ConfigError, load_config
 from tasks.training.models import ModelNotFound
-from tasks.data.validate import DataError, check
+from tasks.data.validate import DataError, check, check_volume
 from tasks.data.versioning import StageFailed
 
 
@@ -79,9 +81,7 @@ def cmd_run(args) -> int:
         raise ConfigError("--wait-for-approval: needs a Prefect server the reviewer can reach; start one "
                           "(`prefect server start`) and set PREFECT_API_URL")
     cfg = load_config(root / args.params, sets)  # checked in memory; the flow writes it for DVC's stages
-    if not Path(root / cfg.data.raw).is_file():
-        raise ConfigError(f"data.raw: {cfg.data.raw}: no such file")
-    check(cfg, os.path.relpath(root / cfg.data.raw))  # bad input is one line here, before Prefect or DVC start
+    _preflight(cfg, root)
     with workspace_lock(root):  # taken before the flow starts, so a busy workspace is one line, not a failed flow
         resume = None
         if args.resume is not None:  # which run, and whether its checkpoints still fit, before anything starts
@@ -100,6 +100,38 @@ def cmd_run(args) -> int:
         print(f"next: review it in the MLflow UI  `mlflow ui --backend-store-uri {tracking_uri(cfg, root)}`, then "
               f"`loragate approve {summary.model_name} {summary.version} --reviewer NAME --rationale TEXT`")
     return 0
+
+
+def _preflight(cfg, root: Path) -> None:
+    """Bad input, params, model or servers are one line here, before Prefect or DVC start."""
+    from tasks.data.anonymize import check_entities
+    from tasks.training.models import check_model
+
+    if not Path(root / cfg.data.raw).exists():
+        raise ConfigError(f"data.raw: {cfg.data.raw}: no such file")
+    src = os.path.relpath(root / cfg.data.raw)
+    src = src if not src.startswith("..") else str(root / cfg.data.raw)  # messages name the file as you would
+    check_volume(cfg, src, [messages for _, _, messages in check(cfg, src)[1]])
+    check_model(cfg.model.base)
+    check_entities(cfg)
+    if not os.access(root, os.W_OK):
+        raise ConfigError(f"workspace {root}: not writable (runs/, mlflow/ and the DVC cache are written there)")
+    _check_prefect()
+
+
+def _check_prefect() -> None:
+    """A PREFECT_API_URL that does not answer would fail the flow after minutes of retries."""
+    import httpx
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        return
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError:
+        raise ConfigError(f"PREFECT_API_URL {url}: the Prefect server does not answer; start it "
+                          "(`prefect server start`) or unset PREFECT_API_URL for a temporary local one") from None
 
 
 def _prefect_server() -> bool:
@@ -203,6 +235,35 @@ def cmd_ui(args) -> int:
         return 0
 
 
+class _QuietExpected(logging.Filter):
+    """Drops the orchestrator's records of an expected error (bad input or params, a refused
+    resume, a failed stage): the CLI says it in one line, so its traceback and the failure echoes
+    around it are noise. Crashes keep their tracebacks."""
+
+    def __init__(self, expected: tuple[type, ...]):
+        super().__init__()
+        self.expected, self.names = expected, tuple(e.__name__ for e in expected)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.expected):
+            return False
+        return not any(name in record.getMessage() for name in self.names)
+
+
+@contextmanager
+def _quiet_expected(expected: tuple[type, ...]):
+    handlers = {h for name, lg in list(logging.root.manager.loggerDict.items())
+                if name.startswith("prefect") and isinstance(lg, logging.Logger) for h in lg.handlers}
+    quiet = _QuietExpected(expected)
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
 def main(argv: list[str] | None = None) -> int:
     from tasks.governance.gate import GateError
     from tasks.orchestration import WorkspaceBusy
@@ -212,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"run": cmd_run, "status": cmd_status, "approve": cmd_decide, "reject": cmd_decide,
                 "rollback": cmd_decide, "audit": cmd_audit, "ui": cmd_ui}
+    expected = (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy, DataError)
     try:
-        return commands[args.command](args)
+        with _quiet_expected(expected):
+            return commands[args.command](args)
     except (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy) as err:
         print(f"loragate: {err}", file=sys.stderr)
         return 2

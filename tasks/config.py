@@ -53,9 +53,11 @@ class DataConfig:
     raw: StrictStr = "data/sample/tickets.jsonl"  # input JSONL (personal data: never leaves this machine)
     format: Literal["auto", "messages", "alpaca", "prompt_completion"] = "auto"  # the input's record format
     slice_field: StrictStr = ""  # record field scored separately (language, product...); never a personal field
+    min_records: StrictInt = 200  # distinct records below this are refused: fine-tuning on fewer is unstable
 
     def __post_init__(self) -> None:
         _check(self.slice_field not in {"messages", "id"}, "data.slice_field", "must not be 'messages' or 'id'")
+        _check(self.min_records >= 1, "data.min_records", "must be >= 1")
 
 
 @dataclass
@@ -256,9 +258,17 @@ def _build_section(cls: type, name: str, values: Any) -> Any:
         e = err.errors()[0]
         key = f"{name}.{e['loc'][0]}" + "".join(f"[{i}]" for i in e["loc"][1:2] if isinstance(i, int))
         if e["type"] == "unexpected_keyword_argument":
-            raise ConfigError(f"params: {key}: unknown key") from None
+            raise ConfigError(f"params: {key}: unknown key{_nearest(str(e['loc'][0]), [f.name for f in dataclasses.fields(cls)], name)}") from None
         why = e["msg"].removeprefix("Value error, ")
         raise ConfigError(f"params: {key}: {why[0].lower()}{why[1:]}, got {e['input']!r}") from None
+
+
+def _nearest(word: str, known: list[str], section: str = "") -> str:
+    """' (did you mean X?)' for a typo close to a known name, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f" (did you mean {section + '.' if section else ''}{close[0]}?)" if close else ""
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -277,7 +287,7 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] = ()) -> Config:
         raw.setdefault(section, {})[key] = value
     sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}
     for name in raw:
-        _check(name in sections, name, "unknown section")
+        _check(name in sections, name, "unknown section" + _nearest(name, list(sections)))
     return Config(**{n: _build_section(cls, n, raw.get(n, {})) for n, cls in sections.items()})
 
 

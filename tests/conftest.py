@@ -96,7 +96,7 @@ def prefect_server():
 
 def tiny_params(model_dir: str, **extra) -> dict:
     params = {
-        "data": {"raw": "data/raw/tickets.jsonl"},
+        "data": {"raw": "data/raw/tickets.jsonl", "min_records": 40},
         "model": {"base": model_dir},
         "train": {"max_steps": 4, "batch_size": 4, "max_length": 192, "logging_steps": 1, "learning_rate": 0.003},
         "eval": {"max_new_tokens": 12, "batch_size": 8, "max_examples": 12},

@@ -171,3 +171,18 @@ def test_a_second_run_on_a_busy_workspace_is_refused_in_one_line(workspace, capf
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.slow
+def test_a_stage_refusal_inside_the_flow_shows_no_traceback(workspace, prefect_server, capfd):
+    """Input that passes the pre-flight but is refused by a stage (a slice field holding e-mails):
+    one line from the CLI, no traceback from the orchestrator's logging."""
+    raw = workspace / "data/raw/tickets.jsonl"
+    rows = [json.loads(line) for line in raw.read_text().splitlines()]
+    raw.write_text("".join(json.dumps({**r, "customer": f"client{i % 2}@example.com"}) + "\n" for i, r in enumerate(rows)))
+    capfd.readouterr()
+    assert cli(["run", "--workspace", str(workspace), "--set", "data.slice_field=customer"]) == 2
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err, (out + err)[-3000:]
+    assert err.strip().splitlines()[-1].startswith("loragate: "), err[-2000:]
+    assert "customer" in err.strip().splitlines()[-1]

