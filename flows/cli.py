@@ -6,6 +6,7 @@
     loragate approve MODEL VERSION --reviewer NAME --rationale TEXT     (and: reject)
     loragate rollback MODEL --reviewer NAME --rationale TEXT
     loragate audit verify | repair
+    loragate doctor                # packages, models, disk, MLflow store, Prefect API, GPU: each problem with its fix
     loragate ui [--port 5000]      # MLflow UI on 127.0.0.1 for the local store
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     back = _with_store(sub.add_parser("rollback", help="return the serving alias to the previously approved version"))
     back.add_argument("model")
     _with_reviewer(back)
+    _with_store(sub.add_parser("doctor", help="check packages, models, disk, MLflow store and Prefect API; each problem with its fix"))
     ui = _with_store(sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the workspace's store"))
     ui.add_argument("--port", type=int, default=5000)
     aud = sub.add_parser("audit", help="check the hash-chained audit log against MLflow")
@@ -105,6 +107,8 @@ def cmd_run(args) -> int:
 def _preflight(cfg, root: Path) -> None:
     """Bad input, params, model or servers are one line here, before Prefect or DVC start."""
     from tasks.data.anonymize import check_entities
+    from tasks.orchestration import check_prefect
+    from tasks.tracking import check_store
     from tasks.training.models import check_model
 
     if not Path(root / cfg.data.raw).exists():
@@ -116,22 +120,8 @@ def _preflight(cfg, root: Path) -> None:
     check_entities(cfg)
     if not os.access(root, os.W_OK):
         raise ConfigError(f"workspace {root}: not writable (runs/, mlflow/ and the DVC cache are written there)")
-    _check_prefect()
-
-
-def _check_prefect() -> None:
-    """A PREFECT_API_URL that does not answer would fail the flow after minutes of retries."""
-    import httpx
-    from prefect.settings import get_current_settings
-
-    url = get_current_settings().api.url
-    if not url:
-        return
-    try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
-    except httpx.HTTPError:
-        raise ConfigError(f"PREFECT_API_URL {url}: the Prefect server does not answer; start it "
-                          "(`prefect server start`) or unset PREFECT_API_URL for a temporary local one") from None
+    check_store(cfg, root)
+    check_prefect()
 
 
 def _prefect_server() -> bool:
@@ -214,6 +204,16 @@ def cmd_audit(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_doctor(args) -> int:
+    from tasks.doctor import diagnose
+
+    root = Path(args.workspace).resolve()
+    findings = diagnose(load_config(root / args.params), root)
+    for f in findings:
+        print(f"{'ok  ' if f.ok else 'FAIL' if f.fatal else 'warn'}  {f.name:<13} {f.detail}")
+    return 1 if any(not f.ok and f.fatal for f in findings) else 0
+
+
 def ui_command(cfg, root: Path, port: int) -> list[str]:
     """`mlflow server` bound to loopback only: the store holds model versions and review state."""
     from tasks.tracking import tracking_uri
@@ -266,18 +266,19 @@ def _quiet_expected(expected: tuple[type, ...]):
 
 def main(argv: list[str] | None = None) -> int:
     from tasks.governance.gate import GateError
+    from tasks.io import DiskFull
     from tasks.orchestration import WorkspaceBusy
     from tasks.tracking import NotResumable
     from tasks.training.train import ResumeError
 
     args = _parser().parse_args(argv)
     commands = {"run": cmd_run, "status": cmd_status, "approve": cmd_decide, "reject": cmd_decide,
-                "rollback": cmd_decide, "audit": cmd_audit, "ui": cmd_ui}
-    expected = (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy, DataError)
+                "rollback": cmd_decide, "audit": cmd_audit, "ui": cmd_ui, "doctor": cmd_doctor}
+    expected = (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy, DiskFull)
     try:
-        with _quiet_expected(expected):
+        with _quiet_expected((*expected, DataError)):
             return commands[args.command](args)
-    except (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy) as err:
+    except expected as err:
         print(f"loragate: {err}", file=sys.stderr)
         return 2
     except DataError as err:

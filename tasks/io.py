@@ -2,6 +2,7 @@
 file or the new one, never half of one."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,9 +11,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
+class DiskFull(Exception):
+    """The disk filled up while a file was written; the old file (if any) is untouched."""
+
+
 @contextmanager
 def atomic_path(dst: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside dst; it replaces dst only if the block finishes."""
+    """Yield a temp path beside dst; it replaces dst only if the block finishes. A full disk is
+    DiskFull, one line naming the file: the temp file goes, the old dst stays."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
@@ -20,6 +26,11 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, dst)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"{dst}: no space left on device while writing it; free space and run again "
+                           "(nothing half-written was kept)") from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -35,6 +35,7 @@ def stage_main(argv: list[str], paths: tuple[str, ...], run: Callable, expected:
     import argparse
 
     from tasks.config import ConfigError, load_config
+    from tasks.io import DiskFull
 
     parser = argparse.ArgumentParser(description=run.__doc__)
     for name in paths:
@@ -43,8 +44,8 @@ def stage_main(argv: list[str], paths: tuple[str, ...], run: Callable, expected:
     args = parser.parse_args(argv[1:])
     try:
         run(load_config(args.params), *(getattr(args, name) for name in paths))
-    except (ConfigError, *expected) as err:
-        print(f"loragate: {prefix if not isinstance(err, ConfigError) else ''}{err}", file=sys.stderr)
+    except (ConfigError, DiskFull, *expected) as err:
+        print(f"loragate: {prefix if not isinstance(err, (ConfigError, DiskFull)) else ''}{err}", file=sys.stderr)
         return 2
     return 0
 
@@ -82,3 +83,20 @@ def workspace_lock(root: str | Path) -> Iterator[None]:
             yield
         finally:
             _HELD.discard(path)
+
+
+def check_prefect() -> None:
+    """A PREFECT_API_URL that does not answer would fail the flow after minutes of retries."""
+    import httpx
+    from prefect.settings import get_current_settings
+
+    from tasks.config import ConfigError
+
+    url = get_current_settings().api.url
+    if not url:
+        return
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError:
+        raise ConfigError(f"PREFECT_API_URL {url}: the Prefect server does not answer; start it "
+                          "(`prefect server start`) or unset PREFECT_API_URL for a temporary local one") from None

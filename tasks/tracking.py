@@ -111,3 +111,32 @@ def resumable_run(cfg: Config, root: str | Path, wanted: str | None) -> str:
     if client_for(cfg, root).get_run(run_id).info.status == "FINISHED":
         raise NotResumable(f"--resume: run {run_id} finished (its version is registered); start a new run")
     return run_id
+
+
+def check_store(cfg: Config, root: str | Path) -> None:
+    """The MLflow store answers and takes writes: a server that is down or a sqlite file another
+    process holds locked is one line here instead of a stack of retries later (ConfigError)."""
+    import sqlite3
+
+    from tasks.config import ConfigError
+
+    uri = cfg.registry.tracking_uri  # tracking_uri() would create the store's folder: a check writes nothing
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(root).resolve() / uri[len('sqlite:///'):]}"
+    if uri.startswith(("http://", "https://")):
+        import httpx
+
+        try:
+            httpx.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+        except httpx.HTTPError:
+            raise ConfigError(f"registry.tracking_uri {uri}: the MLflow server does not answer; start it, or use "
+                              "a sqlite store (sqlite:///mlflow/mlflow.db)") from None
+    elif uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).exists():
+        db = uri[len("sqlite:///"):]
+        try:
+            with sqlite3.connect(db, timeout=2) as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.rollback()
+        except sqlite3.OperationalError as err:
+            raise ConfigError(f"registry.tracking_uri: {db} is {'locked by another process' if 'locked' in str(err) else str(err)}"
+                              "; wait for it to finish, or stop it") from None

@@ -63,6 +63,9 @@ CASES = {  # name: (file bytes, --set overrides, what the line must say)
     "missing base model folder": (_jsonl(GOOD), ["model.base=/no/such/model"], "model '/no/such/model': no such folder"),
     "base model that is not a causal LM": (_jsonl(GOOD), ["model.base=MINILM"], "is not a causal language model"),
     "Prefect server that is down": (_jsonl(GOOD), [], "PREFECT_API_URL http://127.0.0.1:9/api: the Prefect server does not answer"),
+    "MLflow server that is down": (_jsonl(GOOD), ["registry.tracking_uri=http://127.0.0.1:9"],
+                                   "registry.tracking_uri http://127.0.0.1:9: the MLflow server does not answer"),
+    "MLflow store locked": (_jsonl(GOOD), [], "mlflow.db is locked by another process"),
 }
 
 
@@ -85,6 +88,12 @@ def test_bad_input_is_one_clear_line_and_touches_nothing(ws, case, capfd, monkey
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         monkeypatch.setattr("prefect.settings.get_current_settings", _settings_with_api("http://127.0.0.1:9/api"))
+    if case == "MLflow store locked":
+        import sqlite3
+
+        (ws / "mlflow").mkdir()
+        holder = sqlite3.connect(ws / "mlflow" / "mlflow.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another process mid-write
     params = (ws / "params.yaml").read_bytes()
     capfd.readouterr()
     code = cli(["run", "--workspace", str(ws), "--data", "in.jsonl", *[a for s in sets for a in ("--set", s)]])
@@ -92,7 +101,7 @@ def test_bad_input_is_one_clear_line_and_touches_nothing(ws, case, capfd, monkey
     assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("loragate: "), err
     assert expected in err and "Traceback" not in err, err
     assert (ws / "in.jsonl").read_bytes() == data and (ws / "params.yaml").read_bytes() == params
-    assert not any((ws / d).exists() for d in ("runs", "mlflow", "data"))
+    assert not any((ws / d).exists() for d in ("runs", "data")) and (case == "MLflow store locked") == (ws / "mlflow").exists()
 
 
 def _settings_with_api(url: str):
@@ -114,3 +123,53 @@ def test_a_byte_order_mark_is_accepted(tmp_path):
 
 def test_the_catalogue_holds_thirty_cases():
     assert len(CASES) >= 30
+
+
+def test_a_disk_that_fills_up_while_a_split_is_written_is_one_line_and_leaves_no_half_file(tmp_path, capfd, monkeypatch):
+    """A write that hits ENOSPC half-way (a patched write, as a full disk would behave)."""
+    import builtins
+    import errno
+
+    from tasks.data import split
+
+    src = tmp_path / "anonymized.jsonl"
+    src.write_text("".join(json.dumps({"id": f"r{i}", "messages": [{"role": "user", "content": "x"},
+                                                                   {"role": "assistant", "content": "y"}]}) + "\n"
+                           for i in range(400)))
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "train.jsonl").write_text("the previous split\n")
+    real_open = builtins.open
+
+    class Filling:
+        def __init__(self, fh):
+            self.fh, self.written = fh, 0
+
+        def write(self, text):
+            self.written += len(text)
+            if self.written > 2000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.fh.__exit__(*exc)
+
+    def filling_open(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        return Filling(fh) if "w" in mode and ".train.jsonl." in str(file) else fh
+
+    monkeypatch.setattr(builtins, "open", filling_open)
+    capfd.readouterr()
+    code = split.main(["split", str(src), str(tmp_path / "splits/train.jsonl"), str(tmp_path / "splits/holdout.jsonl"),
+                       str(tmp_path / "split.json"), "--params", str(tmp_path / "none.yaml")])
+    monkeypatch.setattr(builtins, "open", real_open)
+    err = capfd.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"loragate: {tmp_path / 'splits/train.jsonl'}: no space left on device while writing it")
+    assert (tmp_path / "splits" / "train.jsonl").read_text() == "the previous split\n"
+    assert [p.name for p in (tmp_path / "splits").iterdir()] == ["train.jsonl"]

@@ -186,3 +186,22 @@ def test_a_stage_refusal_inside_the_flow_shows_no_traceback(workspace, prefect_s
     assert "Traceback" not in out + err, (out + err)[-3000:]
     assert err.strip().splitlines()[-1].startswith("loragate: "), err[-2000:]
     assert "customer" in err.strip().splitlines()[-1]
+
+
+def test_doctor_names_each_problem_with_its_fix(tmp_path, tiny_model, capsys):
+    from tests.conftest import tiny_params
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model)))
+    assert cli(["doctor", "--workspace", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    names = [line.split()[1] for line in out.splitlines()]
+    assert names == ["python", "packages", "ner", "base", "disk", "mlflow", "prefect", "gpu"], out
+    assert all(line.startswith("ok") for line in out.splitlines()), out
+    broken = tiny_params(str(tmp_path / "gone"), pii={"spacy_model": "no_such_pipeline"},
+                         registry={"tracking_uri": "http://127.0.0.1:9"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(broken))
+    assert cli(["doctor", "--workspace", str(tmp_path)]) == 1
+    fails = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert [f.split()[1] for f in fails] == ["ner", "base", "mlflow"]
+    assert "'no_such_pipeline' is not installed (bash .ci/install" in fails[0]
+    assert "no such folder" in fails[1] and "the MLflow server does not answer; start it" in fails[2]
