@@ -269,12 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.io import DiskFull
     from tasks.orchestration import WorkspaceBusy
     from tasks.tracking import NotResumable
-    from tasks.training.train import ResumeError
+    from tasks.training.train import OverlongRows, ResumeError
 
     args = _parser().parse_args(argv)
     commands = {"run": cmd_run, "status": cmd_status, "approve": cmd_decide, "reject": cmd_decide,
                 "rollback": cmd_decide, "audit": cmd_audit, "ui": cmd_ui, "doctor": cmd_doctor}
-    expected = (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy, DiskFull)
+    expected = (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy, DiskFull,
+                OverlongRows)
     try:
         with _quiet_expected((*expected, DataError)):
             return commands[args.command](args)

@@ -100,7 +100,9 @@ def _finetune(root: Path, params: str, wait_for_approval: bool, overrides: list[
         with _timed(timings, "baseline_eval"):
             baseline = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "baseline", label="baseline")
         with _timed(timings, "train"):
-            train_task(cfg, model_dir, root / TRAIN, run_dir / "train")
+            trained = train_task(cfg, model_dir, root / TRAIN, run_dir / "train")
+        log_metrics(client_for(cfg, root), run_id, {"train/rows_over_max_length": trained.rows_over_max_length,
+                                                    "train/resumed_from_step": trained.resumed_from_step})
         with _timed(timings, "finetuned_eval"):
             finetuned = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "finetuned", str(adapter),
                                       label="finetuned")

@@ -151,6 +151,7 @@ class TrainConfig:
     batch_size: StrictInt = 8
     grad_accum: StrictInt = 1
     max_length: StrictInt = 256  # tokens per row; longer rows are truncated
+    overlong: Literal["truncate", "reject"] = "truncate"  # rows over max_length: cut (counted) or refuse the run
     gradient_checkpointing: StrictBool = False  # saves activation memory, slower steps
     logging_steps: StrictInt = 5
     # a checkpoint (adapter, optimizer, scheduler, RNG, data position) every N steps; 0 = every max_steps/4

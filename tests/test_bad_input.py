@@ -133,7 +133,7 @@ def test_a_disk_that_fills_up_while_a_split_is_written_is_one_line_and_leaves_no
     from tasks.data import split
 
     src = tmp_path / "anonymized.jsonl"
-    src.write_text("".join(json.dumps({"id": f"r{i}", "messages": [{"role": "user", "content": "x"},
+    src.write_text("".join(json.dumps({"id": f"r{i}", "messages": [{"role": "user", "content": f"question {i}"},
                                                                    {"role": "assistant", "content": "y"}]}) + "\n"
                            for i in range(400)))
     (tmp_path / "splits").mkdir()

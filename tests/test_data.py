@@ -45,9 +45,9 @@ def test_invalid_input_names_file_line_and_field_and_writes_nothing(tmp_path, ba
 
 def test_holdout_is_frozen_when_new_data_arrives(tmp_path):
     cfg = config_from_dict({"split": {"holdout_fraction": 0.2}})
-    rows = [{"id": f"r{i}", "messages": []} for i in range(400)]
+    rows = [{"id": f"r{i}", "messages": _asks(f"question {i}")} for i in range(400)]
     _write(tmp_path / "q1.jsonl", rows)
-    _write(tmp_path / "q2.jsonl", rows + [{"id": f"new{i}", "messages": []} for i in range(200)])
+    _write(tmp_path / "q2.jsonl", rows + [{"id": f"new{i}", "messages": _asks(f"new {i}")} for i in range(200)])
     split(cfg, tmp_path / "q1.jsonl", tmp_path / "t1", tmp_path / "h1")
     report = split(cfg, tmp_path / "q2.jsonl", tmp_path / "t2", tmp_path / "h2")
     old_holdout = {json.loads(x)["id"] for x in (tmp_path / "h1").read_text().splitlines()}
@@ -57,6 +57,24 @@ def test_holdout_is_frozen_when_new_data_arrives(tmp_path):
     ids = [f"r{i}" for i in range(400)]
     drawn = {salt: {i for i in ids if in_holdout(i, salt, 0.2)} for salt in ("a", "b")}
     assert drawn["a"] != drawn["b"] and len(drawn["a"] & drawn["b"]) < len(drawn["a"]) / 2  # the salt re-draws it
+
+
+def _asks(question: str, answer: str = "an answer") -> list[dict]:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def test_a_training_record_asking_a_hold_out_question_is_left_out_and_counted(tmp_path):
+    cfg = config_from_dict({"split": {"holdout_fraction": 0.2}})
+    rows = [{"id": f"r{i}", "messages": _asks(f"Where is order {i}?")} for i in range(300)]
+    held = [r for r in rows if in_holdout(r["id"], cfg.split.salt, 0.2)]
+    copies = [{"id": f"copy{i}", "messages": _asks(r["messages"][0]["content"].upper() + "  ", "another answer")}
+              for i, r in enumerate(held[:7])]
+    copies = [c for c in copies if not in_holdout(c["id"], cfg.split.salt, 0.2)]
+    _write(tmp_path / "all.jsonl", rows + copies)
+    report = split(cfg, tmp_path / "all.jsonl", tmp_path / "train", tmp_path / "holdout")
+    train_ids = {json.loads(x)["id"] for x in (tmp_path / "train").read_text().splitlines()}
+    assert copies and report.leakage_dropped == len(copies) and not train_ids & {c["id"] for c in copies}
+    assert report.train + report.holdout + report.leakage_dropped == len(rows) + len(copies)
 
 
 def test_raw_personal_data_is_never_tracked_by_git():

@@ -225,3 +225,16 @@ def test_qlora_on_gpu_in_bf16(tmp_path, tiny_model, train_file, fast):
     after = _snapshot(trainer.model)
     assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
     assert any(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
+
+
+def test_rows_over_max_length_are_counted_or_refuse_the_run(tmp_path, tiny_model, train_file):
+    from tasks.training.train import OverlongRows
+
+    cfg = config_from_dict(tiny_params(tiny_model, train={"max_length": 140, "max_steps": 1}))
+    report = train(cfg, tiny_model, train_file, tmp_path / "cut")
+    assert 0 < report.rows_over_max_length <= 24
+    strict = config_from_dict(tiny_params(tiny_model, train={"max_length": 140, "max_steps": 1, "overlong": "reject"}))
+    with pytest.raises(OverlongRows, match=rf"^{train_file}: {report.rows_over_max_length} of 24 rows are longer than "
+                                           r"train.max_length \(140 tokens; the longest has \d+\)"):
+        train(strict, tiny_model, train_file, tmp_path / "strict")
+    assert not (tmp_path / "strict" / "adapter").exists()

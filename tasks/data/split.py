@@ -6,6 +6,10 @@ A record goes to the hold-out when sha256(salt + record id) falls under split.ho
 The decision depends on the record alone, never on the rest of the data: when next quarter's
 data arrives, every record seen before keeps its side, so the hold-out stays frozen and scores
 stay comparable across retrainings. Changing split.salt re-draws it.
+
+Leakage: a training record asking what a hold-out record asks (the same user turns, compared
+after case and whitespace folding) would score the model on an answer it was trained on; it is
+kept out of train and counted (`leakage_dropped` in the report).
 """
 from __future__ import annotations
 
@@ -31,6 +35,12 @@ class SplitReport:
     train: int
     holdout: int
     holdout_share: float  # realised share; it tends to split.holdout_fraction as data grows
+    leakage_dropped: int = 0  # training records whose question a hold-out record also asks
+
+
+def _question(row: dict) -> str:
+    """What a record asks: its user turns, case and whitespace folded."""
+    return " ".join(" ".join(m["content"].casefold().split()) for m in row["messages"] if m["role"] == "user")
 
 
 def in_holdout(record_id: str, salt: str, fraction: float) -> bool:
@@ -42,19 +52,22 @@ def split(cfg: Config, src: str | Path, train_dst: str | Path, holdout_dst: str 
     rows = read_jsonl(src)
     side = [in_holdout(r["id"], cfg.split.salt, cfg.split.holdout_fraction) for r in rows]
     held = [r for r, h in zip(rows, side) if h]
-    train = [r for r, h in zip(rows, side) if not h]
+    asked = {_question(r) for r in held}
+    candidates = [r for r, h in zip(rows, side) if not h]
+    train = [r for r in candidates if _question(r) not in asked]
     if not held or not train:
         raise SplitError(f"{src}: {len(rows)} records leave an empty "
                          f"{'hold-out' if not held else 'training set'}; add data or change split.holdout_fraction")
     write_jsonl(train_dst, train)
     write_jsonl(holdout_dst, held)
-    return SplitReport(len(train), len(held), round(len(held) / len(rows), 4))
+    return SplitReport(len(train), len(held), round(len(held) / len(rows), 4), len(candidates) - len(train))
 
 
 def _run(cfg: Config, src: str, train_dst: str, holdout_dst: str, report_path: str) -> None:
     report = split(cfg, src, train_dst, holdout_dst)
     write_json(report_path, asdict(report))
-    print(f"split: {report.train} train, {report.holdout} hold-out ({report.holdout_share:.1%})")
+    print(f"split: {report.train} train, {report.holdout} hold-out ({report.holdout_share:.1%}), "
+          f"{report.leakage_dropped} training records asking a hold-out question left out")
 
 
 def main(argv: list[str]) -> int:

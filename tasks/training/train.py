@@ -38,10 +38,28 @@ class TrainReport:
     tokens_per_second: float
     quantized: bool
     resumed_from_step: int = 0  # 0: started from scratch
+    rows_over_max_length: int = 0  # truncated to train.max_length (train.overlong: truncate)
 
 
 class ResumeError(Exception):
     """A checkpoint that belongs to other params, data or code than this run's."""
+
+
+class OverlongRows(Exception):
+    """Rows longer than train.max_length where params say to reject them."""
+
+
+def count_overlong(cfg: Config, tokenizer, train_path: str | Path) -> int:
+    """Rows whose chat-formatted tokens exceed train.max_length (trl would cut their ends off);
+    with train.overlong: reject, any such row refuses the run in one line."""
+    encoded = [tokenizer.apply_chat_template(r["messages"], tokenize=True) for r in read_jsonl(train_path)]
+    lengths = [len(e["input_ids"] if hasattr(e, "keys") else e) for e in encoded]  # transformers 5 returns a mapping
+    over = [n for n in lengths if n > cfg.train.max_length]
+    if over and cfg.train.overlong == "reject":
+        raise OverlongRows(f"{train_path}: {len(over)} of {len(lengths)} rows are longer than train.max_length "
+                           f"({cfg.train.max_length} tokens; the longest has {max(over)}): raise train.max_length, "
+                           "shorten them, or set train.overlong: truncate")
+    return len(over)
 
 
 FINGERPRINT = "fingerprint.json"  # what the checkpoints in a folder were made with
@@ -241,6 +259,7 @@ def train(cfg: Config, model_dir: str, train_path: str | Path, out_dir: str | Pa
     out_dir = Path(out_dir)
     resume = _resume_point(cfg, train_path, out_dir / "checkpoints")
     trainer = trainer or build_trainer(cfg, model_dir, train_path, out_dir)
+    overlong = count_overlong(cfg, trainer.processing_class, train_path)
     trainer.add_callback(_checkpoint_callback())
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -253,9 +272,9 @@ def train(cfg: Config, model_dir: str, train_path: str | Path, out_dir: str | Pa
     tokens = max([float(e.get("num_tokens", 0)) for e in history] + [0.0])
     return TrainReport(trainer.state.global_step, round(result.training_loss, 4), trainable, total,
                        round(seconds, 1), round(tokens / seconds, 1), bnb_config(cfg.quantization) is not None,
-                       int(resume.name.split("-")[-1]) if resume else 0)
+                       int(resume.name.split("-")[-1]) if resume else 0, overlong)
 
-train_task = stage_task(train, "train")
+train_task = stage_task(train, "train", retries=1)  # a retry resumes from the last checkpoint
 
 
 def _main(cfg: Config, model_dir: str, train_path: str, out_dir: str) -> None:
@@ -266,4 +285,4 @@ def _main(cfg: Config, model_dir: str, train_path: str, out_dir: str) -> None:
 if __name__ == "__main__":
     from tasks.orchestration import stage_main
 
-    sys.exit(stage_main(sys.argv, ("model_dir", "train_path", "out_dir"), _main, (ResumeError,)))
+    sys.exit(stage_main(sys.argv, ("model_dir", "train_path", "out_dir"), _main, (ResumeError, OverlongRows)))
