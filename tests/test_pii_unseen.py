@@ -139,6 +139,16 @@ def test_an_address_is_masked_to_its_last_word_not_to_the_last_word_a_pattern_kn
     assert not any(w.strip(".,") in masked for w in address.split() if len(w.strip(".,")) > 1), masked
 
 
+@pytest.mark.parametrize("text,name", [
+    ("Ella, can I please speak to your boss?", "Ella"),  # also a Spanish pronoun: the position says who
+    ('Murron: "Who are you?"\nVide: "A friend."', "Murron"),
+    ("She named him Doku", "Doku"),
+    ("They had 4: Mia, Victoria, Jan and Eva.", "Victoria"),  # a list of names, a place name among them
+])
+def test_names_in_positions_that_say_a_person_is_meant(analyzer, text, name):
+    assert name not in _masked(analyzer, text)
+
+
 @pytest.mark.parametrize("text", ["Sehr geehrte Damen und Herren, bitte um Rückruf.", "Szanowni Państwo, proszę o kontakt.",
                                   "My Steuer-ID is 12 345 678 900.", "Our West Amandafort office has the same problem."])
 def test_salutations_id_labels_and_offices_are_not_people(analyzer, text):

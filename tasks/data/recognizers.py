@@ -22,7 +22,7 @@ from stdnum.us import ssn
 
 from tasks.config import PiiConfig
 
-VERSION = "3.1"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.2"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -48,7 +48,8 @@ _TITLED_NAME = (rf"(?<![\w.])(?P<v>{_TITLE}\s(?:{_PARTICLE}\s)?{_NAME}(?:\s(?:{_
                  rf"(?:,?\s{_SUFFIX})?)(?!\w)")
 
 # A lone first name after a cue that a name follows: "Name: Anna", "call me Aleks", "Dear Zofia".
-_SINGLE_CUE = (r"(?:\b(?:[Mm]y name is|[Nn]ame is|[Nn]ame:|[Nn]ame\?|[Cc]all me|[Cc]alled|[Nn]amed|[Hh]i|[Hh]ello|[Dd]ear|"
+_SINGLE_CUE = (r"(?:\b(?:[Mm]y name is|[Nn]ame is|[Nn]ame:|[Nn]ame\?|[Cc]all me|(?:[Cc]alled|[Nn]amed)(?: him| her| them)?|"
+               r"[Hh]i|[Hh]ello|[Dd]ear|"
                r"[Hh]ey|[Uu]nder|[Ss]peak to|[Tt]alk to|[Aa]sk for|[Hh]allo|[Ll]iebe[rs]?|[Ss]ehr geehrte[rs]?|"
                r"[Cc]ześć|[Dd]zień dobry|[Ss]zanown[ya]|[Bb]onjour|[Cc]her|[Cc]hère|[Mm]ein Name ist|[Ii]ch heiße|"
                r"[Nn]azywam się|[Mm]am na imię|[Jj]e m'appelle|[Mm]e llamo|[Mm]i chiamo|[Mm]ijn naam is|[Ii]k ben|"
@@ -111,6 +112,38 @@ _ADDRESS_CUE = (r"(?i:corner\sof|address(?:\sis)?:?|adres(?:se)?:?|anschrift:?|w
                 r"lives?\sat|living\sat|moved\sto|located\sat|deliver(?:ed)?\sto|send\s(?:it|this|them)\sto|sent\sto|meet\sme\sat)")
 _CUED_ADDRESS = (rf"{_ADDRESS_CUE}[\s:]+(?:the\s)?(?P<v>{_ADDR_TOKEN}(?:(?:,?[ \t]+|,)(?:{_ADDR_TOKEN}|and|y|und|i|et)){{1,12}})"
                  rf"(?![\w])")
+
+
+# A person addressed at the very start ("Ella, can I speak to your boss?") or speaking in a
+# dialogue ("Murron: \"Who are you?\""): positions where a capitalised word is a name even when it
+# is also a function word elsewhere.
+_ADDRESSED = rf"(?m:^[ \t]*(?P<v>{_NAME}),[ \t])"
+_SPEAKER = rf"(?m:^[ \t]*(?P<v>{_NAME})[ \t]?:[ \t]?[\"“])"
+
+
+_POSITION_ZIPF = 4.5  # "Hi", "Hello", "Dear" are first names somewhere too, and far more common as words
+
+
+def _named_by_position(word: str) -> bool:
+    from wordfreq import zipf_frequency
+
+    w = word.casefold()
+    return w not in _SALUTATIONS and (w in all_given_names() and zipf_frequency(w, "en") < _POSITION_ZIPF
+                                      or _name_word(w))
+
+
+def _at_name_position(text: str, start: int, end: int) -> bool:
+    """Whether text[start:end] stands where _ADDRESSED or _SPEAKER put a name."""
+    line_start = text.rfind("\n", 0, start) + 1
+    return not text[line_start:start].strip() and bool(regex.match(r",[ \t]|[ \t]?:[ \t]?[\"“]", text[end:end + 4]))
+
+
+def _position_name_recognizer(name: str, pattern: str):
+    def hit(m, entities):
+        if _named_by_position(m.group("v")):
+            return "PERSON", m.start("v"), m.end("v"), 0.5
+
+    return _regex_recognizer(name, ["PERSON"], pattern, hit, warm=all_given_names)
 
 
 # A number labelled after it, as in signatures: "0171 555 0199 (mobile)", "1667900760-Fax".
@@ -325,9 +358,16 @@ def _stopwords() -> frozenset[str]:
 @functools.lru_cache(maxsize=1)
 def given_names() -> frozenset[str]:
     """First names of 55 countries from gender-guesser's dictionary (casefolded), function words out."""
+    return all_given_names() - _stopwords()
+
+
+@functools.lru_cache(maxsize=1)
+def all_given_names() -> frozenset[str]:
+    """The same list with the names that are also function words ("Ella", "Sara", "Mia"): read as
+    names only where the position says a person is meant (addressed at the start, speaking)."""
     import gender_guesser.detector
 
-    return frozenset(gender_guesser.detector.Detector(case_sensitive=False).names) - _stopwords()
+    return frozenset(gender_guesser.detector.Detector(case_sensitive=False).names)
 
 
 def is_given(word: str) -> bool:
@@ -485,6 +525,8 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
         _checked_name_recognizer("PERSON", _GIVEN_ALONE, 0.45, "GivenNameRecognizer", given=True),
         _checked_name_recognizer("PERSON", _NAME_LINE, 0.45, "NameLineRecognizer", given=False),
         _rare_word_recognizer(),
+        _position_name_recognizer("AddressedNameRecognizer", _ADDRESSED),
+        _position_name_recognizer("SpeakerNameRecognizer", _SPEAKER),
         _group_recognizer("DATE_OF_BIRTH", _DOB, 0.85, "DateOfBirthRecognizer"),
         _old_date_recognizer(),
         _group_recognizer("IBAN_CODE", _IBAN_SHAPE, 0.5, "IbanShapeRecognizer"),
@@ -526,11 +568,12 @@ def widen_names(text: str, results: list) -> list:
             if r.end > r.start and text[r.end - 1].isalnum():
                 r.end += len(regex.match(r"\w*", text[r.end:]).group(0))  # spaCy sometimes cuts "PhD" to "Ph"
             r.end = _name_end(text, r.start, r.end)
-            label = r.end > r.start and regex.match(r"\.?\s*:", text[r.end:]) and (
+            label = r.end > r.start and regex.match(r"\.?\s*:(?![ \t]?[\"“])", text[r.end:]) and (
                 not is_given(text[r.start:r.end].split()[0]))
             words = [w.strip(".,") for w in text[r.start:r.end].casefold().split()]
+            by_position = _at_name_position(text, r.start, r.end) and _named_by_position(text[r.start:r.end])
             common = (all(w in _SALUTATIONS or w in _stopwords() for w in words)  # "Madam", "Damen und Herren"
-                      and (len(words) == 1 or any(w in _SALUTATIONS for w in words))
+                      and (len(words) == 1 and not by_position or any(w in _SALUTATIONS for w in words))
                       or any(_NOUN_ENDING.search(w) and len(w) > 8 for w in words))  # "Meine Versicherungsnummer"
             common = common or bool(_ID_WORD.search(text[r.start:r.end + 3]))
             # NER reading a foreign sentence ("proszę o kontakt"): no capital in a text that has them
@@ -693,6 +736,8 @@ def complete_lists(text: str, results: list) -> list:
         items = [(i.start() + m.start(), i.end() + m.start()) for i in regex.finditer(_ITEM, m.group(0))]
         named = [any(r.entity_type == "PERSON" and r.start <= a and b <= r.end for r in results) for a, b in items]
         if any(named):
+            # every other item goes, a word that is also a function word or a place included ("Mia,
+            # Victoria, Jan and Eva"): the list says what they are
             added += [RecognizerResult("PERSON", a, b, 0.5) for (a, b), hit in zip(items, named)
-                      if not hit and not any(w in _stopwords() or w in _NOT_NAMES for w in text[a:b].casefold().split())]
+                      if not hit and not any(w in _SALUTATIONS for w in text[a:b].casefold().split())]
     return results + added
