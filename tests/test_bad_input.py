@@ -60,7 +60,7 @@ CASES = {  # name: (file bytes, --set overrides, what the line must say)
     "misspelt params section": (_jsonl(GOOD), ["trian.max_steps=3"], "params: trian: unknown section (did you mean train?)"),
     "override without a value": (_jsonl(GOOD), ["train.max_steps"], "--set 'train.max_steps': expected section.key=value"),
     "unknown entity type": (_jsonl(GOOD), ["pii.entities=[PERSON,PASSPORTX]"], "params: pii.entities: unknown entity type 'PASSPORTX'"),
-    "missing base model folder": (_jsonl(GOOD), ["model.base=/no/such/model"], "model '/no/such/model': no such folder"),
+    "missing base model folder": (_jsonl(GOOD), ["model.base=/no/such/model"], "model.base: model '/no/such/model': no such folder"),
     "base model that is not a causal LM": (_jsonl(GOOD), ["model.base=MINILM"], "is not a causal language model"),
     "Prefect server that is down": (_jsonl(GOOD), [], "PREFECT_API_URL http://127.0.0.1:9/api: the Prefect server does not answer"),
     "MLflow server that is down": (_jsonl(GOOD), ["registry.tracking_uri=http://127.0.0.1:9"],

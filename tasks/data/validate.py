@@ -192,7 +192,7 @@ def _parse_lines(src: Path) -> list[tuple[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError((n == 1 and _not_jsonl(src, line))
-                                or f"{src}:{n}: not valid JSON ({err.msg} at column {err.colno})") from None
+                                or f"{src}:{n}: not valid JSON ({err.msg.removesuffix(' at')} at column {err.colno})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{src}:{n}: a record must be a JSON object, not {_KINDS.get(type(record), 'that')}")
             rows.append((f"{src}:{n}", record))

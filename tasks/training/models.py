@@ -94,7 +94,10 @@ def check_model(spec: str) -> None:
                             f"use {SMOLLM2!r} or a causal LM folder")
     if spec != SMOLLM2:
         path = Path(spec).expanduser()
-        resolve_model(spec) if not path.is_dir() else _check_causal(path)
+        try:
+            resolve_model(spec) if not path.is_dir() else _check_causal(path)
+        except ModelNotFound as err:
+            raise ModelNotFound(str(err) if str(err).startswith("model.base") else f"model.base: {err}") from None
 
 
 resolve_model_task = stage_task(resolve_model, "resolve-model")
