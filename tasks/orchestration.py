@@ -85,18 +85,24 @@ def workspace_lock(root: str | Path) -> Iterator[None]:
             _HELD.discard(path)
 
 
+def answers(url: str) -> bool:
+    """Whether the server at url (MLflow's or Prefect's API) answers its /health within 5 s."""
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+        return True
+    except httpx.HTTPError:
+        return False
+
+
 def check_prefect() -> None:
     """A PREFECT_API_URL that does not answer would fail the flow after minutes of retries."""
-    import httpx
     from prefect.settings import get_current_settings
 
     from tasks.config import ConfigError
 
     url = get_current_settings().api.url
-    if not url:
-        return
-    try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
-    except httpx.HTTPError:
+    if url and not answers(url):
         raise ConfigError(f"PREFECT_API_URL {url}: the Prefect server does not answer; start it "
-                          "(`prefect server start`) or unset PREFECT_API_URL for a temporary local one") from None
+                          "(`prefect server start`) or unset PREFECT_API_URL for a temporary local one")

@@ -17,13 +17,19 @@ from mlflow.tracking import MlflowClient
 from tasks.config import Config
 
 
-def tracking_uri(cfg: Config, root: str | Path) -> str:
-    """sqlite paths in params are relative to the workspace; make them absolute."""
+def _store_uri(cfg: Config, root: str | Path) -> str:
+    """sqlite paths in params are relative to the workspace; made absolute."""
     uri = cfg.registry.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        db = Path(root).resolve() / uri[len("sqlite:///"):]
-        db.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{db}"
+        return f"sqlite:///{Path(root).resolve() / uri[len('sqlite:///'):]}"
+    return uri
+
+
+def tracking_uri(cfg: Config, root: str | Path) -> str:
+    """The store's URI, its sqlite folder created."""
+    uri = _store_uri(cfg, root)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 
@@ -119,18 +125,13 @@ def check_store(cfg: Config, root: str | Path) -> None:
     import sqlite3
 
     from tasks.config import ConfigError
+    from tasks.orchestration import answers
 
-    uri = cfg.registry.tracking_uri  # tracking_uri() would create the store's folder: a check writes nothing
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{Path(root).resolve() / uri[len('sqlite:///'):]}"
+    uri = _store_uri(cfg, root)  # not tracking_uri(): a check creates no folder
     if uri.startswith(("http://", "https://")):
-        import httpx
-
-        try:
-            httpx.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
-        except httpx.HTTPError:
+        if not answers(uri):
             raise ConfigError(f"registry.tracking_uri {uri}: the MLflow server does not answer; start it, or use "
-                              "a sqlite store (sqlite:///mlflow/mlflow.db)") from None
+                              "a sqlite store (sqlite:///mlflow/mlflow.db)")
     elif uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).exists():
         db = uri[len("sqlite:///"):]
         try:

@@ -419,6 +419,13 @@ _NOUN_ENDING = regex.compile(r"(?:ung|ungen|heit|keit|schaft|nummer|ierung|tion|
                              r"versicherung|antrag|bescheid|fall|zahlung|konto|adresse|datum)$")
 
 
+def _rare_everywhere(word: str, zipf: float) -> bool:
+    """No language we serve uses the (casefolded) word as often as zipf, and it has no noun ending."""
+    from wordfreq import zipf_frequency
+
+    return not _NOUN_ENDING.search(word) and all(zipf_frequency(word, lang) < zipf for lang in LEXICON_LANGS)
+
+
 def _rare_word_recognizer():
     """A capitalised word that no language we serve uses commonly (wordfreq's frequency lists,
     which also count names and places) is a proper noun: a rare surname, first name or small place.
@@ -428,8 +435,7 @@ def _rare_word_recognizer():
 
     def hit(m, entities):
         word = m.group(0).strip("'’").casefold()
-        if (2 < len(word) <= 14 and not _NOUN_ENDING.search(word)
-                and all(zipf_frequency(word, lang) < _RARE_ZIPF for lang in LEXICON_LANGS)):
+        if 2 < len(word) <= 14 and _rare_everywhere(word, _RARE_ZIPF):
             return "PERSON", m.start(), m.end(), 0.45
 
     def warm():
@@ -596,13 +602,8 @@ _NAME_WORD_ZIPF = 3.0  # a capitalised neighbour rarer than this in every langua
 
 def _name_word(word: str) -> bool:
     """A known first name, or a capitalised word too rare to be anything but a name."""
-    from wordfreq import zipf_frequency
-
     w = word.strip("'’").casefold()
-    if is_given(w):
-        return True
-    return (w not in _stopwords() and w not in _NOT_NAMES and not _NOUN_ENDING.search(w)
-            and all(zipf_frequency(w, lang) < _NAME_WORD_ZIPF for lang in LEXICON_LANGS))
+    return is_given(w) or w not in _stopwords() and w not in _NOT_NAMES and _rare_everywhere(w, _NAME_WORD_ZIPF)
 
 
 def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
@@ -636,13 +637,13 @@ _ADDR_ZIPF = 5.0  # a capitalised word this common ("Please", "Thanks") ends an 
 def _address_word(word: str) -> bool:
     from wordfreq import zipf_frequency
 
-    if regex.fullmatch(r"\p{Lu}{1,3}\.?", word):  # state and region codes: "CA", "SJ"
-        return True
     w = word.strip(".,()").casefold()
-    if word[:1].islower() and not regex.fullmatch(_JOIN, word):  # "Tas vezér u.", "fejedelem útja": rare words only
+    # state and region codes ("CA", "SJ"), house numbers, particles ("delle", "de")
+    if regex.fullmatch(r"\p{Lu}{1,3}\.?", word) or regex.match(r"\d", w) or regex.fullmatch(_JOIN, w):
+        return True
+    if word[:1].islower():  # "Tas vezér u.", "fejedelem útja": abbreviations and rare words only
         return word.endswith(".") and len(w) <= 4 or w not in _stopwords() and zipf_frequency(w, "en") < _NAME_WORD_ZIPF
-    return bool(regex.match(r"\d", w)) or (w not in _stopwords() and zipf_frequency(w, "en") < _ADDR_ZIPF) or (
-        regex.fullmatch(_JOIN, w) is not None)
+    return w not in _stopwords() and zipf_frequency(w, "en") < _ADDR_ZIPF
 
 
 def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
@@ -652,10 +653,12 @@ def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
     left ("Via delle Coste", "Casselman") still locates a person."""
     for _ in range(4):
         left = _ADDR_LEFT.search(text[max(0, start - 40):start])
-        if not left or not _address_word(left.group("word")) or regex.fullmatch(_JOIN, left.group("word")) and not (
-                _ADDR_LEFT.search(text[max(0, start - 40 - len(left.group(0))):start - len(left.group(0))])):
+        if not left or not _address_word(left.group("word")):
             break
-        start -= len(left.group(0))
+        before = start - len(left.group(0))
+        if regex.fullmatch(_JOIN, left.group("word")) and not _ADDR_LEFT.search(text[max(0, before - 40):before]):
+            break  # a particle only between address words: "sent to the <address>" keeps its "the"
+        start = before
     for _ in range(8):
         step = _ADDR_RIGHT.match(text[end:end + 40]) or _ADDR_NEWLINE.match(text[end:end + 40])
         if not step or not _address_word(step.group("word")):
@@ -666,16 +669,21 @@ def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+_CONJUNCTION = regex.compile(r"\b(?:and|or|und|oder|i|et|ou|y|e)\b")  # two addresses, not one
+
+
 def _runs(text: str, results: list) -> list[list]:
     """Findings chained by gaps of one or two words on one line ("Trg [revolucije] 95")."""
     runs: list[list] = []
+    end = -1  # where the current run ends
     for r in sorted(results, key=lambda r: (r.start, -r.end)):
-        end = max((o.end for o in runs[-1]), default=-1) if runs else -1
-        gap = text[end:r.start] if end >= 0 else ""
-        if runs and (r.start <= end or _ADDR_GAP.match(gap) and not regex.search(r"\b(?:and|or|und|oder|i|et|ou|y|e)\b", gap)):
+        gap = text[end:r.start]
+        if runs and (r.start <= end or _ADDR_GAP.match(gap) and not _CONJUNCTION.search(gap)):
             runs[-1].append(r)
+            end = max(end, r.end)
         else:
             runs.append([r])
+            end = r.end
     return runs
 
 

@@ -180,11 +180,8 @@ def build_trainer(cfg: Config, model_dir: str, train_path: str | Path, out_dir: 
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fingerprint(cfg: Config, train_path: str | Path) -> dict[str, str]:
@@ -230,27 +227,36 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def _step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+
+
 def checkpoint_step(out_dir: str | Path) -> int:
     """The step a training folder would go on from (0: none complete yet)."""
-    last = last_complete_checkpoint(Path(out_dir) / "checkpoints") if (Path(out_dir) / "checkpoints").is_dir() else None
-    return int(last.name.split("-")[-1]) if last else 0
-
-
-def check_resume(cfg: Config, train_path: str | Path, out_dir: str | Path) -> None:
-    """ResumeError when out_dir's checkpoints were made with other params, data or code."""
     ckpt_dir = Path(out_dir) / "checkpoints"
-    if checkpoint_step(out_dir) and (ckpt_dir / FINGERPRINT).is_file():
-        problem = resume_problem(read_json(ckpt_dir / FINGERPRINT), fingerprint(cfg, train_path))
+    return _step(last_complete_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None)
+
+
+def check_resume(cfg: Config, train_path: str | Path, out_dir: str | Path,
+                 now: dict[str, str] | None = None) -> Path | None:
+    """The last complete checkpoint in out_dir (None: none yet), or ResumeError when it was made
+    with other params, data or code. now: this run's fingerprint, if already computed."""
+    ckpt_dir = Path(out_dir) / "checkpoints"
+    last = last_complete_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+    if last and (ckpt_dir / FINGERPRINT).is_file():
+        problem = resume_problem(read_json(ckpt_dir / FINGERPRINT), now or fingerprint(cfg, train_path))
         if problem:
-            raise ResumeError(f"resume refused: {problem} since the checkpoint at step {checkpoint_step(out_dir)} "
+            raise ResumeError(f"resume refused: {problem} since the checkpoint at step {_step(last)} "
                               f"in {ckpt_dir}; restore it, or start a new run")
+    return last
 
 
 def _resume_point(cfg: Config, train_path: str | Path, ckpt_dir: Path) -> Path | None:
     """The checkpoint to continue from (None: start), after checking it was made for this run."""
-    check_resume(cfg, train_path, ckpt_dir.parent)
-    write_json(ckpt_dir / FINGERPRINT, fingerprint(cfg, train_path))
-    return last_complete_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+    now = fingerprint(cfg, train_path)
+    last = check_resume(cfg, train_path, ckpt_dir.parent, now)
+    write_json(ckpt_dir / FINGERPRINT, now)
+    return last
 
 
 def train(cfg: Config, model_dir: str, train_path: str | Path, out_dir: str | Path, trainer=None) -> TrainReport:
@@ -272,7 +278,7 @@ def train(cfg: Config, model_dir: str, train_path: str | Path, out_dir: str | Pa
     tokens = max([float(e.get("num_tokens", 0)) for e in history] + [0.0])
     return TrainReport(trainer.state.global_step, round(result.training_loss, 4), trainable, total,
                        round(seconds, 1), round(tokens / seconds, 1), bnb_config(cfg.quantization) is not None,
-                       int(resume.name.split("-")[-1]) if resume else 0, overlong)
+                       _step(resume), overlong)
 
 train_task = stage_task(train, "train", retries=1)  # a retry resumes from the last checkpoint
 
