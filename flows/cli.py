@@ -6,6 +6,7 @@
     loragate approve MODEL VERSION --reviewer NAME --rationale TEXT     (and: reject)
     loragate rollback MODEL --reviewer NAME --rationale TEXT
     loragate audit verify | repair
+    loragate dpia show MODEL VERSION | sign MODEL VERSION --dpo NAME --opinion TEXT [--advice approve]
     loragate doctor                # packages, models, disk, MLflow store, Prefect API, GPU: each problem with its fix
     loragate ui [--port 5000]      # MLflow UI on 127.0.0.1 for the local store
 """
@@ -37,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workspace", default=".", help="the DVC/git workspace holding dvc.yaml (default: .)")
     run.add_argument("--resume", nargs="?", const="", metavar="RUN_ID",
                      help="continue a killed run (default: the newest unfinished one) from its last checkpoint")
+    run.add_argument("--compliance", action="store_true",
+                     help="a compliance run (sets compliance.required): DPIA record, AI Act technical file, DPO sign-off")
     run.add_argument("--wait-for-approval", action="store_true",
                      help="pause after registration with an approval form in the Prefect UI (needs PREFECT_API_URL)")
     status = _with_store(sub.add_parser("status", help="registered versions, approval states, alias history"))
@@ -56,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     audit_sub = aud.add_subparsers(dest="audit_command", required=True)
     _with_store(audit_sub.add_parser("verify", help="check the chain, its head in MLflow, states and the alias"))
     _with_store(audit_sub.add_parser("repair", help="replay the log onto MLflow after a crash between the two"))
+    dpia = sub.add_parser("dpia", help="a compliance version's DPIA record and technical file; the DPO's signature")
+    dpia_sub = dpia.add_subparsers(dest="dpia_command", required=True)
+    show = _with_store(dpia_sub.add_parser("show", help="where the records are, and a summary"))
+    sign = _with_store(dpia_sub.add_parser("sign", help="record the DPO's opinion (needed before approval)"))
+    for q in (show, sign):
+        q.add_argument("model")
+        q.add_argument("version")
+    sign.add_argument("--dpo", required=True, help="the data-protection officer signing")
+    sign.add_argument("--opinion", required=True, help="the DPO's opinion; stored in the DPIA and the audit log")
+    sign.add_argument("--advice", default="approve", choices=["approve", "conditional", "reject", "refer"],
+                      help="reject and refer (prior consultation, GDPR Art. 36) block approval")
     return p
 
 
@@ -78,7 +92,8 @@ def cmd_run(args) -> int:
     from tasks.training.train import check_resume
 
     root = Path(args.workspace).resolve()
-    sets = list(args.sets) + ([f"data.raw={args.data}"] if args.data else [])
+    sets = list(args.sets) + ([f"data.raw={args.data}"] if args.data else []) + \
+        (["compliance.required=true"] if args.compliance else [])
     if args.wait_for_approval and not _prefect_server():
         raise ConfigError("--wait-for-approval: needs a Prefect server the reviewer can reach; start one "
                           "(`prefect server start`) and set PREFECT_API_URL")
@@ -88,7 +103,9 @@ def cmd_run(args) -> int:
         resume = None
         if args.resume is not None:  # which run, and whether its checkpoints still fit, before anything starts
             resume = resumable_run(cfg, root, args.resume or None)
-            check_resume(cfg, root / TRAIN, root / "runs" / resume / "train")
+            out = root / "runs" / resume / "train"
+            planted = out / "train_with_canaries.jsonl"  # a compliance run trained on the split plus its canaries
+            check_resume(cfg, planted if cfg.compliance.required and planted.exists() else root / TRAIN, out)
         summary = finetune(str(root), args.params, wait_for_approval=args.wait_for_approval, overrides=sets,
                            resume=resume)
     m = summary.metrics
@@ -106,11 +123,13 @@ def cmd_run(args) -> int:
 
 def _preflight(cfg, root: Path) -> None:
     """Bad input, params, model or servers are one line here, before Prefect or DVC start."""
+    from tasks.config import check_compliance
     from tasks.data.anonymize import check_entities
     from tasks.orchestration import check_prefect
     from tasks.tracking import check_store
     from tasks.training.models import check_model
 
+    check_compliance(cfg)  # before any data is read
     if not Path(root / cfg.data.raw).exists():
         raise ConfigError(f"data.raw: {cfg.data.raw}: no such file")
     src = os.path.relpath(root / cfg.data.raw)
@@ -204,6 +223,20 @@ def cmd_audit(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_dpia(args) -> int:
+    from tasks.governance import dpia
+
+    root = Path(args.workspace).resolve()
+    cfg = load_config(root / args.params)
+    if args.dpia_command == "sign":
+        rec = dpia.sign(cfg, root, args.model, args.version, args.dpo, args.opinion, args.advice)
+        print(f"{args.model} version {args.version}: DPIA signed by {args.dpo} ({args.advice}), revision {rec['revision']}")
+        return 0
+    for line in dpia.summary(cfg, root, args.model, args.version):
+        print(line)
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from tasks.doctor import diagnose
 
@@ -266,6 +299,7 @@ def _quiet_expected(expected: tuple[type, ...]):
 
 def main(argv: list[str] | None = None) -> int:
     from tasks.governance.gate import GateError
+    from tasks.governance.records import RecordError
     from tasks.io import DiskFull
     from tasks.orchestration import WorkspaceBusy
     from tasks.tracking import NotResumable
@@ -273,14 +307,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     commands = {"run": cmd_run, "status": cmd_status, "approve": cmd_decide, "reject": cmd_decide,
-                "rollback": cmd_decide, "audit": cmd_audit, "ui": cmd_ui, "doctor": cmd_doctor}
+                "rollback": cmd_decide, "audit": cmd_audit, "dpia": cmd_dpia, "ui": cmd_ui, "doctor": cmd_doctor}
     expected = (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy, DiskFull,
-                OverlongRows)
+                OverlongRows, RecordError)
     try:
         with _quiet_expected((*expected, DataError)):
             return commands[args.command](args)
     except expected as err:
-        print(f"loragate: {err}", file=sys.stderr)
+        for line in str(err).splitlines():  # a compliance refusal names each missing field on its own line
+            print(f"loragate: {line}", file=sys.stderr)
         return 2
     except DataError as err:
         print(f"loragate: invalid input: {err}", file=sys.stderr)

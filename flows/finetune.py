@@ -13,8 +13,10 @@ from pathlib import Path
 
 from prefect import flow
 
-from tasks.config import params_for_run
+from tasks.config import check_compliance, params_for_run
 from tasks.evaluation.holdout import evaluate_task
+from tasks.evaluation.memorisation import metrics as memorisation_metrics, plant, probe_task
+from tasks.governance.records import compliance_records_task
 from tasks.data.validate import system_prompt
 from flows.approve import await_decision
 from tasks.governance.gate import (Checks, Decision, record_run_resumed, record_run_started, review_description,
@@ -87,6 +89,7 @@ def _finetune(root: Path, params: str, wait_for_approval: bool, overrides: list[
               resume: str | None) -> RunSummary:
     timings: dict[str, float] = {}
     with params_for_run(root / params, overrides or []) as cfg:  # DVC reads every param it lists from this file
+        check_compliance(cfg)  # scheduled and API-started runs refuse too, before any data is read
         with _timed(timings, "data_stages"):
             data = reproduce_task(root)
     run_id = _open_run(cfg, root, data, resume)
@@ -99,18 +102,25 @@ def _finetune(root: Path, params: str, wait_for_approval: bool, overrides: list[
             model_dir = resolve_model_task(cfg.model.base, cfg.model.cache_dir)
         with _timed(timings, "baseline_eval"):
             baseline = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "baseline", label="baseline")
+        canaries, train_file = plant(cfg, root / TRAIN, run_dir / "train") if cfg.compliance.required else (None, root / TRAIN)
         with _timed(timings, "train"):
-            trained = train_task(cfg, model_dir, root / TRAIN, run_dir / "train")
+            trained = train_task(cfg, model_dir, train_file, run_dir / "train")
         log_metrics(client_for(cfg, root), run_id, {"train/rows_over_max_length": trained.rows_over_max_length,
                                                     "train/resumed_from_step": trained.resumed_from_step})
         with _timed(timings, "finetuned_eval"):
             finetuned = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "finetuned", str(adapter),
                                       label="finetuned")
+        if cfg.compliance.required:
+            with _timed(timings, "memorisation_probe"):
+                probed = probe_task(cfg, model_dir, str(adapter), train_file, canaries, run_dir / "eval" / "memorisation.json")
+            log_metrics(client_for(cfg, root), run_id, memorisation_metrics(probed))
         with _timed(timings, "record_and_register"):
             metrics = record_results_task(cfg, root, run_id, run_dir, baseline, finetuned, root / "data" / "reports")
             reg = register_task(cfg, root, run_id, adapter, data.hashes, system_prompt(root / HOLDOUT))
             checks = run_checks_task(cfg, root, reg.model_name, reg.version)
         log_metrics(client_for(cfg, root), run_id, timings)
+        if cfg.compliance.required:  # after the timings: the technical file reports them
+            compliance_records_task(cfg, root, reg.model_name, reg.version, model_dir)
     except BaseException:
         finish(client_for(cfg, root), run_id, ok=False)
         raise

@@ -229,6 +229,80 @@ class GateConfig:
         _check(self.approval_timeout_s >= 1, "gate.approval_timeout_s", "must be >= 1")
 
 
+RISKS = ("illegitimate_access", "unwanted_modification", "disappearance", "memorisation")
+_RISK_DEFAULTS = {"illegitimate_access": {"severity": 3, "likelihood": 1},
+                  "unwanted_modification": {"severity": 2, "likelihood": 1},
+                  "disappearance": {"severity": 2, "likelihood": 1},
+                  "memorisation": {"severity": 3, "likelihood": 2}}
+_ART6 = r"Art\. ?6\(1\)\([a-f]\)"  # GDPR's six lawful bases
+_ART9 = r"Art\. ?9\(2\)\([a-j]\)"  # the conditions for special categories
+
+
+@dataclass
+class ComplianceConfig:
+    """What a DPIA record states and the run cannot know: who, why, on what basis, for how long.
+    Empty by default; a compliance run (`compliance.required: true` or `loragate run --compliance`)
+    refuses to start while a field is missing (`problems()` lists each)."""
+    required: StrictBool = False  # true: every run is a compliance run (DPIA record, technical file, DPO signature)
+    controller: StrictStr = ""  # the legal entity deciding purposes and means
+    dpo_name: StrictStr = ""  # data-protection officer who signs the DPIA
+    dpo_contact: StrictStr = ""  # the DPO's business e-mail or phone (GDPR Art. 37(7))
+    purpose: StrictStr = ""  # what the fine-tuned model is for, in one sentence
+    legal_basis: StrictStr = ""  # GDPR Art. 6(1)(a)-(f), e.g. 'Art. 6(1)(f) legitimate interests'
+    special_categories: StrictBool = False  # Art. 9 data (health, religion, ...) in the input
+    art9_condition: StrictStr = ""  # Art. 9(2)(a)-(j); required when special_categories
+    data_subjects: Strings = ()  # categories of people the records are about: customers, employees...
+    data_categories: Strings = ()  # categories of personal data: contact details, ticket text...
+    recipients: Strings = ()  # who receives the model or its outputs
+    retention_raw_days: StrictInt = 0  # how long raw input is kept
+    retention_anonymized_days: StrictInt = 0  # anonymized data and splits (DVC cache)
+    retention_adapters_days: StrictInt = 0  # adapters and model versions
+    transfers_outside_eu: StrictStr = ""  # 'none', or destination and safeguard (e.g. 'US: SCCs')
+    ai_act_role: Literal["", "provider", "deployer"] = ""  # EU AI Act Art. 3(3)/(4)
+    ai_act_risk_class: Literal["", "minimal", "limited", "high"] = ""  # prohibited practices cannot be trained here
+    # severity and likelihood (1 negligible .. 4 maximum) after the measures, the DPO's estimate; the
+    # record raises likelihood to 4 where the run's own evidence contradicts it (a canary emitted)
+    risks: dict[StrictStr, dict[StrictStr, StrictInt]] = field(default_factory=lambda: dict(_RISK_DEFAULTS))
+    canaries: StrictInt = 4  # random secrets planted in training on compliance runs; the probe checks none comes back
+    canary_repeats: StrictInt = 1  # copies of each canary: more makes the probe stricter (a model memorises repeats)
+    max_canary_exposure: Number = 0.0  # share of canaries the model completes; above it the pre-check fails
+    probe_records: StrictInt = 32  # training-record beginnings the probe prompts with
+    max_probe_pii_rate: Number = 0.05  # share of those completions carrying personal data; above it the pre-check fails
+
+    def __post_init__(self) -> None:
+        _check(set(self.risks) <= set(RISKS), "compliance.risks", f"known risks are {', '.join(RISKS)}")
+        for name, level in self.risks.items():
+            _check(set(level) == {"severity", "likelihood"} and all(1 <= v <= 4 for v in level.values()),
+                   f"compliance.risks.{name}", "needs severity and likelihood, each 1-4")
+        _check(0 <= self.canaries <= 64, "compliance.canaries", "must be within [0, 64]")
+        _check(self.canary_repeats >= 1, "compliance.canary_repeats", "must be >= 1")
+        _check(0.0 <= self.max_canary_exposure <= 1.0, "compliance.max_canary_exposure", "must be within [0, 1]")
+        _check(self.probe_records >= 0, "compliance.probe_records", "must be >= 0")
+        _check(0.0 <= self.max_probe_pii_rate <= 1.0, "compliance.max_probe_pii_rate", "must be within [0, 1]")
+
+    def problems(self) -> list[str]:
+        """One line per field a compliance run cannot do without or holds in an unusable form."""
+        import re
+
+        need = {"controller": self.controller, "dpo_name": self.dpo_name, "dpo_contact": self.dpo_contact,
+                "purpose": self.purpose, "legal_basis": self.legal_basis, "data_subjects": self.data_subjects,
+                "data_categories": self.data_categories, "recipients": self.recipients,
+                "transfers_outside_eu": self.transfers_outside_eu, "ai_act_role": self.ai_act_role,
+                "ai_act_risk_class": self.ai_act_risk_class}
+        out = [f"params: compliance.{k}: missing (a compliance run states it in its DPIA record)"
+               for k, v in need.items() if not (v.strip() if isinstance(v, str) else v)]
+        if self.legal_basis.strip() and not re.match(_ART6, self.legal_basis.strip()):
+            out.append(f"params: compliance.legal_basis: must start with the GDPR article, 'Art. 6(1)(a)' to "
+                       f"'Art. 6(1)(f)', got {self.legal_basis!r}")
+        if self.special_categories and not re.match(_ART9, self.art9_condition.strip()):
+            out.append("params: compliance.art9_condition: special_categories is true: name the Art. 9(2)(a)-(j) "
+                       f"condition, got {self.art9_condition!r}")
+        for k in ("retention_raw_days", "retention_anonymized_days", "retention_adapters_days"):
+            if getattr(self, k) < 1:
+                out.append(f"params: compliance.{k}: missing (days, >= 1)")
+        return out
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -241,6 +315,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -248,6 +323,12 @@ class Config:
     def flat(self) -> dict[str, Any]:
         """section.key -> value, the form MLflow params and DVC params take."""
         return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+
+def check_compliance(cfg: Config) -> None:
+    """A compliance run refuses to start, before any data is read, while its DPIA facts are incomplete."""
+    if cfg.compliance.required and (lines := cfg.compliance.problems()):
+        raise ConfigError("\n".join(lines))
 
 
 def _build_section(cls: type, name: str, values: Any) -> Any:

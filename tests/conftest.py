@@ -18,6 +18,7 @@ import yaml
 import tasks  # noqa: F401  (offline environment defaults)
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")  # .ci/install puts them there
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
@@ -159,3 +160,17 @@ def paused_flow_run_id(timeout: float = 60):
                 return paused[0].id
             time.sleep(0.5)
     raise AssertionError(f"no flow run paused within {timeout} s")
+
+
+def browser_for(tmp_path: Path):
+    """Headless Debian Chromium driven by selenium; the caller quits it."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--disable-component-update", "--no-first-run", "--window-size=1600,1400",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)

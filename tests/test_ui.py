@@ -19,8 +19,8 @@ from flows.finetune import finetune
 from tasks.governance import gate
 from tasks.config import load_config
 from tasks.tracking import client_for
+from tests.conftest import CHROMEDRIVER, CHROMIUM, browser_for
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 def _free_port() -> int:
@@ -38,19 +38,6 @@ def _wait_http(url: str, timeout: float = 90) -> None:
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer in {timeout} s")
-
-
-def _browser(tmp_path: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-dev-shm-usage", "--disable-component-update", "--no-first-run", "--window-size=1600,1400",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
 
 
 def _scrolled_text(browser) -> str:
@@ -112,7 +99,7 @@ def test_two_runs_side_by_side_in_the_mlflow_compare_view(workspace, prefect_ser
         exp = json.dumps([first.info.experiment_id])
         url = (f"http://127.0.0.1:{port}/#/compare-runs?runs={urllib.parse.quote(ids)}"
                f"&experiments={urllib.parse.quote(exp)}")
-        browser = _browser(tmp_path)
+        browser = browser_for(tmp_path)
         try:
             browser.get(url)
             wanted = [first.info.run_name, second.info.run_name, "lora.r", "metric.bertscore.num_layers",

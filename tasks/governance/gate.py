@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from tasks.config import Config
 from tasks.data.pii_guard import scrub
-from tasks.governance import audit
+from tasks.governance import audit, records
 from tasks.orchestration import stage_task
 from tasks.tracking import client_for, experiment_id
 
@@ -151,7 +151,22 @@ def evaluate_checks(cfg: Config, metrics: dict[str, float], tags: dict[str, str]
     for split in ("train", "holdout"):
         if not tags.get(f"loragate.data.{split}"):
             reasons.append(f"data hash of the {split} split is missing")
+    if tags.get("loragate.compliance") == "true":
+        _memorisation_checks(cfg, metrics, reasons, values)
     return Checks(not reasons, tuple(reasons), values)
+
+
+def _memorisation_checks(cfg: Config, metrics: dict[str, float], reasons: list[str], values: dict[str, float]) -> None:
+    """A compliance version's model must not give back planted canaries or personal data."""
+    for key, limit, what in (("canary_exposure", cfg.compliance.max_canary_exposure, "planted canaries came back"),
+                             ("probe_pii_rate", cfg.compliance.max_probe_pii_rate, "probed answers carried personal data")):
+        value = metrics.get(f"memorisation/{key}")
+        if value is None:
+            reasons.append(f"memorisation/{key} was not recorded (the memorisation probe did not run)")
+            continue
+        values[f"memorisation/{key}"] = value
+        if value > limit:
+            reasons.append(f"memorisation/{key} {value:.3f} > allowed {limit:.3f}: {what}")
 
 
 def run_checks(cfg: Config, root: str | Path, model: str, version: str) -> Checks:
@@ -217,27 +232,39 @@ def _approve(cfg: Config, root: str | Path, model: str, version: str, reviewer: 
         raise GateError(f"{model} version {version}: pre-checks have not passed; only checked versions can be approved")
     if reviewer.strip().casefold() in _initiators(client, mv):
         raise GateError(f"four eyes: {reviewer!r} started run {mv.run_id}; another person must approve it")
-    _decide(cfg, root, client, model, str(version), APPROVED, reviewer, rationale)
+    from tasks.governance import dpia
+
+    if problem := dpia.signature_problem(cfg, root, mv):
+        raise GateError(problem)
+    rationale = _decide(cfg, root, client, model, str(version), APPROVED, reviewer, rationale)
+    if mv.tags.get("loragate.compliance") == "true":
+        dpia.record_decision(cfg, root, model, str(version), APPROVED, reviewer.strip(), rationale)
     return promote(cfg, root, model, str(version), reviewer.strip())
 
 
 def reject(cfg: Config, root: str | Path, model: str, version: str, reviewer: str, rationale: str) -> Decision:
     with _decision_lock(cfg, root):
         client = client_for(cfg, root)
-        _decidable(client, model, str(version), reviewer, rationale)
-        _decide(cfg, root, client, model, str(version), REJECTED, reviewer, rationale)
+        mv = _decidable(client, model, str(version), reviewer, rationale)
+        rationale = _decide(cfg, root, client, model, str(version), REJECTED, reviewer, rationale)
+        if mv.tags.get("loragate.compliance") == "true":
+            from tasks.governance import dpia
+
+            dpia.record_decision(cfg, root, model, str(version), REJECTED, reviewer.strip(), rationale)
     return Decision(model, str(version), REJECTED, reviewer.strip())
 
 
 def _decide(cfg: Config, root: str | Path, client: MlflowClient, model: str, version: str, state: str,
-            reviewer: str, rationale: str) -> None:
+            reviewer: str, rationale: str) -> str:
     """A human decision: the audit entry first (the record of truth), then the version's tags. The
-    free-text rationale passes the second personal-data detector first: it is stored in both."""
+    free-text rationale passes the second personal-data detector first: it is stored in both.
+    Returns the rationale as stored."""
     rationale, hits = scrub(rationale.strip(), cfg.pii.phone_regions)
     _record(cfg, root, client, state, model=model, version=version, actor=reviewer.strip(), rationale=rationale,
             **({"rationale_masked": dict(hits)} if hits else {}))
     _set_state(client, model, version, state, reviewer=reviewer.strip(),
                decision_rationale=rationale[:5000], decided_at=_now())
+    return rationale
 
 
 def _approved_in_log(cfg: Config, root: str | Path, model: str, version: str) -> bool:
@@ -355,6 +382,7 @@ def verify(cfg: Config, root: str | Path, model: str | None = None) -> list[str]
     client, model = client_for(cfg, root), model or cfg.registry.model_name
     entries = audit.read(audit_path(cfg, root))
     problems = audit.chain_problems(audit_path(cfg, root)) + _head_problems(cfg, root, client, entries)
+    problems += records.hash_problems(client, entries)
     if _exists(client, model):
         problems += _state_problems(client, model, entries) + _alias_problems(cfg, root, client, model)
     return problems
