@@ -7,6 +7,7 @@
     loragate rollback MODEL --reviewer NAME --rationale TEXT
     loragate audit verify | repair
     loragate dpia show MODEL VERSION | sign MODEL VERSION --dpo NAME --opinion TEXT [--advice approve]
+    loragate erasure find VALUE | apply VALUE --actor NAME     # VALUE '-': read from stdin (kept out of shell history)
     loragate doctor                # packages, models, disk, MLflow store, Prefect API, GPU: each problem with its fix
     loragate ui [--port 5000]      # MLflow UI on 127.0.0.1 for the local store
 """
@@ -70,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--opinion", required=True, help="the DPO's opinion; stored in the DPIA and the audit log")
     sign.add_argument("--advice", default="approve", choices=["approve", "conditional", "reject", "refer"],
                       help="reject and refer (prior consultation, GDPR Art. 36) block approval")
+    era = sub.add_parser("erasure", help="GDPR Art. 17: where a personal value went, and its removal")
+    era_sub = era.add_subparsers(dest="erasure_command", required=True)
+    find = _with_store(era_sub.add_parser("find", help="input records, dataset versions and model versions holding VALUE"))
+    apply = _with_store(era_sub.add_parser("apply", help="remove VALUE's records from the input; take affected versions out of service"))
+    for q in (find, apply):
+        q.add_argument("value", help="the personal value; '-' reads it from stdin (kept out of shell history)")
+    apply.add_argument("--actor", required=True, help="who carries out the erasure request")
     return p
 
 
@@ -186,7 +194,7 @@ def cmd_status(args) -> int:
         print(f"{r['model']:<20} {r['version']:>7}  {r['status']:<20} {r['checks'] or '-':<8} "
               f"{','.join(r['aliases']) or '-':<12} {r['initiator']:<16} {r['reviewer'] or '-'}")
     for h in history:
-        print(f"{h['time']}  alias {h['alias']}: version {h['from_version'] or '-'} -> {h['version']}  "
+        print(f"{h['time']}  alias {h['alias']}: version {h['from_version'] or '-'} -> {h['version'] or 'removed'}  "
               f"by {h['actor']} ({h['reason']})")
     return 0
 
@@ -234,6 +242,26 @@ def cmd_dpia(args) -> int:
         return 0
     for line in dpia.summary(cfg, root, args.model, args.version):
         print(line)
+    return 0
+
+
+def cmd_erasure(args) -> int:
+    from tasks.governance import erasure
+
+    root = Path(args.workspace).resolve()
+    cfg = load_config(root / args.params)
+    value = sys.stdin.readline().rstrip("\n") if args.value == "-" else args.value
+    if args.erasure_command == "find":
+        for line in erasure.describe(cfg, erasure.find(cfg, root, value)):
+            print(line)
+        return 0
+    found = erasure.apply(cfg, root, value, args.actor)
+    if found.empty:
+        print("nothing to erase: no input record, indexed dataset version or model version holds it")
+        return 0
+    print(f"erasure {found.value_key}: {len(found.input_lines)} records removed from {cfg.data.raw}; "
+          f"versions now {erasure.ERASURE_PENDING}: {', '.join(v['version'] for v in found.versions) or 'none'}; "
+          "the next `loragate run` trains without them")
     return 0
 
 
@@ -299,6 +327,7 @@ def _quiet_expected(expected: tuple[type, ...]):
 
 def main(argv: list[str] | None = None) -> int:
     from tasks.governance.gate import GateError
+    from tasks.governance.erasure import ErasureError
     from tasks.governance.records import RecordError
     from tasks.io import DiskFull
     from tasks.orchestration import WorkspaceBusy
@@ -307,9 +336,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     commands = {"run": cmd_run, "status": cmd_status, "approve": cmd_decide, "reject": cmd_decide,
-                "rollback": cmd_decide, "audit": cmd_audit, "dpia": cmd_dpia, "ui": cmd_ui, "doctor": cmd_doctor}
+                "rollback": cmd_decide, "audit": cmd_audit, "dpia": cmd_dpia, "erasure": cmd_erasure, "ui": cmd_ui, "doctor": cmd_doctor}
     expected = (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy, DiskFull,
-                OverlongRows, RecordError)
+                OverlongRows, RecordError, ErasureError)
     try:
         with _quiet_expected((*expected, DataError)):
             return commands[args.command](args)

@@ -16,6 +16,7 @@ from prefect import flow
 from tasks.config import check_compliance, params_for_run
 from tasks.evaluation.holdout import evaluate_task
 from tasks.evaluation.memorisation import metrics as memorisation_metrics, plant, probe_task
+from tasks.governance.erasure import build_index_task
 from tasks.governance.records import compliance_records_task
 from tasks.data.validate import system_prompt
 from flows.approve import await_decision
@@ -92,6 +93,7 @@ def _finetune(root: Path, params: str, wait_for_approval: bool, overrides: list[
         check_compliance(cfg)  # scheduled and API-started runs refuse too, before any data is read
         with _timed(timings, "data_stages"):
             data = reproduce_task(root)
+            build_index_task(cfg, root, data.hashes)  # erasure requests find this data state's records later
     run_id = _open_run(cfg, root, data, resume)
     try:
         run_dir = root / "runs" / run_id

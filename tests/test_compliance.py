@@ -171,3 +171,84 @@ def test_a_compliance_run_records_a_dpia_that_the_gate_and_verify_hold_to(worksp
     edited.write_text(edited.read_text().replace('"approved"', '"rejected"'))
     problems = gate.verify(cfg, workspace)
     assert any(latest.name in p and "changed after it was recorded" in p for p in problems), problems
+
+
+def _value_only_in(records: list[dict], others: list[dict], personal_values: set[str]) -> str:
+    """A personal value (an e-mail: unambiguous) held by `records` and by none of `others`."""
+    text = lambda rs: "\n".join(m["content"] for r in rs for m in r["messages"])
+    inside, outside = text(records), text(others)
+    return next(v for v in sorted(personal_values) if "@" in v and v in inside and v not in outside)
+
+
+@pytest.mark.slow
+def test_erasure_finds_a_value_and_takes_its_model_version_out_of_service(workspace, prefect_server, sample,
+                                                                          personal_values, capfd):
+    import yaml
+
+    from flows.cli import main as cli
+    from flows.finetune import finetune
+    from tasks.config import load_config
+    from tasks.data.validate import record_id, record_id_key
+    from tasks.governance import audit, gate
+
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    cfg = load_config(workspace / "params.yaml")
+    model, raw = cfg.registry.model_name, workspace / "data/raw/tickets.jsonl"
+    value = _value_only_in(sample[80:120], sample[:80], personal_values)
+    holders = [r for r in sample[80:120] if value in json.dumps(r, ensure_ascii=False)]
+
+    first = finetune(str(workspace))  # data without the value
+    gate.approve(cfg, workspace, model, first.version, "reviewer-b", "ok")
+    with open(raw, "a") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in holders)
+    second = finetune(str(workspace))
+    gate.approve(cfg, workspace, model, second.version, "reviewer-b", "ok")
+
+    index_files = list((workspace / "mlflow/erasure").glob("*.jsonl"))
+    assert len(index_files) == 2
+    raw_values = [v for v in personal_values if v in raw.read_text()]
+    assert all(v.encode() not in f.read_bytes() for f in index_files for v in raw_values)
+
+    capfd.readouterr()
+    assert cli(["erasure", "find", value, "--workspace", str(workspace)]) == 0
+    out = capfd.readouterr().out
+    ids = {record_id(r["messages"], record_id_key()) for r in holders}
+    assert all(i in out for i in ids) and f"version {second.version}: approved (alias production)" in out
+    assert f"version {first.version}:" not in out and value not in out
+    lines = {80 + n for n in range(1, len(holders) + 1)}
+    assert f"lines {', '.join(map(str, sorted(lines)))}" in out
+
+    assert cli(["erasure", "apply", value, "--actor", "privacy-team", "--workspace", str(workspace)]) == 0
+    assert value not in raw.read_text() and len(raw.read_text().splitlines()) == 80
+    client = gate.client_for(cfg, workspace)
+    assert client.get_model_version(model, second.version).tags[gate.APPROVAL_TAG] == gate.ERASURE_PENDING
+    assert str(client.get_registered_model(model).aliases["production"]) == first.version  # moved back
+    moves = gate.alias_history(cfg, workspace, model)
+    assert moves[-1]["version"] == first.version and moves[-1]["reason"].startswith("erasure request")
+    with pytest.raises(gate.GateError):
+        gate.promote(cfg, workspace, model, second.version, "someone")
+    assert gate.verify(cfg, workspace) == []
+    assert value.encode() not in gate.audit_path(cfg, workspace).read_bytes()
+    assert "erasure_applied" in [e.event for e in audit.read(gate.audit_path(cfg, workspace))]
+
+    finetune(str(workspace))  # the next run trains without the records
+    split_ids = {r["id"] for p in ("train", "holdout") for r in read_jsonl(workspace / f"data/splits/{p}.jsonl")}
+    assert split_ids and not ids & split_ids
+    assert value not in (workspace / "data/interim/clean.jsonl").read_text()
+
+
+def test_an_erasure_with_no_earlier_approved_version_removes_the_alias(tmp_path):
+    from tasks.governance import gate
+    from tests.test_gate import new_version
+
+    cfg = config_from_dict({"registry": {"model_name": "triage"}})
+    version = new_version(cfg, tmp_path)
+    gate.approve(cfg, tmp_path, "triage", version, "reviewer-b", "ok")
+    gate.withdraw(cfg, tmp_path, "triage", [version], "privacy-team", "erasure request abc")
+    client = gate.client_for(cfg, tmp_path)
+    assert "production" not in client.get_registered_model("triage").aliases
+    assert gate.alias_history(cfg, tmp_path, "triage")[-1]["version"] is None
+    assert gate.verify(cfg, tmp_path) == []
+    assert gate.repair(cfg, tmp_path) == []

@@ -8,7 +8,7 @@ Only this module writes approval states and moves aliases; every change is an au
     loragate audit repair     # replays the log onto MLflow after a crash between the two
 
 States (tag `loragate.approval_status`): pending -> approved | rejected, pending -> rejected-by-checks,
-approved -> rolled-back. A decided version is never decided again; a new run makes a new version.
+approved -> rolled-back, any -> erasure-pending (tasks/governance/erasure.py). A decided version is never decided again; a new run makes a new version.
 """
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ CHECKS_TAG = "loragate.checks"
 HEAD_TAG = "loragate.audit.head"
 PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
 REJECTED_BY_CHECKS, ROLLED_BACK = "rejected-by-checks", "rolled-back"
+ERASURE_PENDING = "erasure-pending"  # built from records an erasure request removed: never served again
 # the state each audit event leaves a version in; verify replays these against the tags
 _STATE_AFTER = {"registered": PENDING, "approved": APPROVED, "rejected": REJECTED,
-                "rejected_by_checks": REJECTED_BY_CHECKS, "rolled_back": ROLLED_BACK}
+                "rejected_by_checks": REJECTED_BY_CHECKS, "rolled_back": ROLLED_BACK, "erasure_pending": ERASURE_PENDING}
 
 
 class GateError(RuntimeError):
@@ -288,11 +289,12 @@ def promote(cfg: Config, root: str | Path, model: str, version: str, actor: str,
 
 
 def alias_history(cfg: Config, root: str | Path, model: str) -> list[dict]:
-    """Every move of the serving alias, oldest first: version, previous holder, who, when, why."""
-    return [{"alias": e.data["alias"], "version": e.data["version"], "from_version": e.data.get("from_version"),
+    """Every move of the serving alias, oldest first: version (None: removed), previous holder, who,
+    when, why."""
+    return [{"alias": e.data["alias"], "version": e.data.get("version"), "from_version": e.data.get("from_version"),
              "actor": e.data.get("actor"), "time": e.data.get("time"), "reason": e.data.get("reason"), "seq": e.seq}
-            for e in audit.read(audit_path(cfg, root))
-            if e.event == "alias_moved" and e.data.get("model") == model and e.data.get("alias") == cfg.gate.alias]
+            for e in audit.read(audit_path(cfg, root)) if e.event in {"alias_moved", "alias_removed"}
+            and e.data.get("model") == model and e.data.get("alias") == cfg.gate.alias]
 
 
 def rollback(cfg: Config, root: str | Path, model: str, actor: str, rationale: str) -> Decision:
@@ -309,15 +311,46 @@ def _rollback(cfg: Config, root: str | Path, model: str, actor: str, rationale: 
     current = client.get_registered_model(model).aliases.get(cfg.gate.alias) if _exists(client, model) else None
     if current is None:
         raise GateError(f"{model}: no version holds alias '{cfg.gate.alias}'; nothing to roll back")
-    earlier = [h["version"] for h in alias_history(cfg, root, model) if h["version"] != str(current)]
-    target = next((v for v in reversed(earlier)
-                   if _version(client, model, v).tags.get(APPROVAL_TAG) == APPROVED), None)
+    target = _earlier_approved(cfg, root, client, model, {str(current)})
     if target is None:
         raise GateError(f"{model}: no earlier approved version to roll back to from version {current}")
     _record(cfg, root, client, "rolled_back", model=model, version=str(current), to_version=target,
             actor=actor.strip(), rationale=rationale.strip())
     _set_state(client, model, str(current), ROLLED_BACK, rolled_back_by=actor.strip(), rolled_back_at=_now())
     return promote(cfg, root, model, target, actor.strip(), reason=f"rollback from version {current}")
+
+
+def _earlier_approved(cfg: Config, root: str | Path, client: MlflowClient, model: str, leaving: set[str]) -> str | None:
+    """The most recent earlier alias holder, outside `leaving`, that is still approved."""
+    earlier = [h["version"] for h in alias_history(cfg, root, model) if h["version"] and h["version"] not in leaving]
+    return next((v for v in reversed(earlier) if _version(client, model, v).tags.get(APPROVAL_TAG) == APPROVED), None)
+
+
+def record_erasure(cfg: Config, root: str | Path, client: MlflowClient, value_key: str, actor: str, removed: int,
+                   raw: str, versions: list[str]) -> None:
+    """The erasure request as carried out: the value by its keyed hash only, never itself."""
+    _record(cfg, root, client, "erasure_applied", model=cfg.registry.model_name, value_key=value_key, actor=actor,
+            records_removed=removed, input=raw, versions=versions)
+
+
+def withdraw(cfg: Config, root: str | Path, model: str, versions: list[str], actor: str, reason: str) -> None:
+    """Take versions out of service: each becomes erasure-pending; an alias on one of them moves
+    back to the latest earlier approved version not among them, or is removed when there is none."""
+    with _decision_lock(cfg, root):
+        client = client_for(cfg, root)
+        for v in versions:
+            if _version(client, model, v).tags.get(APPROVAL_TAG) != ERASURE_PENDING:
+                _record(cfg, root, client, "erasure_pending", model=model, version=v, actor=actor, reason=reason)
+                _set_state(client, model, v, ERASURE_PENDING)
+        holder = client.get_registered_model(model).aliases.get(cfg.gate.alias) if versions else None
+        if holder is None or str(holder) not in versions:
+            return
+        if target := _earlier_approved(cfg, root, client, model, set(versions)):
+            promote(cfg, root, model, target, actor, reason=reason)
+            return
+        _record(cfg, root, client, "alias_removed", model=model, alias=cfg.gate.alias, from_version=str(holder),
+                version=None, actor=actor, reason=reason)
+        client.delete_registered_model_alias(model, cfg.gate.alias)
 
 
 def _exists(client: MlflowClient, model: str) -> bool:
@@ -369,7 +402,7 @@ def _alias_problems(cfg: Config, root: str | Path, client: MlflowClient, model: 
     logged = moves[-1]["version"] if moves else None
     if holder is None and logged is None:
         return []
-    if str(holder) != str(logged):
+    if str(holder) != str(logged):  # None on one side: never moved, or removed by an erasure
         return [f"{model}: alias '{cfg.gate.alias}' points to version {holder} but the audit log last moved it to "
                 f"version {logged} (moved outside loragate)"]
     if not _approved_in_log(cfg, root, model, str(holder)):
@@ -422,9 +455,13 @@ def repair(cfg: Config, root: str | Path, model: str | None = None) -> list[str]
         done += _repair_versions(cfg, root, client, model)
         moves = alias_history(cfg, root, model)
         holder = client.get_registered_model(model).aliases.get(cfg.gate.alias)
-        if moves and str(holder) != moves[-1]["version"] and _approved_in_log(cfg, root, model, moves[-1]["version"]):
-            client.set_registered_model_alias(model, cfg.gate.alias, moves[-1]["version"])
-            done.append(f"{model}: alias '{cfg.gate.alias}' set to version {moves[-1]['version']} from the log")
+        last = moves[-1]["version"] if moves else None
+        if moves and last is None and holder is not None:
+            client.delete_registered_model_alias(model, cfg.gate.alias)
+            done.append(f"{model}: alias '{cfg.gate.alias}' removed, as the log says")
+        elif last and str(holder) != last and _approved_in_log(cfg, root, model, last):
+            client.set_registered_model_alias(model, cfg.gate.alias, last)
+            done.append(f"{model}: alias '{cfg.gate.alias}' set to version {last} from the log")
     return done
 
 
