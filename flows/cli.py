@@ -93,9 +93,9 @@ def _with_reviewer(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args) -> int:
-    from flows.finetune import finetune
+    from flows.finetune import existing_summary, finetune
     from tasks.data.split import TRAIN
-    from tasks.tracking import resumable_run, tracking_uri
+    from tasks.tracking import resumable_run
     from tasks.orchestration import workspace_lock
     from tasks.training.train import check_resume
 
@@ -108,6 +108,9 @@ def cmd_run(args) -> int:
     cfg = load_config(root / args.params, sets)  # checked in memory; the flow writes it for DVC's stages
     _preflight(cfg, root)
     with workspace_lock(root):  # taken before the flow starts, so a busy workspace is one line, not a failed flow
+        if args.resume is None and (built := _built_already(cfg, root)):  # no orchestrator started for nothing
+            print(existing_summary(cfg, root, built).note)
+            return 0
         resume = None
         if args.resume is not None:  # which run, and whether its checkpoints still fit, before anything starts
             resume = resumable_run(cfg, root, args.resume or None)
@@ -116,6 +119,9 @@ def cmd_run(args) -> int:
             check_resume(cfg, planted if cfg.compliance.required and planted.exists() else root / TRAIN, out)
         summary = finetune(str(root), args.params, wait_for_approval=args.wait_for_approval, overrides=sets,
                            resume=resume)
+    if summary.up_to_date:
+        print(summary.note)
+        return 0
     m = summary.metrics
     print(f"\nhold-out ROUGE-L {m['baseline/rougeL']:.3f} -> {m['finetuned/rougeL']:.3f}, "
           f"BERTScore F1 {m['baseline/bertscore_f1']:.3f} -> {m['finetuned/bertscore_f1']:.3f}")
@@ -124,9 +130,18 @@ def cmd_run(args) -> int:
     if summary.note:
         print(summary.note)
     if state == "pending":
-        print(f"next: review it in the MLflow UI  `mlflow ui --backend-store-uri {tracking_uri(cfg, root)}`, then "
+        print(f"next: review it in the MLflow UI (`loragate ui`, {experiment_url(cfg, root, 5000)}), then "
               f"`loragate approve {summary.model_name} {summary.version} --reviewer NAME --rationale TEXT`")
     return 0
+
+
+def _built_already(cfg, root: Path):
+    """The version built from exactly the current data, params and code, when DVC has nothing to redo."""
+    from tasks.data.versioning import current_hashes
+    from tasks.tracking import built_version, run_key
+
+    hashes = current_hashes(root)
+    return built_version(cfg, root, run_key(cfg, hashes)) if hashes else None
 
 
 def _preflight(cfg, root: Path) -> None:
@@ -283,13 +298,21 @@ def ui_command(cfg, root: Path, port: int) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
 
 
+def experiment_url(cfg, root: Path, port: int) -> str:
+    """The experiment's runs page. MLflow 3's UI opens experiments on its GenAI pages unless told
+    the workflow is model training (it then remembers the choice in the browser)."""
+    from tasks.tracking import client_for, experiment_id
+
+    exp = experiment_id(client_for(cfg, root), cfg, root)
+    return f"http://127.0.0.1:{port}/#/experiments/{exp}/runs?workflowType=machine_learning"
+
+
 def cmd_ui(args) -> int:
     import subprocess
 
     root = Path(args.workspace).resolve()
     cfg = load_config(root / args.params)
-    print(f"MLflow UI for {root}: http://127.0.0.1:{args.port}  (experiment '{cfg.registry.experiment}'; Ctrl-C stops)",
-          flush=True)
+    print(f"MLflow UI for {root}: {experiment_url(cfg, root, args.port)}  (Ctrl-C stops)", flush=True)
     try:
         return subprocess.call(ui_command(cfg, root, args.port))
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ from tasks.governance.erasure import build_index_task
 from tasks.governance.records import compliance_records_task
 from tasks.data.validate import system_prompt
 from flows.approve import await_decision
-from tasks.governance.gate import (Checks, Decision, record_run_resumed, record_run_started, review_description,
+from tasks.governance.gate import (APPROVAL_TAG, CHECKS_TAG, Checks, Decision, record_run_resumed, record_run_started, review_description,
                                    run_checks_task)
 from tasks.training.models import resolve_model_task
 from tasks.governance.register import register_task, serving_base
@@ -28,7 +28,8 @@ from tasks.evaluation.report import record_results_task
 from tasks.data.split import HOLDOUT, TRAIN
 from tasks.io import write_json
 from tasks.orchestration import workspace_lock
-from tasks.tracking import client_for, finish, initiator, log_metrics, previous_params, start_run
+from tasks.tracking import (built_version, client_for, finish, initiator, log_datasets, log_metrics, previous_params,
+                            run_key, start_run)
 from tasks.training.train import checkpoint_step, train_task
 from tasks.data.versioning import reproduce_task
 
@@ -43,6 +44,7 @@ class RunSummary:
     checks: Checks
     decision: Decision | None = None  # set when the run waited for approval and got a valid answer
     note: str = ""  # why no decision was taken (timeout, refused answer)
+    up_to_date: bool = False  # nothing ran: this version was already built from the same data, params and code
 
 
 @contextmanager
@@ -74,7 +76,18 @@ def _open_run(cfg, root: Path, data, resume: str | None) -> str:
                        {f"loragate.data.{Path(p).stem}": h for p, h in data.hashes.items()}
                        | {"loragate.base_model": cfg.model.base, "loragate.serving_base": serving_base(cfg)})
     record_run_started(cfg, root, run_id, initiator(), data.hashes)
+    log_datasets(client_for(cfg, root), run_id, data.hashes)
     return run_id
+
+
+def existing_summary(cfg, root: Path, version) -> RunSummary:
+    """The summary of a version built earlier from the same inputs: a run that changes nothing."""
+    run = client_for(cfg, root).get_run(version.run_id)
+    checks = Checks(version.tags.get(CHECKS_TAG) == "passed", (), {})
+    return RunSummary(version.run_id, version.name, str(version.version), dict(run.data.metrics),
+                      str(root / "runs" / version.run_id), checks, up_to_date=True,
+                      note=f"up to date: version {version.version} ({version.tags.get(APPROVAL_TAG, '?')}) was built from "
+                           "the same data, params and code; nothing ran, nothing was registered")
 
 
 @flow(name="loragate-finetune")  # log_prints would log dill's captured bytecode dumps
@@ -94,6 +107,8 @@ def _finetune(root: Path, params: str, wait_for_approval: bool, overrides: list[
         with _timed(timings, "data_stages"):
             data = reproduce_task(root)
             build_index_task(cfg, root, data.hashes)  # erasure requests find this data state's records later
+    if not resume and (built := built_version(cfg, root, run_key(cfg, data.hashes))):
+        return existing_summary(cfg, root, built)
     run_id = _open_run(cfg, root, data, resume)
     try:
         run_dir = root / "runs" / run_id

@@ -45,12 +45,16 @@ def initiator() -> str:
     return os.environ.get("LORAGATE_USER") or getpass.getuser()
 
 
+# MLflow 3 opens an experiment of unknown kind on its GenAI traces page; this kind opens it on its runs
+EXPERIMENT_KIND = {"mlflow.experimentKind": "finetuning"}
+
+
 def experiment_id(client: MlflowClient, cfg: Config, root: str | Path) -> str:
     exp = client.get_experiment_by_name(cfg.registry.experiment)
     if exp:
         return exp.experiment_id
     artifacts = (Path(root).resolve() / cfg.registry.artifact_root).as_uri()
-    return client.create_experiment(cfg.registry.experiment, artifact_location=artifacts)
+    return client.create_experiment(cfg.registry.experiment, artifact_location=artifacts, tags=EXPERIMENT_KIND)
 
 
 def package_version() -> str:
@@ -65,11 +69,28 @@ def package_version() -> str:
 
 def start_run(cfg: Config, root: str | Path, run_name: str, tags: dict[str, str]) -> str:
     client = client_for(cfg, root)
-    run = client.create_run(experiment_id(client, cfg, root), run_name=run_name,
-                            tags={"loragate.initiator": initiator(), "loragate.version": package_version(), **tags})
+    exp = experiment_id(client, cfg, root)
+    if "mlflow.experimentKind" not in client.get_experiment(exp).tags:  # an experiment made before loragate set it
+        client.set_experiment_tag(exp, *next(iter(EXPERIMENT_KIND.items())))
+    run = client.create_run(exp, run_name=run_name, tags={"loragate.initiator": initiator(), "mlflow.user": initiator(),
+                                                          "loragate.version": package_version(), **tags})
     params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in cfg.flat().items()]
     client.log_batch(run.info.run_id, params=params)
     return run.info.run_id
+
+
+_CONTEXT = {"anonymized": "anonymized", "train": "training", "holdout": "evaluation"}
+
+
+def log_datasets(client: MlflowClient, run_id: str, hashes: dict[str, str]) -> None:
+    """The run's datasets as MLflow inputs (its Datasets panel): each DVC output the run read,
+    digest = DVC's md5, source = the workspace path. The raw file is left out: it is personal data."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = [DatasetInput(Dataset(name=Path(path).stem, digest=md5, source_type="dvc", source=path),
+                           tags=[InputTag("mlflow.data.context", _CONTEXT[Path(path).stem])])
+              for path, md5 in sorted(hashes.items()) if Path(path).stem in _CONTEXT]
+    client.log_inputs(run_id, datasets=inputs)
 
 
 def previous_params(cfg: Config, root: str | Path) -> dict[str, str] | None:
@@ -141,3 +162,49 @@ def check_store(cfg: Config, root: str | Path) -> None:
         except sqlite3.OperationalError as err:
             raise ConfigError(f"registry.tracking_uri: {db} is {'locked by another process' if 'locked' in str(err) else str(err)}"
                               "; wait for it to finish, or stop it") from None
+
+
+# params that change how a run goes, not what it makes: the same run key with any value of these
+_OPERATIONAL = {"pii.n_process", "pii.batch_size", "train.logging_steps", "train.checkpoint_steps", "model.cache_dir",
+                "gate.approval_timeout_s"}
+RUN_KEY_TAG = "loragate.run_key"
+
+
+def code_digest() -> str:
+    """sha256 over loragate's own code and templates as installed, and the libraries that compute."""
+    import hashlib
+    from importlib.metadata import version
+
+    import flows
+    import tasks
+
+    digest = hashlib.sha256()
+    for package in (tasks, flows):
+        base = Path(package.__file__).parent
+        for path in sorted(p for p in base.rglob("*") if p.suffix in {".py", ".j2", ".json"} and "__pycache__" not in p.parts):
+            digest.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes())
+    for name in ("torch", "transformers", "peft", "trl", "presidio-analyzer", "evaluate"):
+        digest.update(f"{name}=={version(name)}".encode())
+    return digest.hexdigest()
+
+
+def run_key(cfg: Config, hashes: dict[str, str]) -> str:
+    """What a model version is a function of: the data (DVC hashes), the params and the code."""
+    import hashlib
+    import json
+
+    params = {k: v for k, v in cfg.flat().items() if k not in _OPERATIONAL}
+    blob = json.dumps({"data": dict(sorted(hashes.items())), "params": params, "code": code_digest()},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def built_version(cfg: Config, root: str | Path, key: str):
+    """The registered version already built from exactly these inputs, or None."""
+    client = client_for(cfg, root)
+    try:
+        versions = client.search_model_versions(f"name='{cfg.registry.model_name}'")
+    except Exception:  # no registered model yet
+        return None
+    same = [v for v in versions if v.tags.get(RUN_KEY_TAG) == key]
+    return max(same, key=lambda v: int(v.version)) if same else None

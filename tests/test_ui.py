@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from flows.cli import main as cli
-from flows.cli import ui_command
+from flows.cli import experiment_url, ui_command
 from flows.finetune import finetune
 from tasks.governance import gate
 from tasks.config import load_config
@@ -90,6 +90,15 @@ def test_two_runs_side_by_side_in_the_mlflow_compare_view(workspace, prefect_ser
     assert {"plots/training_loss.png", "plots/scores.png"} <= artifacts
     report = Path(client.download_artifacts(second.info.run_id, "eval/report.html", str(tmp_path))).read_text()
     assert "delta" in report and "vs champion" in report and second.info.run_name in report
+    # what the UI's panels read: the experiment's kind, each run's datasets and creator, the versions' descriptions
+    assert client.get_experiment(first.info.experiment_id).tags["mlflow.experimentKind"] == "finetuning"
+    inputs = {d.dataset.name: d for d in client.get_run(second.info.run_id).inputs.dataset_inputs}
+    assert set(inputs) == {"anonymized", "train", "holdout"}
+    assert inputs["train"].dataset.digest == second.data.tags["loragate.data.train"]
+    assert second.data.tags["mlflow.user"] == "test-initiator"
+    described = {str(v.version): v.description for v in client.search_model_versions(f"name='{cfg.registry.model_name}'")}
+    assert described["1"].startswith("**approved** by reviewer-b") and "ROUGE-L" in described["1"]
+    assert described["2"].startswith("**pending**") and "pre-checks passed" in described["2"]
 
     port = _free_port()
     server = subprocess.Popen(ui_command(cfg, workspace, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -110,6 +119,10 @@ def test_two_runs_side_by_side_in_the_mlflow_compare_view(workspace, prefect_ser
             shot = tmp_path / "compare.png"
             browser.save_screenshot(str(shot))
             text = _scrolled_text(browser)
+            browser.get(experiment_url(cfg, workspace, port))  # the link `loragate ui` prints opens on the runs
+            WebDriverWait(browser, 60).until(lambda b: first.info.run_name in b.find_element("tag name", "body").text)
+            browser.get(f"http://127.0.0.1:{port}/#/models/{cfg.registry.model_name}/versions/1")
+            WebDriverWait(browser, 60).until(lambda b: "approved" in b.find_element("tag name", "body").text)
         finally:
             browser.quit()
     finally:

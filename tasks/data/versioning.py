@@ -74,6 +74,12 @@ def reproduce(root: str | Path) -> DataVersion:
         raise StageFailed(f"{root / 'dvc.lock'}: no hash recorded for {', '.join(missing)}")
     return DataVersion(hashes, stale)
 
+def current_hashes(root: str | Path) -> dict[str, str] | None:
+    """The output hashes when DVC finds every stage up to date (a run would reproduce nothing), else None."""
+    root = Path(root).resolve()
+    return None if not (root / "dvc.lock").exists() or _stale_stages(root) else _out_hashes(root)
+
+
 reproduce_task = stage_task(reproduce, "dvc-repro")
 
 

@@ -79,6 +79,19 @@ def _set_state(client: MlflowClient, model: str, version: str, state: str, **tag
     client.set_model_version_tag(model, version, APPROVAL_TAG, state)
     for key, value in tags.items():
         client.set_model_version_tag(model, version, f"loragate.{key}", value)
+    client.update_model_version(model, version, description=_description(client, model, version))
+
+
+def _description(client: MlflowClient, model: str, version: str) -> str:
+    """The registry page's description: state and headline scores, where people look first."""
+    mv = client.get_model_version(model, version)
+    m = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    state, t = mv.tags.get(APPROVAL_TAG, "unknown"), mv.tags
+    who = f" by {t['loragate.reviewer']}" if t.get("loragate.reviewer") and state in {APPROVED, REJECTED} else ""
+    scores = " · ".join(f"{name} {m[f'finetuned/{k}']:.3f} ({m.get(f'delta/{k}', float('nan')):+.3f} vs base)"
+                        for k, name in (("rougeL", "ROUGE-L"), ("bertscore_f1", "BERTScore F1")) if f"finetuned/{k}" in m)
+    checks = f" · pre-checks {t[CHECKS_TAG]}" if t.get(CHECKS_TAG) else ""
+    return f"**{state}**{who} · {scores or 'no scores recorded'}{checks} · started by {t.get('loragate.initiator', '?')}"
 
 
 def _version(client: MlflowClient, model: str, version: str):
@@ -180,6 +193,7 @@ def run_checks(cfg: Config, root: str | Path, model: str, version: str) -> Check
                     passed=checks.passed, reasons=list(checks.reasons), values=checks.values).data
     checks = Checks(entry["passed"], tuple(entry["reasons"]), entry["values"])
     client.set_model_version_tag(model, str(version), CHECKS_TAG, "passed" if checks.passed else "failed")
+    client.update_model_version(model, str(version), description=_description(client, model, str(version)))
     if not checks.passed:
         reason = "; ".join(checks.reasons)
         _record(cfg, root, client, "rejected_by_checks", key=f"rejected_by_checks:{model}:{version}", model=model,
