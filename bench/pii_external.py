@@ -21,7 +21,6 @@ import random
 import re
 import time
 import warnings
-from collections import Counter
 
 from tasks.data.pii_eval import detections, score
 from tasks.data.anonymize import build_analyzer

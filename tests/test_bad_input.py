@@ -85,7 +85,6 @@ def test_bad_input_is_one_clear_line_and_touches_nothing(ws, case, capfd, monkey
         (encoder / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
         sets = [f"model.base={encoder}"]
     if case == "Prefect server that is down":
-        from prefect.settings import PREFECT_API_URL, temporary_settings
 
         monkeypatch.setattr("prefect.settings.get_current_settings", _settings_with_api("http://127.0.0.1:9/api"))
     if case == "MLflow store locked":

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tasks.data.anonymize import PiiError, Replacer, anonymize, anonymize_records, build_analyzer, detect, resolve_spans
+from tasks.data.anonymize import Replacer, anonymize, anonymize_records, build_analyzer, detect, resolve_spans
 from tasks.config import Config, ConfigError, config_from_dict
 from tasks.data.pii_eval import TARGETS, score
 from tasks.data.validate import validate

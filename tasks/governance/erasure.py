@@ -28,7 +28,7 @@ from pathlib import Path
 import regex
 
 from tasks.config import Config
-from tasks.governance import audit, gate
+from tasks.governance import gate
 from tasks.io import atomic_path, read_jsonl
 from tasks.orchestration import stage_task, workspace_lock
 from tasks.tracking import client_for

@@ -165,7 +165,7 @@ def evaluate_checks(cfg: Config, metrics: dict[str, float], tags: dict[str, str]
     for split in ("train", "holdout"):
         if not tags.get(f"loragate.data.{split}"):
             reasons.append(f"data hash of the {split} split is missing")
-    if tags.get("loragate.compliance") == "true":
+    if tags.get(records.COMPLIANCE_TAG) == "true":
         _memorisation_checks(cfg, metrics, reasons, values)
     return Checks(not reasons, tuple(reasons), values)
 
@@ -252,7 +252,7 @@ def _approve(cfg: Config, root: str | Path, model: str, version: str, reviewer: 
     if problem := dpia.signature_problem(cfg, root, mv):
         raise GateError(problem)
     rationale = _decide(cfg, root, client, model, str(version), APPROVED, reviewer, rationale)
-    if mv.tags.get("loragate.compliance") == "true":
+    if mv.tags.get(records.COMPLIANCE_TAG) == "true":
         dpia.record_decision(cfg, root, model, str(version), APPROVED, reviewer.strip(), rationale)
     return promote(cfg, root, model, str(version), reviewer.strip())
 
@@ -262,7 +262,7 @@ def reject(cfg: Config, root: str | Path, model: str, version: str, reviewer: st
         client = client_for(cfg, root)
         mv = _decidable(client, model, str(version), reviewer, rationale)
         rationale = _decide(cfg, root, client, model, str(version), REJECTED, reviewer, rationale)
-        if mv.tags.get("loragate.compliance") == "true":
+        if mv.tags.get(records.COMPLIANCE_TAG) == "true":
             from tasks.governance import dpia
 
             dpia.record_decision(cfg, root, model, str(version), REJECTED, reviewer.strip(), rationale)

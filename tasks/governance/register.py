@@ -14,6 +14,7 @@ import mlflow
 
 from tasks.config import Config
 from tasks.governance.gate import record_registered, record_registering
+from tasks.governance.records import COMPLIANCE_TAG
 from tasks.governance.serving import AdapterChatModel
 from tasks.tracking import RUN_KEY_TAG, client_for, initiator, run_key
 from tasks.orchestration import stage_task
@@ -52,9 +53,9 @@ def register(cfg: Config, root: str | Path, run_id: str, adapter_dir: str | Path
             name="model", python_model=AdapterChatModel(), artifacts={"adapter": str(adapter_dir)},
             model_config=model_config, pip_requirements=["loragate", "torch", "transformers", "peft"])
     tags = {"loragate.initiator": initiator(), "loragate.base_model": cfg.model.base,
-            "loragate.serving_base": serving_base(cfg),
-            "loragate.run_id": run_id, RUN_KEY_TAG: run_key(cfg, data_hashes), **({"loragate.compliance": "true"} if cfg.compliance.required else {}), **{f"loragate.data.{Path(p).stem}": h for p, h in sorted(data_hashes.items())
-                                          if p.startswith("data/splits/")}}
+            "loragate.serving_base": serving_base(cfg), "loragate.run_id": run_id, RUN_KEY_TAG: run_key(cfg, data_hashes),
+            **({COMPLIANCE_TAG: "true"} if cfg.compliance.required else {}),
+            **{f"loragate.data.{Path(p).stem}": h for p, h in sorted(data_hashes.items()) if p.startswith("data/splits/")}}
     version = mlflow.register_model(info.model_uri, cfg.registry.model_name, tags=tags)
     record_registered(cfg, root, cfg.registry.model_name, str(version.version), run_id, tags["loragate.initiator"])
     return Registration(cfg.registry.model_name, str(version.version), run_id, tags)

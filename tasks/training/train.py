@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from tasks.config import Config, ConfigError, QuantizationConfig, load_config
+from tasks.config import Config, ConfigError, QuantizationConfig
 from tasks.training.fused_lora import fuse_lora
 from tasks.io import atomic_path, read_json, read_jsonl, write_json
 from tasks.orchestration import stage_task
