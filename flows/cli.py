@@ -8,6 +8,7 @@
     loragate audit verify | repair
     loragate dpia show MODEL VERSION | sign MODEL VERSION --dpo NAME --opinion TEXT [--advice approve]
     loragate erasure find VALUE | apply VALUE --actor NAME     # VALUE '-': read from stdin (kept out of shell history)
+    loragate schedule [--cron CRON] [--serve]   # a Prefect deployment retraining on a cron (default: quarterly)
     loragate doctor                # packages, models, disk, MLflow store, Prefect API, GPU: each problem with its fix
     loragate ui [--port 5000]      # MLflow UI on 127.0.0.1 for the local store
 """
@@ -71,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--opinion", required=True, help="the DPO's opinion; stored in the DPIA and the audit log")
     sign.add_argument("--advice", default="approve", choices=["approve", "conditional", "reject", "refer"],
                       help="reject and refer (prior consultation, GDPR Art. 36) block approval")
+    sch = _with_store(sub.add_parser("schedule", help="create or update the retraining deployment (params schedule:)"))
+    sch.add_argument("--cron", help="when to run (sets schedule.cron), e.g. '0 2 1 1,4,7,10 *'")
+    sch.add_argument("--serve", action="store_true", help="also run it from this process when due (blocks)")
     era = sub.add_parser("erasure", help="GDPR Art. 17: where a personal value went, and its removal")
     era_sub = era.add_subparsers(dest="erasure_command", required=True)
     find = _with_store(era_sub.add_parser("find", help="input records, dataset versions and model versions holding VALUE"))
@@ -260,6 +264,20 @@ def cmd_dpia(args) -> int:
     return 0
 
 
+def cmd_schedule(args) -> int:
+    from flows.schedule import schedule
+
+    root = Path(args.workspace).resolve()
+    cfg = load_config(root / args.params, [f"schedule.cron={args.cron}"] if args.cron else [])  # --cron: the deployment's only
+    if args.serve:
+        print(f"serving the retraining of {root} ({cfg.schedule.cron}, {cfg.schedule.timezone}); Ctrl-C stops", flush=True)
+    name = schedule(cfg, root, args.params, serve=args.serve)
+    if not args.serve:
+        print(f"deployment {name}: {cfg.schedule.cron} ({cfg.schedule.timezone}); runs when a process serves it: "
+              f"`loragate schedule --serve --workspace {root}`; run it now: `prefect deployment run '{name}'`")
+    return 0
+
+
 def cmd_erasure(args) -> int:
     from tasks.governance import erasure
 
@@ -359,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     commands = {"run": cmd_run, "status": cmd_status, "approve": cmd_decide, "reject": cmd_decide,
-                "rollback": cmd_decide, "audit": cmd_audit, "dpia": cmd_dpia, "erasure": cmd_erasure, "ui": cmd_ui, "doctor": cmd_doctor}
+                "rollback": cmd_decide, "audit": cmd_audit, "dpia": cmd_dpia, "erasure": cmd_erasure, "schedule": cmd_schedule, "ui": cmd_ui, "doctor": cmd_doctor}
     expected = (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy, DiskFull,
                 OverlongRows, RecordError, ErasureError)
     try:

@@ -229,6 +229,24 @@ class GateConfig:
         _check(self.approval_timeout_s >= 1, "gate.approval_timeout_s", "must be >= 1")
 
 
+@dataclass
+class ScheduleConfig:
+    """When `loragate schedule` retrains: a Prefect deployment of the pipeline with this cron."""
+    cron: StrictStr = "0 2 1 1,4,7,10 *"  # 02:00 on the first day of each quarter; a run on unchanged inputs does nothing
+    timezone: StrictStr = "UTC"  # IANA name the cron is read in (Europe/Berlin...)
+
+    def __post_init__(self) -> None:
+        try:  # Prefect's own check; a GPU host that only trains may not have Prefect
+            from prefect.client.schemas.schedules import CronSchedule
+        except ImportError:
+            return
+        try:
+            CronSchedule(cron=self.cron, timezone=self.timezone)
+        except ValueError as err:  # pydantic's error says which of the two and why
+            why = str(err).split("Value error, ", 1)[-1].split(" [type=")[0]
+            raise ConfigError(f"params: schedule: {why}") from None
+
+
 RISKS = ("illegitimate_access", "unwanted_modification", "disappearance", "memorisation")
 _RISK_DEFAULTS = {"illegitimate_access": {"severity": 3, "likelihood": 1},
                   "unwanted_modification": {"severity": 2, "likelihood": 1},
@@ -316,6 +334,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
