@@ -107,8 +107,12 @@ def _check_custom_pattern(key: str, pat: Any) -> None:
 class SplitConfig:
     holdout_fraction: Number = 0.15  # frozen hold-out; 0.10-0.20 keeps scores stable across quarters
     salt: StrictStr = "loragate-holdout-v1"  # changing it re-draws the hold-out: old scores stop comparing
+    # Jaccard similarity (MinHash, character 5-grams) of a training question to a hold-out one at or
+    # above which the training record is left out as leakage; 1.0 leaves out exact repeats only
+    near_duplicate_threshold: Number = 0.9
 
     def __post_init__(self) -> None:
+        _check(0.5 <= self.near_duplicate_threshold <= 1.0, "split.near_duplicate_threshold", "must be within [0.5, 1]")
         _check(0.05 <= self.holdout_fraction <= 0.5, "split.holdout_fraction", "must be within [0.05, 0.5]")
         _check(bool(self.salt), "split.salt", "must not be empty")
 

@@ -64,7 +64,7 @@ def _asks(question: str, answer: str = "an answer") -> list[dict]:
 
 
 def test_a_training_record_asking_a_hold_out_question_is_left_out_and_counted(tmp_path):
-    cfg = config_from_dict({"split": {"holdout_fraction": 0.2}})
+    cfg = config_from_dict({"split": {"holdout_fraction": 0.2, "near_duplicate_threshold": 1.0}})  # exact repeats only
     rows = [{"id": f"r{i}", "messages": _asks(f"Where is order {i}?")} for i in range(300)]
     held = [r for r in rows if in_holdout(r["id"], cfg.split.salt, 0.2)]
     copies = [{"id": f"copy{i}", "messages": _asks(r["messages"][0]["content"].upper() + "  ", "another answer")}
@@ -75,6 +75,23 @@ def test_a_training_record_asking_a_hold_out_question_is_left_out_and_counted(tm
     train_ids = {json.loads(x)["id"] for x in (tmp_path / "train").read_text().splitlines()}
     assert copies and report.leakage_dropped == len(copies) and not train_ids & {c["id"] for c in copies}
     assert report.train + report.holdout + report.leakage_dropped == len(rows) + len(copies)
+
+
+def test_a_near_duplicate_of_a_hold_out_question_is_left_out_of_train(tmp_path, sample):
+    cfg = config_from_dict({"split": {"holdout_fraction": 0.2}})
+    rows = [{"id": f"r{i}", "messages": r["messages"]} for i, r in enumerate(sample[:200])]
+    held = [r for r in rows if in_holdout(r["id"], cfg.split.salt, 0.2)]
+    question = next(m["content"] for m in held[0]["messages"] if m["role"] == "user")
+    edited = question.replace(".", "!", 1).replace(" ", "  ", 2) + " Thanks"  # a near-duplicate, not a repeat
+    near = [{"id": f"near{i}", "messages": _asks(edited, "another answer")} for i in range(20)]
+    near = [n for n in near if not in_holdout(n["id"], cfg.split.salt, 0.2)][:1]
+    far = [{"id": "far-0", "messages": _asks("Could you reset the password of my account?")}]
+    far = [f for f in far if not in_holdout(f["id"], cfg.split.salt, 0.2)]
+    _write(tmp_path / "all.jsonl", rows + near + far)
+    report = split(cfg, tmp_path / "all.jsonl", tmp_path / "train", tmp_path / "holdout")
+    train_ids = {json.loads(x)["id"] for x in (tmp_path / "train").read_text().splitlines()}
+    assert near and near[0]["id"] not in train_ids and report.near_duplicates_dropped >= 1
+    assert {f["id"] for f in far} <= train_ids
 
 
 def test_raw_personal_data_is_never_tracked_by_git():

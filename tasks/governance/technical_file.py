@@ -71,7 +71,8 @@ def datasheet(root: Path, f: dict[str, Any], cfg: Config) -> dict[str, Any]:
             f"anonymize: {sum(rep['pii']['entities'].values())} personal values masked ({rep['pii']['operator']}), "
             f"recognizers {rep['pii']['engine'].get('loragate-recognizers')}, {rep['pii'].get('residual_records', 0)} records quarantined",
             f"split: frozen hold-out of {rep['split']['holdout']} records by keyed record id, "
-            f"{rep['split'].get('leakage_dropped', 0)} training records asking a hold-out question left out"],
+            f"{rep['split'].get('leakage_dropped', 0)} training records asking a hold-out question and "
+            f"{rep['split'].get('near_duplicates_dropped', 0)} asking nearly the same left out"],
     }
 
 
