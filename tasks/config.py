@@ -223,12 +223,16 @@ class GateConfig:
     min_delta_rougeL: Number = 0.0  # fine-tuned minus baseline on the hold-out; < 0 tolerates a regression
     min_delta_bertscore_f1: Number = 0.0
     max_residual_records: StrictInt = 0  # records the second PII pass still flagged (quarantined); > 0 blocks
+    # against the serving champion on the same hold-out rows: the paired interval's lower bound of
+    # ROUGE-L and BERTScore F1, overall and per slice, may not fall below -this
+    max_regression_vs_champion: Number = 0.05
     audit_log: StrictStr = "mlflow/audit.jsonl"  # hash-chained decision log, beside the MLflow store
     approval_timeout_s: StrictInt = 86400  # `loragate run --wait-for-approval`: pause length; then stays pending
 
     def __post_init__(self) -> None:
         _check(bool(self.alias) and "@" not in self.alias, "gate.alias", "must be a non-empty name without '@'")
         _check(self.max_residual_records >= 0, "gate.max_residual_records", "must be >= 0")
+        _check(self.max_regression_vs_champion >= 0, "gate.max_regression_vs_champion", "must be >= 0")
         _check(bool(self.audit_log), "gate.audit_log", "must not be empty")
         _check(self.approval_timeout_s >= 1, "gate.approval_timeout_s", "must be >= 1")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 
 from tasks.data.pii_guard import scrub_table
+from tasks.data.split import HOLDOUT
 from tasks.evaluation.holdout import EvalReport
 from tasks.evaluation.page import eval_report_html
 from tasks.evaluation.plots import _plt, confusion_plot, loss_plot, metric_bars
@@ -25,8 +26,10 @@ from tasks.orchestration import stage_task
 from tasks.tracking import client_for, log_loss_curve, log_metrics
 
 
-def champion(client, cfg, run_id: str) -> tuple[str, dict[str, dict]] | None:
-    """The version serving under the gate alias now, and its per-row hold-out scores by record id."""
+def champion(client, cfg, run_id: str, ft: list[dict], holdout: str | Path) -> tuple[str, dict[str, dict], int] | None:
+    """The version serving under the gate alias now, its per-row scores by record id on this run's
+    hold-out rows, and how many of those it had never been scored on (new this quarter): those
+    it answers now, through its registered model, and they are scored the same way."""
     try:
         version = client.get_model_version_by_alias(cfg.registry.model_name, cfg.gate.alias)
     except Exception:  # no registered model or no alias yet: nothing to compare with
@@ -40,8 +43,26 @@ def champion(client, cfg, run_id: str) -> tuple[str, dict[str, dict]] | None:
             return None
         table = json.loads(Path(path).read_text())
     rows = [dict(zip(table["columns"], values)) for values in table["data"]]
-    return version.version, {r["id"]: {k[len("finetuned_"):]: v for k, v in r.items() if k.startswith("finetuned_")}
-                             for r in rows}
+    scores = {r["id"]: {k[len("finetuned_"):]: v for k, v in r.items() if k.startswith("finetuned_")} for r in rows}
+    missing = [r["id"] for r in ft if r["id"] not in scores]
+    if missing:
+        scores |= _champion_answers(cfg, version, missing, holdout)
+    return version.version, scores, len(missing)
+
+
+def _champion_answers(cfg, version, ids: list[str], holdout: str | Path) -> dict[str, dict]:
+    """The champion's per-row scores on hold-out records it was never scored on."""
+    import mlflow.pyfunc
+
+    from tasks.evaluation.scoring import score
+
+    wanted = set(ids)
+    rows = [r for r in read_jsonl(holdout) if r["id"] in wanted]
+    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    # as it serves: the request's user text, its own system prompt (a multi-turn record: its last user turn)
+    answers = model.predict([[m for m in r["messages"][:-1] if m["role"] == "user"][-1]["content"] for r in rows])
+    _, per_row = score(cfg, answers, [r["messages"][-1]["content"] for r in rows])
+    return {r["id"]: {k: v[i] for k, v in per_row.items()} for i, r in enumerate(rows)}
 
 
 TEXT_COLUMNS = ("slice", "input", "reference", "baseline", "finetuned")  # what the second detector scrubs
@@ -65,9 +86,9 @@ def record_results(cfg, root: str | Path, run_id: str, run_dir: str | Path, base
     base_by_id = {r["id"]: r for r in read_jsonl(run_dir / "eval" / "baseline" / "predictions.jsonl")}
     base = [base_by_id[r["id"]] for r in ft]
     metrics = comparison_metrics(cfg, base, ft, baseline, finetuned) | slice_metrics(base, ft)
-    champ = champion(client, cfg, run_id)
+    champ = champion(client, cfg, run_id, ft, Path(root) / HOLDOUT)
     if champ:
-        metrics |= champion_metrics(cfg, ft, champ[1])
+        metrics |= champion_metrics(cfg, ft, champ[1]) | {"vs_champion/rows_answered_now": float(champ[2])}
         client.set_tag(run_id, "loragate.champion_version", champ[0])
     log_metrics(client, run_id, metrics)
     history = read_json(run_dir / "train" / "log_history.json")

@@ -70,12 +70,21 @@ def slice_metrics(base: list[dict], ft: list[dict]) -> dict[str, float]:
     return out
 
 
-def champion_metrics(cfg, ft: list[dict], champ: dict[str, dict]) -> dict[str, float]:
-    """Paired (same hold-out records) difference to the champion's fine-tuned scores."""
-    shared = [r for r in ft if r["id"] in champ]
-    out = {"vs_champion/rows": float(len(shared))}
-    for k in (k for k in PER_ROW if shared and k in shared[0] and k in champ[shared[0]["id"]]):
+def _vs_champion(cfg, prefix: str, shared: list[dict], champ: dict[str, dict], keys) -> dict[str, float]:
+    out = {f"{prefix}/rows": float(len(shared))}
+    for k in (k for k in keys if shared and k in shared[0] and k in champ[shared[0]["id"]]):
         before, after = [champ[r["id"]][k] for r in shared], [r[k] for r in shared]
-        out[f"vs_champion/{k}"] = float(np.mean(after) - np.mean(before))
-        out[f"vs_champion/{k}_ci_low"], out[f"vs_champion/{k}_ci_high"] = delta_interval(cfg, before, after)
+        out[f"{prefix}/{k}"] = float(np.mean(after) - np.mean(before))
+        out[f"{prefix}/{k}_ci_low"], out[f"{prefix}/{k}_ci_high"] = delta_interval(cfg, before, after)
+    return out
+
+
+def champion_metrics(cfg, ft: list[dict], champ: dict[str, dict]) -> dict[str, float]:
+    """Paired (same hold-out records) difference to the champion's fine-tuned scores, overall
+    (`vs_champion/<m>`) and per slice value (`slice/<value>/vs_champion/<m>`), with intervals."""
+    shared = [r for r in ft if r["id"] in champ]
+    out = _vs_champion(cfg, "vs_champion", shared, champ, PER_ROW)
+    for value in sorted({r.get("slice", "") for r in shared} - {""}):
+        rows = [r for r in shared if r.get("slice") == value]
+        out |= _vs_champion(cfg, f"slice/{_slice_name(value)}/vs_champion", rows, champ, HEADLINE)
     return out

@@ -167,7 +167,19 @@ def evaluate_checks(cfg: Config, metrics: dict[str, float], tags: dict[str, str]
             reasons.append(f"data hash of the {split} split is missing")
     if tags.get(records.COMPLIANCE_TAG) == "true":
         _memorisation_checks(cfg, metrics, reasons, values)
+    _champion_checks(cfg, metrics, reasons, values)
     return Checks(not reasons, tuple(reasons), values)
+
+
+def _champion_checks(cfg: Config, metrics: dict[str, float], reasons: list[str], values: dict[str, float]) -> None:
+    """No regression against the serving champion on the same hold-out rows, overall or in a slice:
+    each paired interval's lower bound must stay at or above -gate.max_regression_vs_champion."""
+    floor = -cfg.gate.max_regression_vs_champion
+    for key, low in sorted(metrics.items()):
+        if key.endswith("_ci_low") and "vs_champion/" in key and key.split("/")[-1][:-7] in {"rougeL", "bertscore_f1"}:
+            values[key] = low
+            if low < floor:
+                reasons.append(f"{key} {low:+.4f} < {floor:+.4f}: worse than the serving champion on the same hold-out rows")
 
 
 def _memorisation_checks(cfg: Config, metrics: dict[str, float], reasons: list[str], values: dict[str, float]) -> None:

@@ -1,0 +1,57 @@
+"""Two quarters on the tiny model, a real DVC repo, MLflow store and Prefect server: quarter 2 adds
+records; its hold-out keeps every quarter-1 hold-out record; nothing of the hold-out (or nearly
+the same) is trained on; the challenger is scored against the champion on every hold-out row
+(the champion answers the new ones now), with intervals; a regression fails the pre-check."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from flows.finetune import finetune
+from tasks.config import load_config
+from tasks.data.split import _question, near_duplicates
+from tasks.governance import gate
+from tasks.io import read_jsonl
+from tasks.tracking import client_for
+
+
+def _ids(path) -> set[str]:
+    return {r["id"] for r in read_jsonl(path)}
+
+
+@pytest.mark.slow
+def test_quarter_two_keeps_the_hold_out_and_must_not_regress_against_the_champion(workspace, prefect_server, sample):
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0}
+    params["train"] |= {"max_steps": 40}
+    params["eval"] |= {"max_examples": 0}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    q1 = finetune(str(workspace))
+    cfg = load_config(workspace / "params.yaml")
+    gate.approve(cfg, workspace, q1.model_name, q1.version, "reviewer-b", "quarter 1")
+    held_q1 = _ids(workspace / "data/splits/holdout.jsonl")
+
+    with open(workspace / "data/raw/tickets.jsonl", "a") as fh:  # quarter 2's drop
+        fh.writelines(json.dumps(r) + "\n" for r in sample[80:140])
+    params["train"] |= {"max_steps": 1}  # a challenger that learnt nothing
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    q2 = finetune(str(workspace))
+
+    holdout, train = read_jsonl(workspace / "data/splits/holdout.jsonl"), read_jsonl(workspace / "data/splits/train.jsonl")
+    assert held_q1 <= {r["id"] for r in holdout} and len(holdout) > len(held_q1)
+    assert not {r["id"] for r in holdout} & {r["id"] for r in train}
+    asked = {_question(r) for r in holdout}
+    assert not any(_question(r) in asked for r in train)
+    assert not near_duplicates(holdout, train, cfg.split.near_duplicate_threshold)
+
+    m = client_for(cfg, workspace).get_run(q2.run_id).data.metrics
+    assert m["vs_champion/rows"] == len(holdout)  # every hold-out row, old and new
+    assert m["vs_champion/rows_answered_now"] == len(holdout) - len(held_q1)
+    assert m["vs_champion/rougeL_ci_low"] <= m["vs_champion/rougeL"] <= m["vs_champion/rougeL_ci_high"]
+    assert not q2.checks.passed
+    assert any(r.startswith("vs_champion/") and "worse than the serving champion" in r for r in q2.checks.reasons), \
+        q2.checks.reasons
+    version = client_for(cfg, workspace).get_model_version(q2.model_name, q2.version)
+    assert version.tags[gate.APPROVAL_TAG] == gate.REJECTED_BY_CHECKS
