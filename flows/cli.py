@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loragate", description="Auditable LoRA/QLoRA fine-tuning pipeline.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline; ends with a model version pending approval")
-    run.add_argument("--data", help="input JSONL (sets data.raw)")
+    run.add_argument("--data", help="input JSONL, or a folder of JSONL drops (sets data.raw)")
     run.add_argument("--params", default="params.yaml", help="params file, relative to the workspace")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override a param; written into the params file, as `dvc exp run -S` does")
@@ -158,7 +158,7 @@ def _preflight(cfg, root: Path) -> None:
 
     check_compliance(cfg)  # before any data is read
     if not Path(root / cfg.data.raw).exists():
-        raise ConfigError(f"data.raw: {cfg.data.raw}: no such file")
+        raise ConfigError(f"data.raw: {cfg.data.raw}: no such file or folder")
     src = os.path.relpath(root / cfg.data.raw)
     src = src if not src.startswith("..") else str(root / cfg.data.raw)  # messages name the file as you would
     check_volume(cfg, src, [messages for _, _, messages in check(cfg, src)[1]])
@@ -192,8 +192,16 @@ def version_rows(cfg, root: Path) -> list[dict]:
     return [{"model": v.name, "version": v.version, "status": v.tags.get(APPROVAL_TAG, "unknown"),
              "aliases": sorted(by_version.get(str(v.version), [])), "run_id": v.run_id,
              "initiator": v.tags.get("loragate.initiator", ""), "base_model": v.tags.get("loragate.base_model", ""),
-             "checks": v.tags.get(CHECKS_TAG, ""), "reviewer": v.tags.get("loragate.reviewer", "")}
+             "checks": v.tags.get(CHECKS_TAG, ""), "reviewer": v.tags.get("loragate.reviewer", ""),
+             "quarter_report": _quarter_report(client, v.run_id)}
             for v in sorted(versions, key=lambda v: int(v.version))]
+
+
+def _quarter_report(client, run_id: str) -> str:
+    """Where a run's quarter-over-quarter page is, if it has one."""
+    run = client.get_run(run_id)
+    path = run.data.tags.get("loragate.quarter_report")
+    return f"{run.info.artifact_uri}/{path}" if path else ""
 
 
 def cmd_status(args) -> int:
@@ -212,6 +220,9 @@ def cmd_status(args) -> int:
     for r in rows:
         print(f"{r['model']:<20} {r['version']:>7}  {r['status']:<20} {r['checks'] or '-':<8} "
               f"{','.join(r['aliases']) or '-':<12} {r['initiator']:<16} {r['reviewer'] or '-'}")
+    for r in rows:
+        if r["quarter_report"] and r["status"] == "pending":
+            print(f"version {r['version']}: what changed since the champion: {r['quarter_report']}")
     for h in history:
         print(f"{h['time']}  alias {h['alias']}: version {h['from_version'] or '-'} -> {h['version'] or 'removed'}  "
               f"by {h['actor']} ({h['reason']})")

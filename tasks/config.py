@@ -192,8 +192,10 @@ class EvalConfig:
     labels: Strings = ()  # the label set, for task: classification
     bootstrap_resamples: StrictInt = 2000  # paired bootstrap for the 95% intervals; more = steadier bounds, slower
     confidence: Number = 0.95
+    drift_alpha: Number = 0.01  # quarter report: a drift test p-value below this flags "look at the data before approving"
 
     def __post_init__(self) -> None:
+        _check(0.0 < self.drift_alpha < 1.0, "eval.drift_alpha", "must be within (0, 1)")
         _check(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
         _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         _check(self.max_examples >= 0, "eval.max_examples", "must be >= 0")

@@ -217,8 +217,8 @@ def test_erasure_finds_a_value_and_takes_its_model_version_out_of_service(worksp
     ids = {record_id(r["messages"], record_id_key()) for r in holders}
     assert all(i in out for i in ids) and f"version {second.version}: approved (alias production)" in out
     assert f"version {first.version}:" not in out and value not in out
-    lines = {80 + n for n in range(1, len(holders) + 1)}
-    assert f"lines {', '.join(map(str, sorted(lines)))}" in out
+    places = [f"data/raw/tickets.jsonl:{80 + n}" for n in range(1, len(holders) + 1)]
+    assert f"records: {', '.join(places)}" in out
 
     assert cli(["erasure", "apply", value, "--actor", "privacy-team", "--workspace", str(workspace)]) == 0
     assert value not in raw.read_text() and len(raw.read_text().splitlines()) == 80

@@ -105,3 +105,17 @@ def test_raw_personal_data_is_never_tracked_by_git():
     tracked = subprocess.run(["git", "ls-files", str(CLEAN), "data/raw"], capture_output=True, text=True).stdout
     ignored = subprocess.run(["git", "check-ignore", "-q", str(CLEAN)]).returncode == 0
     assert tracked == "" and ignored
+
+
+def test_a_folder_of_quarterly_drops_is_read_as_their_union(tmp_path, sample):
+    drops = tmp_path / "raw"
+    drops.mkdir()
+    _write(drops / "2026Q1.jsonl", sample[:30])
+    _write(drops / "2026Q2.jsonl", sample[30:50])
+    (drops / "notes.txt").write_text("not a drop")
+    report = validate(Config(), drops, tmp_path / "clean.jsonl")
+    assert report.records_in == 50 and report.records_out == len({json.dumps(r["messages"]) for r in sample[:50]})
+    (drops / "2026Q1.jsonl").unlink()
+    (drops / "2026Q2.jsonl").unlink()
+    with pytest.raises(DataError, match="a folder without"):
+        validate(Config(), drops, tmp_path / "clean2.jsonl")

@@ -5,16 +5,20 @@ the same) is trained on; the challenger is scored against the champion on every 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import yaml
 
+from flows.cli import version_rows
 from flows.finetune import finetune
 from tasks.config import load_config
 from tasks.data.split import _question, near_duplicates
 from tasks.governance import gate
 from tasks.io import read_jsonl
 from tasks.tracking import client_for
+from tests.conftest import CHROMIUM, browser_for
 
 
 def _ids(path) -> set[str]:
@@ -22,7 +26,8 @@ def _ids(path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_quarter_two_keeps_the_hold_out_and_must_not_regress_against_the_champion(workspace, prefect_server, sample):
+def test_quarter_two_keeps_the_hold_out_and_must_not_regress_against_the_champion(workspace, prefect_server, sample,
+                                                                                   tmp_path):
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0}
     params["train"] |= {"max_steps": 40}
@@ -50,6 +55,24 @@ def test_quarter_two_keeps_the_hold_out_and_must_not_regress_against_the_champio
     assert m["vs_champion/rows"] == len(holdout)  # every hold-out row, old and new
     assert m["vs_champion/rows_answered_now"] == len(holdout) - len(held_q1)
     assert m["vs_champion/rougeL_ci_low"] <= m["vs_champion/rougeL"] <= m["vs_champion/rougeL_ci_high"]
+    client = client_for(cfg, workspace)
+    report = json.loads(Path(client.download_artifacts(q2.run_id, "quarter/report.json", str(tmp_path))).read_text())
+    changes = report["changes"]
+    assert changes["new_records"] == changes["records_now"] - changes["records_before"] > 0
+    assert changes["gone_records"] == 0 and report["champion_version"] == q1.version
+    assert m["quarter/new_records"] == changes["new_records"] and "quarter/drift_flag" in m
+    page = Path(client.download_artifacts(q2.run_id, "quarter/report.html", str(tmp_path))).read_text()
+    assert f"{changes['new_records']} new</b>" in page and len(report["changed_answers"]) > 0
+    if CHROMIUM and os.environ.get("LORAGATE_SCREENSHOT_DIR"):  # to look at it
+        (tmp_path / "quarter.html").write_text(page)
+        browser = browser_for(tmp_path)
+        browser.get((tmp_path / "quarter.html").as_uri())
+        browser.save_screenshot(str(Path(os.environ["LORAGATE_SCREENSHOT_DIR"]) / "quarter.png"))
+        browser.quit()
+    text = gate.review_description(q2.model_name, q2.version, m, q2.checks, {})
+    assert f"Since the champion: {changes['new_records']} new" in text and "quarter/report.html" in text
+    rows = {str(r["version"]): r for r in version_rows(cfg, workspace)}  # `loragate status` links it
+    assert rows[q2.version]["quarter_report"].endswith("quarter/report.html") and not rows[q1.version]["quarter_report"]
     assert not q2.checks.passed
     assert any(r.startswith("vs_champion/") and "worse than the serving champion" in r for r in q2.checks.reasons), \
         q2.checks.reasons

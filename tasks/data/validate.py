@@ -218,10 +218,22 @@ def check_volume(cfg: Config, src: str | Path, messages: list[list[dict[str, str
                         "needed to score: raise it or add data")
 
 
+def input_files(src: str | Path) -> list[Path]:
+    """data.raw as files: the file itself, or a folder's *.jsonl drops in name order (2026Q1.jsonl,
+    2026Q2.jsonl, ...): each quarter adds a file, the pipeline reads their union."""
+    src = Path(src)
+    if not src.is_dir():
+        return [src]
+    files = sorted(p for p in src.glob("*.jsonl") if p.is_file())
+    if not files:
+        raise DataError(f"{src}: a folder without *.jsonl files (data.raw may be a JSONL file or a folder of them)")
+    return files
+
+
 def check(cfg: Config, src: str | Path) -> tuple[str, list[tuple[str, Any, list[dict[str, str]]]]]:
-    """Every record of src checked and normalized in memory, nothing written: the format and
-    (where, record, messages) per line. The CLI runs this before any server starts."""
-    rows = _parse_lines(Path(src))
+    """Every record of src (a file or a folder of drops) checked and normalized in memory, nothing
+    written: the format and (where, record, messages) per line. The CLI runs this before any server starts."""
+    rows = [row for path in input_files(src) for row in _parse_lines(path)]
     fmt = cfg.data.format
     if fmt == "auto":
         first = rows[0][1] if isinstance(rows[0][1], dict) else {}

@@ -23,3 +23,9 @@ def eval_report_html(run_name: str, tags: dict[str, str], metrics: dict[str, flo
         run_name=run_name, names=names, metrics=metrics, slices=slices, setup={**tags, **metric_config},
         images={title: png_base64(fig) for title, fig in figures.items()}, columns=SAMPLE_COLUMNS, rows=rows,
         shown=shown)
+
+
+def quarter_report_html(rep: dict, run_name: str, lengths_figure, alpha: float) -> str:
+    """The quarter-over-quarter page (tasks/evaluation/quarter.py), plot embedded."""
+    return _ENV.get_template("quarter.html.j2").render(r=rep, run_name=run_name, lengths_png=png_base64(lengths_figure),
+                                                       alpha=alpha)

@@ -18,7 +18,7 @@ import mlflow
 from tasks.data.pii_guard import scrub_table
 from tasks.data.split import HOLDOUT
 from tasks.evaluation.holdout import EvalReport
-from tasks.evaluation.page import eval_report_html
+from tasks.evaluation.page import eval_report_html, quarter_report_html
 from tasks.evaluation.plots import _plt, confusion_plot, loss_plot, metric_bars
 from tasks.evaluation.stats import PER_ROW, champion_metrics, comparison_metrics, slice_metrics
 from tasks.io import read_json, read_jsonl
@@ -43,7 +43,8 @@ def champion(client, cfg, run_id: str, ft: list[dict], holdout: str | Path) -> t
             return None
         table = json.loads(Path(path).read_text())
     rows = [dict(zip(table["columns"], values)) for values in table["data"]]
-    scores = {r["id"]: {k[len("finetuned_"):]: v for k, v in r.items() if k.startswith("finetuned_")} for r in rows}
+    scores = {r["id"]: {k[len("finetuned_"):]: v for k, v in r.items() if k.startswith("finetuned_")}
+              | {"answer": r.get("finetuned", "")} for r in rows}
     missing = [r["id"] for r in ft if r["id"] not in scores]
     if missing:
         scores |= _champion_answers(cfg, version, missing, holdout)
@@ -62,10 +63,32 @@ def _champion_answers(cfg, version, ids: list[str], holdout: str | Path) -> dict
     # as it serves: the request's user text, its own system prompt (a multi-turn record: its last user turn)
     answers = model.predict([[m for m in r["messages"][:-1] if m["role"] == "user"][-1]["content"] for r in rows])
     _, per_row = score(cfg, answers, [r["messages"][-1]["content"] for r in rows])
-    return {r["id"]: {k: v[i] for k, v in per_row.items()} for i, r in enumerate(rows)}
+    return {r["id"]: {k: v[i] for k, v in per_row.items()} | {"answer": answers[i]} for i, r in enumerate(rows)}
 
 
 TEXT_COLUMNS = ("slice", "input", "reference", "baseline", "finetuned")  # what the second detector scrubs
+
+
+def record_quarter(cfg, root: Path, client, run_id: str, champ_version: str, ft: list[dict],
+                   champ: dict[str, dict]) -> dict[str, float]:
+    """The quarter-over-quarter report against the champion, logged; its metrics returned."""
+    from tasks.evaluation import quarter
+
+    mv = client.get_model_version(cfg.registry.model_name, champ_version)
+    rep = quarter.report(cfg, root, client, run_id, mv, ft, champ)
+    table, leaked = scrub_table({k: [e[k] for e in rep["changed_answers"]] for k in ("input", "champion", "challenger")},
+                                ("input", "champion", "challenger"), cfg.pii.phone_regions)
+    for i, e in enumerate(rep["changed_answers"]):  # the second detector reads them, as every text leaving for MLflow
+        e.update({k: table[k][i] for k in ("input", "champion", "challenger")})
+    fig = quarter.lengths_plot(rep.pop("_lengths"))
+    client.log_figure(run_id, fig, "plots/quarter_lengths.png")
+    page = quarter_report_html(rep, client.get_run(run_id).info.run_name, fig, cfg.eval.drift_alpha)
+    client.log_text(run_id, page, "quarter/report.html")
+    client.log_dict(run_id, rep, "quarter/report.json")
+    client.set_tag(run_id, "loragate.quarter_report", "quarter/report.html")
+    found = quarter.metrics(rep) | {"pii/residual_in_quarter_report": float(sum(leaked.values()))}
+    log_metrics(client, run_id, found)
+    return found
 
 
 def predictions_table(base: list[dict], ft: list[dict]) -> dict[str, list]:
@@ -91,11 +114,14 @@ def record_results(cfg, root: str | Path, run_id: str, run_dir: str | Path, base
         metrics |= champion_metrics(cfg, ft, champ[1]) | {"vs_champion/rows_answered_now": float(champ[2])}
         client.set_tag(run_id, "loragate.champion_version", champ[0])
     log_metrics(client, run_id, metrics)
+    if champ:
+        metrics |= record_quarter(cfg, Path(root), client, run_id, champ[0], ft, champ[1])
     history = read_json(run_dir / "train" / "log_history.json")
     log_loss_curve(client, run_id, history)
     # defense in depth: nothing the second detector recognises leaves for MLflow, whoever wrote it
     table, leaked = scrub_table(predictions_table(base, ft), TEXT_COLUMNS, cfg.pii.phone_regions)
-    log_metrics(client, run_id, {"pii/residual_in_artifacts": float(sum(leaked.values()))}
+    leaked_total = float(sum(leaked.values())) + metrics.get("pii/residual_in_quarter_report", 0.0)
+    log_metrics(client, run_id, {"pii/residual_in_artifacts": leaked_total}
                 | {f"pii/residual_in_artifacts/{k}": float(v) for k, v in leaked.items()})
     client.log_table(run_id, table, "eval/predictions.json")
     figures = {"Training loss": loss_plot(history), "Scores": metric_bars(metrics)}

@@ -123,7 +123,7 @@ build_index_task = stage_task(build_index, "erasure-index")
 @dataclass
 class Finding:
     value_key: str  # keyed hash of the value: what the audit log names it by
-    input_lines: list[int] = field(default_factory=list)  # lines of data.raw holding it
+    input_lines: list[str] = field(default_factory=list)  # FILE:LINE of data.raw's records holding it
     states: dict[str, dict] = field(default_factory=dict)  # clean hash -> {"dataset": hashes, "records": {id: split}}
     versions: list[dict] = field(default_factory=list)  # model versions built from an affected state
 
@@ -146,12 +146,12 @@ def _indexed(cfg: Config, root: Path, wanted: set[str]) -> dict[str, dict]:
     return states
 
 
-def _input_lines(cfg: Config, root: Path, wanted: set[str], key: bytes) -> list[int]:
+def _input_lines(cfg: Config, root: Path, wanted: set[str], key: bytes) -> list[str]:
     from tasks.data.validate import check
 
     _, records = check(cfg, root / cfg.data.raw)
-    return [int(where.rsplit(":", 1)[1]) for where, _, messages in records
-            if wanted <= keys(_record_text(messages), key)]
+    places = [where.rsplit(":", 1) for where, _, messages in records if wanted <= keys(_record_text(messages), key)]
+    return [f"{Path(path).relative_to(root) if Path(path).is_relative_to(root) else path}:{line}" for path, line in places]
 
 
 def find(cfg: Config, root: str | Path, value: str) -> Finding:
@@ -171,11 +171,17 @@ def find(cfg: Config, root: str | Path, value: str) -> Finding:
     return found
 
 
-def _remove_lines(path: Path, lines: list[int]) -> None:
-    drop = set(lines)
-    kept = [line for n, line in enumerate(path.read_bytes().splitlines(keepends=True), 1) if n not in drop]
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(b"".join(kept))
+def _remove_lines(root: Path, places: list[str]) -> None:
+    """Drop FILE:LINE records, each file rewritten whole or not at all."""
+    by_file: dict[str, set[int]] = {}
+    for place in places:
+        name, line = place.rsplit(":", 1)
+        by_file.setdefault(name, set()).add(int(line))
+    for name, drop in by_file.items():
+        path = root / name
+        kept = [line for n, line in enumerate(path.read_bytes().splitlines(keepends=True), 1) if n not in drop]
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"".join(kept))
 
 
 def apply(cfg: Config, root: str | Path, value: str, actor: str) -> Finding:
@@ -192,7 +198,7 @@ def apply(cfg: Config, root: str | Path, value: str, actor: str) -> Finding:
         gate.record_erasure(cfg, root, client, found.value_key, actor.strip(), len(found.input_lines),
                             cfg.data.raw, [v["version"] for v in found.versions])
         if found.input_lines:
-            _remove_lines(root / cfg.data.raw, found.input_lines)
+            _remove_lines(root, found.input_lines)
         gate.withdraw(cfg, root, cfg.registry.model_name, [v["version"] for v in found.versions], actor.strip(),
                       f"erasure request {found.value_key}")
     return found
@@ -203,7 +209,7 @@ def describe(cfg: Config, found: Finding) -> list[str]:
     if found.empty:
         return ["not found: no input record, indexed dataset version or model version holds it"]
     out = [f"value key {found.value_key} (the audit log names the request by it)",
-           f"input {cfg.data.raw}: " + (f"{len(found.input_lines)} records, lines {', '.join(map(str, found.input_lines))}"
+           f"input {cfg.data.raw}: " + (f"{len(found.input_lines)} records: {', '.join(found.input_lines)}"
                                        if found.input_lines else "no record holds it now")]
     for state, hit in found.states.items():
         d = hit["dataset"]

@@ -500,7 +500,19 @@ def review_description(model: str, version: str, metrics: dict[str, float], chec
                        if k.startswith("loragate.data."))
     return (f"## Approve {model} version {version}?\n\nInitiated by **{tags.get('loragate.initiator', '?')}**; "
             f"a different person must decide.\n\n| metric | baseline | fine-tuned | delta |\n|---|---|---|---|\n{rows}\n\n"
-            f"Pre-checks: **{'passed' if checks.passed else 'failed'}**\n\nData hashes (dvc.lock):\n{hashes}\n")
+            f"Pre-checks: **{'passed' if checks.passed else 'failed'}**\n\nData hashes (dvc.lock):\n{hashes}\n"
+            + _quarter_lines(metrics))
+
+
+def _quarter_lines(metrics: dict[str, float]) -> str:
+    """What changed since the champion, for the approval form (full page: the run's quarter/report.html)."""
+    if "quarter/new_records" not in metrics:
+        return ""
+    q = {k.removeprefix("quarter/"): int(v) if float(v).is_integer() else v for k, v in metrics.items() if k.startswith("quarter/")}
+    drift = ("**drift flagged: look at the data before approving**" if q.get("drift_flag") else "no drift flagged") \
+        if "drift_flag" in q else "drift not measured"
+    return (f"\nSince the champion: {q['new_records']} new, {q['gone_records']} gone, {q['changed_records']} changed "
+            f"records; {drift}. Quarter report: run artifact `quarter/report.html`.\n")
 
 
 def record_timeout(cfg: Config, root: str | Path, model: str, version: str, waited_s: int) -> None:

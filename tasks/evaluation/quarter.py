@@ -1,0 +1,171 @@
+"""Quarter over quarter: what changed between the serving champion and this run, for the reviewer.
+
+Logged with a run that has a champion (record-results stage): `quarter/report.html` and
+`quarter/report.json`, `plots/quarter_lengths.png`, and metrics `quarter/*`:
+- data: records new, gone and changed since the champion's data state (record ids from the two
+  states' erasure indexes; a new record sharing most of its keyed word hashes with a gone one
+  counts as changed), length spread and languages of both training sets, values masked per type;
+- drift of the new training records against the champion's training data: MMD of all-MiniLM-L6-v2
+  sentence embeddings with a permutation p-value, and a Kolmogorov-Smirnov test on lengths; either
+  below `eval.drift_alpha` sets `quarter/drift_flag` ("look at the data before approving");
+- the scores against the champion with their intervals, and the hold-out records whose answers
+  changed most (anonymized text, scrubbed again by the second detector).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.io import read_json, read_jsonl
+
+_PERMUTATIONS, _MAX_SIDE = 200, 300  # drift test cost bounds: p-values to 1/200, 300 texts a side
+
+
+def _index(path: Path) -> dict[str, set[str]]:
+    """record id -> its keyed word hashes, from an erasure index file (no text in it)."""
+    if not path.exists():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    return {row["id"]: set(row["h"]) for row in map(json.loads, lines)}
+
+
+def record_changes(before: dict[str, set[str]], now: dict[str, set[str]], similar: float = 0.6) -> dict[str, int]:
+    """New, gone and changed record counts between two data states."""
+    new, gone = set(now) - set(before), set(before) - set(now)
+    changed = set()
+    if len(new) * len(gone) <= 2_000_000:  # pairwise Jaccard; beyond this, edits count as new + gone
+        for i in new:
+            if any(len(now[i] & before[g]) / max(1, len(now[i] | before[g])) >= similar for g in gone):
+                changed.add(i)
+    return {"new_records": len(new - changed), "gone_records": len(gone) - len(changed), "changed_records": len(changed),
+            "records_before": len(before), "records_now": len(now)}
+
+
+def _user_text(row: dict) -> str:
+    return "\n".join(m["content"] for m in row["messages"] if m["role"] == "user")
+
+
+def _embed(texts: list[str], model_dir: str) -> np.ndarray:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 64):
+            batch = tok(texts[start:start + 64], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1)  # mean pooling, as the model was trained
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+    return np.concatenate(out)
+
+
+def mmd_test(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """Squared MMD (RBF kernel, median-distance bandwidth) and its permutation p-value."""
+    both = np.concatenate([a, b])
+    d2 = np.maximum(((both[:, None, :] - both[None, :, :]) ** 2).sum(-1), 0)
+    k = np.exp(-d2 / (np.median(d2[d2 > 0]) if (d2 > 0).any() else 1.0))
+    n = len(a)
+
+    def stat(idx: np.ndarray) -> float:
+        x, y = idx[:n], idx[n:]
+        return k[np.ix_(x, x)].mean() + k[np.ix_(y, y)].mean() - 2 * k[np.ix_(x, y)].mean()
+
+    rng, base = np.random.default_rng(seed), np.arange(len(both))
+    observed = stat(base)
+    exceed = sum(stat(rng.permutation(base)) >= observed for _ in range(_PERMUTATIONS))
+    return float(observed), (exceed + 1) / (_PERMUTATIONS + 1)
+
+
+def drift(cfg, new_rows: list[dict], before_rows: list[dict]) -> dict[str, float]:
+    """New training records against the champion's training data; empty when either side is too small."""
+    from scipy.stats import ks_2samp
+
+    from tasks.training.models import resolve_model
+
+    if len(new_rows) < 5 or len(before_rows) < 5:
+        return {}
+    rng = np.random.default_rng(0)
+    pick = lambda rows: [rows[i] for i in sorted(rng.choice(len(rows), min(len(rows), _MAX_SIDE), replace=False))]
+    a, b = pick(new_rows), pick(before_rows)
+    emb = _embed([_user_text(r) for r in a + b], resolve_model(cfg.eval.bertscore_model))
+    mmd, p_mmd = mmd_test(emb[:len(a)], emb[len(a):])
+    ks = ks_2samp([len(_user_text(r)) for r in new_rows], [len(_user_text(r)) for r in before_rows])
+    flag = min(p_mmd, float(ks.pvalue)) < cfg.eval.drift_alpha
+    return {"drift_mmd": mmd, "drift_mmd_p": p_mmd, "drift_length_ks": float(ks.statistic),
+            "drift_length_p": float(ks.pvalue), "drift_flag": float(flag)}
+
+
+def changed_answers(ft: list[dict], champ: dict[str, dict], shown: int = 10) -> list[dict[str, Any]]:
+    """The hold-out records whose ROUGE-L moved most between champion and challenger."""
+    rows = [r for r in ft if r["id"] in champ and "answer" in champ[r["id"]] and "rougeL" in champ[r["id"]]]
+    moved = lambda r, k: abs(r.get(k, 0.0) - champ[r["id"]].get(k, 0.0))
+    rows.sort(key=lambda r: (-moved(r, "rougeL"), -moved(r, "bertscore_f1")))
+    return [{"input": r["prompt"], "champion": champ[r["id"]]["answer"], "challenger": r["prediction"],
+             "rougeL_champion": round(champ[r["id"]]["rougeL"], 4), "rougeL_challenger": round(r["rougeL"], 4)}
+            for r in rows[:shown]]
+
+
+def dvc_cached(root: Path, md5: str) -> Path:
+    return root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def report(cfg, root: Path, client, run_id: str, champ_version, ft: list[dict], champ: dict[str, dict]) -> dict[str, Any]:
+    """The quarter-over-quarter facts (counts, distributions, drift, deltas, examples) as one dict."""
+    from tasks.governance.erasure import index_dir
+    from tasks.governance.technical_file import _spread, language
+
+    this, before = client.get_run(run_id).data, client.get_run(champ_version.run_id).data
+    idx = index_dir(cfg, root)
+    changes = record_changes(_index(idx / f"{before.tags.get('loragate.data.clean', '-')}.jsonl"),
+                             _index(idx / f"{this.tags.get('loragate.data.clean', '-')}.jsonl"))
+    cached = dvc_cached(root, before.tags.get("loragate.data.train", "--"))
+    before_train = read_jsonl(cached) if cached.exists() else []
+    train_now = read_jsonl(root / "data/splits/train.jsonl")
+    seen = {r["id"] for r in before_train}
+    new_train = [r for r in train_now if r["id"] not in seen]
+    lengths = {"before": [len(_user_text(r)) for r in before_train], "now": [len(_user_text(r)) for r in train_now]}
+    langs = {side: dict(sorted(_count(language(_user_text(r)) for r in rows).items()))
+             for side, rows in (("before", before_train), ("now", train_now))}
+    masked_now = read_json(root / "data" / "reports" / "pii.json")["entities"]  # this run's pii/* metrics come later
+    pii = {k: {"before": before.metrics.get(f"pii/{k}", 0.0), "now": float(masked_now.get(k, 0))}
+           for k in sorted(set(masked_now) | {m[4:] for m in before.metrics if m.startswith("pii/") and m.count("/") == 1
+                                                and m[4:].isupper()})}
+    return {"champion_version": str(champ_version.version), "changes": changes,
+            "new_training_records": len(new_train), "champion_train_available": bool(before_train),
+            "length_chars": {side: _spread(v) for side, v in lengths.items()}, "languages": langs,
+            "personal_data": pii, "drift": drift(cfg, new_train, before_train),
+            "vs_champion": {k: v for k, v in sorted(this.metrics.items()) if "vs_champion/" in k},
+            "changed_answers": changed_answers(ft, champ), "_lengths": lengths}
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
+
+
+def metrics(rep: dict[str, Any]) -> dict[str, float]:
+    return {f"quarter/{k}": float(v) for k, v in {**rep["changes"], **rep["drift"]}.items()}
+
+
+def lengths_plot(lengths: dict[str, list[int]]):
+    from tasks.evaluation.plots import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    top = max([*lengths["before"], *lengths["now"], 1])
+    bins = np.linspace(0, top, 30)
+    for side, colour in (("before", "tab:gray"), ("now", "tab:blue")):
+        if lengths[side]:
+            ax.hist(lengths[side], bins=bins, alpha=0.55, color=colour, density=True,
+                    label=f"{'champion' if side == 'before' else 'this run'} ({len(lengths[side])})")
+    ax.set(xlabel="characters per request", ylabel="share", title="Training requests: champion vs this run")
+    ax.legend()
+    fig.tight_layout()
+    return fig
