@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect import flow
 
 from tasks.config import check_compliance, params_for_run
-from tasks.evaluation.holdout import evaluate_task
+from tasks.evaluation.holdout import baseline_task, evaluate_task
 from tasks.evaluation.memorisation import metrics as memorisation_metrics, plant, probe_task
 from tasks.governance.erasure import build_index_task
 from tasks.governance.records import compliance_records_task
@@ -118,12 +118,13 @@ def _finetune(root: Path, params: str, wait_for_approval: bool, overrides: list[
         with _timed(timings, "resolve_model"):
             model_dir = resolve_model_task(cfg.model.base, cfg.model.cache_dir)
         with _timed(timings, "baseline_eval"):
-            baseline = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "baseline", label="baseline")
+            baseline = baseline_task(cfg, root, model_dir, data.hashes[str(HOLDOUT)], run_dir / "eval" / "baseline")
         canaries, train_file = plant(cfg, root / TRAIN, run_dir / "train") if cfg.compliance.required else (None, root / TRAIN)
         with _timed(timings, "train"):
             trained = train_task(cfg, model_dir, train_file, run_dir / "train")
         log_metrics(client_for(cfg, root), run_id, {"train/rows_over_max_length": trained.rows_over_max_length,
-                                                    "train/resumed_from_step": trained.resumed_from_step})
+                                                    "train/resumed_from_step": trained.resumed_from_step,
+                                                    "eval/baseline_reused": float(baseline.reused)})
         with _timed(timings, "finetuned_eval"):
             finetuned = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "finetuned", str(adapter),
                                       label="finetuned")

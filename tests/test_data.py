@@ -119,3 +119,12 @@ def test_a_folder_of_quarterly_drops_is_read_as_their_union(tmp_path, sample):
     (drops / "2026Q2.jsonl").unlink()
     with pytest.raises(DataError, match="a folder without"):
         validate(Config(), drops, tmp_path / "clean2.jsonl")
+
+
+def test_record_changes_tell_new_gone_and_edited_records_apart():
+    from tasks.evaluation.quarter import record_changes
+
+    words = lambda n: {f"w{i}" for i in range(n)}
+    before = {"kept": words(20), "edited-old": words(30) | {"x"}, "removed": {"a", "b", "c"}}
+    now = {"kept": words(20), "edited-new": words(30) | {"y"}, "added": {"p", "q"}}
+    assert record_changes(before, now) == {"new": ["added"], "gone": ["removed"], "changed": ["edited-new"]}

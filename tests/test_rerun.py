@@ -39,3 +39,8 @@ def test_an_unchanged_rerun_registers_nothing_and_a_train_change_skips_the_data_
     assert (workspace / "dvc.lock").read_bytes() == lock  # the data stages were not re-run
     runs = client.search_runs([client.get_experiment_by_name(cfg.registry.experiment).experiment_id])
     assert len(runs) == 2
+    first_base = (workspace / "runs" / first.run_id / "eval/baseline/predictions.jsonl").read_bytes()
+    assert (workspace / "runs" / changed.run_id / "eval/baseline/predictions.jsonl").read_bytes() == first_base
+    assert changed.metrics["baseline/rougeL"] == first.metrics["baseline/rougeL"]
+    reused = {r.info.run_id: r.data.metrics["eval/baseline_reused"] for r in runs}
+    assert reused == {first.run_id: 0.0, changed.run_id: 1.0}  # the base model was not scored again

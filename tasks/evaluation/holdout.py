@@ -17,9 +17,10 @@ import torch
 from tqdm import tqdm
 
 from tasks.config import Config, load_config
-from tasks.io import read_jsonl, write_json, write_jsonl
+from tasks.io import read_json, read_jsonl, write_json, write_jsonl
 from tasks.evaluation.scoring import metric_config, score
 from tasks.training.train import bnb_config
+from tasks.data.split import HOLDOUT as HOLDOUT_PATH
 from tasks.orchestration import stage_task
 
 
@@ -29,6 +30,7 @@ class EvalReport:
     metrics: dict[str, float]
     metric_config: dict[str, str]
     seconds: float
+    reused: bool = False  # taken from the baseline cache, not generated again
 
 
 def load_for_inference(model_dir: str, adapter_dir: str | None = None, quantization=None):
@@ -89,7 +91,33 @@ def evaluate_holdout(cfg: Config, model_dir: str, holdout: str | Path, out_dir: 
     return report
 
 
+def baseline_cached(cfg: Config, root: str | Path, model_dir: str, holdout_md5: str, out_dir: str | Path) -> EvalReport:
+    """The base model's hold-out evaluation, reused from an earlier run when the base, quantization,
+    eval params, hold-out (DVC hash) and code are the same: a run that changes only train.* does
+    not score the base model again. Cached under runs/.cache/baseline/<key>/."""
+    import hashlib
+    import json
+    import shutil
+
+    from tasks.tracking import code_digest
+
+    inputs = {"model": cfg.model.base, "quantization": cfg.to_dict()["quantization"], "eval": cfg.to_dict()["eval"],
+              "holdout": holdout_md5, "code": code_digest()}
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
+    cache, out_dir = Path(root) / "runs" / ".cache" / "baseline" / key, Path(out_dir)
+    if (cache / "metrics.json").exists():
+        shutil.copytree(cache, out_dir, dirs_exist_ok=True)
+        return EvalReport(**{**read_json(cache / "metrics.json"), "seconds": 0.0, "reused": True})
+    report = evaluate_holdout(cfg, model_dir, Path(root) / HOLDOUT_PATH, out_dir, label="baseline")
+    staging = cache.with_name(f"{key}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(out_dir, staging)
+    staging.replace(cache)  # whole or absent: a crash mid-copy leaves only the .partial folder
+    return report
+
+
 evaluate_task = stage_task(evaluate_holdout, "evaluate")
+baseline_task = stage_task(baseline_cached, "evaluate-baseline")
 
 
 if __name__ == "__main__":

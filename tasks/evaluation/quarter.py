@@ -32,16 +32,15 @@ def _index(path: Path) -> dict[str, set[str]]:
     return {row["id"]: set(row["h"]) for row in map(json.loads, lines)}
 
 
-def record_changes(before: dict[str, set[str]], now: dict[str, set[str]], similar: float = 0.6) -> dict[str, int]:
-    """New, gone and changed record counts between two data states."""
+def record_changes(before: dict[str, set[str]], now: dict[str, set[str]], similar: float = 0.6) -> dict[str, list[str]]:
+    """Ids of the records new, gone and changed (a new one sharing most keyed word hashes with a
+    gone one) between two data states."""
     new, gone = set(now) - set(before), set(before) - set(now)
-    changed = set()
-    if len(new) * len(gone) <= 2_000_000:  # pairwise Jaccard; beyond this, edits count as new + gone
-        for i in new:
-            if any(len(now[i] & before[g]) / max(1, len(now[i] | before[g])) >= similar for g in gone):
-                changed.add(i)
-    return {"new_records": len(new - changed), "gone_records": len(gone) - len(changed), "changed_records": len(changed),
-            "records_before": len(before), "records_now": len(now)}
+    jaccard = lambda a, b: len(a & b) / max(1, len(a | b))
+    pairs = [(i, g) for i in new for g in gone if jaccard(now[i], before[g]) >= similar] \
+        if len(new) * len(gone) <= 2_000_000 else []  # pairwise; beyond this, edits count as new + gone
+    changed, edited = {i for i, _ in pairs}, {g for _, g in pairs}
+    return {"new": sorted(new - changed), "gone": sorted(gone - edited), "changed": sorted(changed)}
 
 
 def _user_text(row: dict) -> str:
@@ -121,8 +120,10 @@ def report(cfg, root: Path, client, run_id: str, champ_version, ft: list[dict], 
 
     this, before = client.get_run(run_id).data, client.get_run(champ_version.run_id).data
     idx = index_dir(cfg, root)
-    changes = record_changes(_index(idx / f"{before.tags.get('loragate.data.clean', '-')}.jsonl"),
-                             _index(idx / f"{this.tags.get('loragate.data.clean', '-')}.jsonl"))
+    states = [_index(idx / f"{run.tags.get('loragate.data.clean', '-')}.jsonl") for run in (before, this)]
+    ids = record_changes(*states)
+    changes = {"new_records": len(ids["new"]), "gone_records": len(ids["gone"]), "changed_records": len(ids["changed"]),
+               "records_before": len(states[0]), "records_now": len(states[1])}
     cached = dvc_cached(root, before.tags.get("loragate.data.train", "--"))
     before_train = read_jsonl(cached) if cached.exists() else []
     train_now = read_jsonl(root / "data/splits/train.jsonl")
@@ -135,7 +136,7 @@ def report(cfg, root: Path, client, run_id: str, champ_version, ft: list[dict], 
     pii = {k: {"before": before.metrics.get(f"pii/{k}", 0.0), "now": float(masked_now.get(k, 0))}
            for k in sorted(set(masked_now) | {m[4:] for m in before.metrics if m.startswith("pii/") and m.count("/") == 1
                                                 and m[4:].isupper()})}
-    return {"champion_version": str(champ_version.version), "changes": changes,
+    return {"champion_version": str(champ_version.version), "changes": changes, "record_ids": ids,
             "new_training_records": len(new_train), "champion_train_available": bool(before_train),
             "length_chars": {side: _spread(v) for side, v in lengths.items()}, "languages": langs,
             "personal_data": pii, "drift": drift(cfg, new_train, before_train),
