@@ -78,3 +78,9 @@ def test_quarter_two_keeps_the_hold_out_and_must_not_regress_against_the_champio
         q2.checks.reasons
     version = client_for(cfg, workspace).get_model_version(q2.model_name, q2.version)
     assert version.tags[gate.APPROVAL_TAG] == gate.REJECTED_BY_CHECKS
+    assert m["split/ever_held_out_in_train"] == 0
+
+    params["split"] = {"holdout_fraction": 0.08}  # a smaller hold-out would train on records held out before
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    q3 = finetune(str(workspace))
+    assert any("were in an earlier hold-out" in r for r in q3.checks.reasons), q3.checks.reasons

@@ -43,6 +43,20 @@ def record_changes(before: dict[str, set[str]], now: dict[str, set[str]], simila
     return {"new": sorted(new - changed), "gone": sorted(gone - edited), "changed": sorted(changed)}
 
 
+def ever_held_out(cfg, root: Path, current_state: str) -> set[str]:
+    """Ids every earlier data state (indexed, same split.salt) kept in its hold-out: none of them
+    may be trained on, whatever split.holdout_fraction says now. A new salt is a deliberate re-draw."""
+    from tasks.governance.erasure import index_dir
+
+    held: set[str] = set()
+    for path in index_dir(cfg, root).glob("*.jsonl"):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        header = json.loads(lines[0])
+        if header["state"].get("clean") != current_state and header.get("salt", cfg.split.salt) == cfg.split.salt:
+            held |= {row["id"] for row in map(json.loads, lines[1:]) if row["split"] == "holdout"}
+    return held
+
+
 def _user_text(row: dict) -> str:
     return "\n".join(m["content"] for m in row["messages"] if m["role"] == "user")
 

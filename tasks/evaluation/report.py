@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 
 from tasks.data.pii_guard import scrub_table
-from tasks.data.split import HOLDOUT
+from tasks.data.split import HOLDOUT, TRAIN
 from tasks.evaluation.holdout import EvalReport
 from tasks.evaluation.page import eval_report_html, quarter_report_html
 from tasks.evaluation.plots import _plt, confusion_plot, loss_plot, metric_bars
@@ -69,6 +69,13 @@ def _champion_answers(cfg, version, ids: list[str], holdout: str | Path) -> dict
 TEXT_COLUMNS = ("slice", "input", "reference", "baseline", "finetuned")  # what the second detector scrubs
 
 
+def _ever_held_in_train(cfg, root: Path, client, run_id: str) -> int:
+    from tasks.evaluation.quarter import ever_held_out
+
+    held = ever_held_out(cfg, root, client.get_run(run_id).data.tags.get("loragate.data.clean", ""))
+    return len(held & {r["id"] for r in read_jsonl(root / TRAIN)}) if held else 0
+
+
 def record_quarter(cfg, root: Path, client, run_id: str, champ_version: str, ft: list[dict],
                    champ: dict[str, dict]) -> dict[str, float]:
     """The quarter-over-quarter report against the champion, logged; its metrics returned."""
@@ -113,6 +120,7 @@ def record_results(cfg, root: str | Path, run_id: str, run_dir: str | Path, base
     if champ:
         metrics |= champion_metrics(cfg, ft, champ[1]) | {"vs_champion/rows_answered_now": float(champ[2])}
         client.set_tag(run_id, "loragate.champion_version", champ[0])
+    metrics["split/ever_held_out_in_train"] = float(_ever_held_in_train(cfg, Path(root), client, run_id))
     log_metrics(client, run_id, metrics)
     if champ:
         metrics |= record_quarter(cfg, Path(root), client, run_id, champ[0], ft, champ[1])

@@ -110,7 +110,7 @@ def build_index(cfg: Config, root: str | Path, hashes: dict[str, str]) -> Path:
         side |= {r["id"]: name for r in read_jsonl(root / path)}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps({"state": state}, sort_keys=True) + "\n")
+        fh.write(json.dumps({"state": state, "salt": cfg.split.salt}, sort_keys=True) + "\n")
         for r in tqdm(read_jsonl(root / "data/interim/clean.jsonl"), desc="erasure index", unit="record"):
             fh.write(json.dumps({"id": r["id"], "split": side.get(r["id"], "left out"),
                                  "h": sorted(keys(_record_text(r["messages"]), key))}) + "\n")

@@ -165,6 +165,9 @@ def evaluate_checks(cfg: Config, metrics: dict[str, float], tags: dict[str, str]
     for split in ("train", "holdout"):
         if not tags.get(f"loragate.data.{split}"):
             reasons.append(f"data hash of the {split} split is missing")
+    if (moved := metrics.get("split/ever_held_out_in_train", 0)) > 0:
+        reasons.append(f"{int(moved)} training records were in an earlier hold-out (split.holdout_fraction lowered?): "
+                       "scores would no longer compare across quarters; change split.salt to re-draw on purpose")
     if tags.get(records.COMPLIANCE_TAG) == "true":
         _memorisation_checks(cfg, metrics, reasons, values)
     _champion_checks(cfg, metrics, reasons, values)
