@@ -20,8 +20,8 @@ from tasks.governance.erasure import build_index_task
 from tasks.governance.records import compliance_records_task
 from tasks.data.validate import system_prompt
 from flows.approve import await_decision
-from tasks.governance.gate import (APPROVAL_TAG, CHECKS_TAG, Checks, Decision, record_run_resumed, record_run_started, review_description,
-                                   run_checks_task)
+from tasks.governance.gate import (APPROVAL_TAG, CHECKS_TAG, Checks, Decision, record_run_resumed, record_run_started,
+                                   review_description, run_checks_task)
 from tasks.training.models import resolve_model_task
 from tasks.governance.register import register_task, serving_base
 from tasks.evaluation.report import record_results_task
@@ -90,6 +90,39 @@ def existing_summary(cfg, root: Path, version) -> RunSummary:
                            "the same data, params and code; nothing ran, nothing was registered")
 
 
+def _stages(cfg, root: Path, data, run_id: str, run_dir: Path, timings: dict[str, float]):
+    """Baseline, training, fine-tuned eval (and on a compliance run the memorisation probe and the
+    records), MLflow, registration, pre-checks: the run's work after its data is versioned."""
+    write_json(run_dir / "params.json", cfg.to_dict())  # the resolved params stay with the run
+    client, adapter, compliance = client_for(cfg, root), run_dir / "train" / "adapter", cfg.compliance.required
+    client.log_dict(run_id, cfg.to_dict(), "params.json")
+    with _timed(timings, "resolve_model"):
+        model_dir = resolve_model_task(cfg.model.base, cfg.model.cache_dir)
+    with _timed(timings, "baseline_eval"):
+        baseline = baseline_task(cfg, root, model_dir, data.hashes[str(HOLDOUT)], run_dir / "eval" / "baseline")
+    canaries, train_file = plant(cfg, root / TRAIN, run_dir / "train") if compliance else (None, root / TRAIN)
+    with _timed(timings, "train"):
+        trained = train_task(cfg, model_dir, train_file, run_dir / "train")
+    log_metrics(client, run_id, {"train/rows_over_max_length": trained.rows_over_max_length,
+                                 "train/resumed_from_step": trained.resumed_from_step,
+                                 "eval/baseline_reused": float(baseline.reused)})
+    with _timed(timings, "finetuned_eval"):
+        finetuned = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "finetuned", str(adapter),
+                                  label="finetuned")
+    if compliance:
+        with _timed(timings, "memorisation_probe"):
+            probed = probe_task(cfg, model_dir, str(adapter), train_file, canaries, run_dir / "eval" / "memorisation.json")
+        log_metrics(client, run_id, memorisation_metrics(probed))
+    with _timed(timings, "record_and_register"):
+        metrics = record_results_task(cfg, root, run_id, run_dir, baseline, finetuned, root / "data" / "reports")
+        reg = register_task(cfg, root, run_id, adapter, data.hashes, system_prompt(root / HOLDOUT))
+        checks = run_checks_task(cfg, root, reg.model_name, reg.version)
+    log_metrics(client, run_id, timings)
+    if compliance:  # after the timings: the technical file reports them
+        compliance_records_task(cfg, root, reg.model_name, reg.version, model_dir)
+    return metrics, reg, checks
+
+
 @flow(name="loragate-finetune")  # log_prints would log dill's captured bytecode dumps
 def finetune(workspace: str = ".", params: str = "params.yaml", wait_for_approval: bool = False,
              overrides: list[str] | None = None, resume: str | None = None) -> RunSummary:
@@ -110,35 +143,9 @@ def _finetune(root: Path, params: str, wait_for_approval: bool, overrides: list[
     if not resume and (built := built_version(cfg, root, run_key(cfg, data.hashes))):
         return existing_summary(cfg, root, built)
     run_id = _open_run(cfg, root, data, resume)
+    run_dir = root / "runs" / run_id
     try:
-        run_dir = root / "runs" / run_id
-        write_json(run_dir / "params.json", cfg.to_dict())  # the resolved params stay with the run
-        client_for(cfg, root).log_dict(run_id, cfg.to_dict(), "params.json")
-        adapter = run_dir / "train" / "adapter"
-        with _timed(timings, "resolve_model"):
-            model_dir = resolve_model_task(cfg.model.base, cfg.model.cache_dir)
-        with _timed(timings, "baseline_eval"):
-            baseline = baseline_task(cfg, root, model_dir, data.hashes[str(HOLDOUT)], run_dir / "eval" / "baseline")
-        canaries, train_file = plant(cfg, root / TRAIN, run_dir / "train") if cfg.compliance.required else (None, root / TRAIN)
-        with _timed(timings, "train"):
-            trained = train_task(cfg, model_dir, train_file, run_dir / "train")
-        log_metrics(client_for(cfg, root), run_id, {"train/rows_over_max_length": trained.rows_over_max_length,
-                                                    "train/resumed_from_step": trained.resumed_from_step,
-                                                    "eval/baseline_reused": float(baseline.reused)})
-        with _timed(timings, "finetuned_eval"):
-            finetuned = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "finetuned", str(adapter),
-                                      label="finetuned")
-        if cfg.compliance.required:
-            with _timed(timings, "memorisation_probe"):
-                probed = probe_task(cfg, model_dir, str(adapter), train_file, canaries, run_dir / "eval" / "memorisation.json")
-            log_metrics(client_for(cfg, root), run_id, memorisation_metrics(probed))
-        with _timed(timings, "record_and_register"):
-            metrics = record_results_task(cfg, root, run_id, run_dir, baseline, finetuned, root / "data" / "reports")
-            reg = register_task(cfg, root, run_id, adapter, data.hashes, system_prompt(root / HOLDOUT))
-            checks = run_checks_task(cfg, root, reg.model_name, reg.version)
-        log_metrics(client_for(cfg, root), run_id, timings)
-        if cfg.compliance.required:  # after the timings: the technical file reports them
-            compliance_records_task(cfg, root, reg.model_name, reg.version, model_dir)
+        metrics, reg, checks = _stages(cfg, root, data, run_id, run_dir, timings)
     except BaseException:
         finish(client_for(cfg, root), run_id, ok=False)
         raise
