@@ -9,6 +9,7 @@
     loragate dpia show MODEL VERSION | sign MODEL VERSION --dpo NAME --opinion TEXT [--advice approve]
     loragate erasure find VALUE | apply VALUE --actor NAME     # VALUE '-': read from stdin (kept out of shell history)
     loragate schedule [--cron CRON] [--serve]   # a Prefect deployment retraining on a cron (default: quarterly)
+    loragate export MODEL VERSION|@ALIAS [--format adapter|merged] [--out DIR]   # approved versions only
     loragate doctor                # packages, models, disk, MLflow store, Prefect API, GPU: each problem with its fix
     loragate ui [--port 5000]      # MLflow UI on 127.0.0.1 for the local store
 """
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     sch = _with_store(sub.add_parser("schedule", help="create or update the retraining deployment (params schedule:)"))
     sch.add_argument("--cron", help="when to run (sets schedule.cron), e.g. '0 2 1 1,4,7,10 *'")
     sch.add_argument("--serve", action="store_true", help="also run it from this process when due (blocks)")
+    exp = _with_store(sub.add_parser("export", help="an approved version as a PEFT adapter folder or a merged HF model"))
+    exp.add_argument("model")
+    exp.add_argument("version", help="a version number or @alias (e.g. @production)")
+    exp.add_argument("--format", default="adapter", choices=["adapter", "merged"])
+    exp.add_argument("--out", help="folder to write (default: exports/MODEL-vN-FORMAT in the workspace)")
     era = sub.add_parser("erasure", help="GDPR Art. 17: where a personal value went, and its removal")
     era_sub = era.add_subparsers(dest="erasure_command", required=True)
     find = _with_store(era_sub.add_parser("find", help="input records, dataset versions and model versions holding VALUE"))
@@ -289,6 +295,16 @@ def cmd_schedule(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from tasks.governance.export import export
+
+    root = Path(args.workspace).resolve()
+    done = export(load_config(root / args.params), root, args.model, args.version, args.format, args.out)
+    checked = f"; answers equal base + adapter on {done.checked_prompts} hold-out prompts" if done.checked_prompts else ""
+    print(f"{done.model} version {done.version} exported as {done.format} to {done.out} ({len(done.files)} files{checked})")
+    return 0
+
+
 def cmd_erasure(args) -> int:
     from tasks.governance import erasure
 
@@ -380,6 +396,7 @@ def _quiet_expected(expected: tuple[type, ...]):
 def main(argv: list[str] | None = None) -> int:
     from tasks.governance.gate import GateError
     from tasks.governance.erasure import ErasureError
+    from tasks.governance.export import ExportError
     from tasks.governance.records import RecordError
     from tasks.io import DiskFull
     from tasks.orchestration import WorkspaceBusy
@@ -388,9 +405,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     commands = {"run": cmd_run, "status": cmd_status, "approve": cmd_decide, "reject": cmd_decide,
-                "rollback": cmd_decide, "audit": cmd_audit, "dpia": cmd_dpia, "erasure": cmd_erasure, "schedule": cmd_schedule, "ui": cmd_ui, "doctor": cmd_doctor}
+                "rollback": cmd_decide, "audit": cmd_audit, "dpia": cmd_dpia, "erasure": cmd_erasure, "schedule": cmd_schedule,
+                "export": cmd_export, "ui": cmd_ui, "doctor": cmd_doctor}
     expected = (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy, DiskFull,
-                OverlongRows, RecordError, ErasureError)
+                OverlongRows, RecordError, ErasureError, ExportError)
     try:
         with _quiet_expected((*expected, DataError)):
             return commands[args.command](args)

@@ -1,0 +1,53 @@
+"""Export of approved versions: the adapter folder and the merged model of a real tiny-model run;
+the merged model answers as base + adapter does; a pending version is refused."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.cli import main as cli
+from flows.finetune import finetune
+from tasks.config import load_config
+from tasks.governance import audit, gate
+
+
+@pytest.mark.slow
+def test_an_approved_version_exports_as_adapter_and_merged_and_a_pending_one_is_refused(workspace, prefect_server,
+                                                                                       capfd):
+    from tasks.evaluation.holdout import generate, load_for_inference
+
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    run = finetune(str(workspace))
+    cfg = load_config(workspace / "params.yaml")
+    ws = ["--workspace", str(workspace)]
+
+    assert cli(["export", run.model_name, run.version, *ws]) == 2  # pending
+    assert "only approved versions are exported" in capfd.readouterr().err
+    gate.approve(cfg, workspace, run.model_name, run.version, "reviewer-b", "ok")
+
+    assert cli(["export", run.model_name, "@production", *ws]) == 0
+    adapter = workspace / "exports" / f"{run.model_name}-v{run.version}-adapter"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    readme = (adapter / "README.md").read_text()
+    assert cfg.model.base in readme and "sha256" in readme and "--enable-lora" in readme
+
+    merged = workspace / "merged"
+    assert cli(["export", run.model_name, run.version, "--format", "merged", "--out", str(merged), *ws]) == 0
+    assert "answers equal base + adapter on" in capfd.readouterr().out
+    assert (merged / "model.safetensors").exists() and not (merged / "adapter_config.json").exists()
+    rows = [json.loads(x) for x in (workspace / "data/splits/holdout.jsonl").read_text().splitlines()[:5]]
+    prompts = [r["messages"][:-1] for r in rows]
+    direct = generate(*load_for_inference(cfg.model.base, str(Path(run.run_dir) / "train" / "adapter")), prompts, 12, 8)
+    assert generate(*load_for_inference(str(merged)), prompts, 12, 8) == direct
+
+    exported = [e for e in audit.read(gate.audit_path(cfg, workspace)) if e.event == "exported"]
+    assert [e.data["format"] for e in exported] == ["adapter", "merged"]
+    assert exported[1].data["files"]["model.safetensors"] == __import__("hashlib").sha256(
+        (merged / "model.safetensors").read_bytes()).hexdigest()
+    assert cli(["export", run.model_name, run.version, "--format", "merged", "--out", str(merged), *ws]) == 2  # not empty
+    assert gate.verify(cfg, workspace) == []
