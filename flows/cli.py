@@ -9,7 +9,7 @@
     loragate dpia show MODEL VERSION | sign MODEL VERSION --dpo NAME --opinion TEXT [--advice approve]
     loragate erasure find VALUE | apply VALUE --actor NAME     # VALUE '-': read from stdin (kept out of shell history)
     loragate schedule [--cron CRON] [--serve]   # a Prefect deployment retraining on a cron (default: quarterly)
-    loragate export MODEL VERSION|@ALIAS [--format adapter|merged] [--out DIR]   # approved versions only
+    loragate export MODEL VERSION|@ALIAS [--format adapter|merged|gguf] [--out DIR]   # approved versions only
     loragate doctor                # packages, models, disk, MLflow store, Prefect API, GPU: each problem with its fix
     loragate ui [--port 5000]      # MLflow UI on 127.0.0.1 for the local store
 """
@@ -76,10 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     sch = _with_store(sub.add_parser("schedule", help="create or update the retraining deployment (params schedule:)"))
     sch.add_argument("--cron", help="when to run (sets schedule.cron), e.g. '0 2 1 1,4,7,10 *'")
     sch.add_argument("--serve", action="store_true", help="also run it from this process when due (blocks)")
-    exp = _with_store(sub.add_parser("export", help="an approved version as a PEFT adapter folder or a merged HF model"))
+    exp = _with_store(sub.add_parser("export", help="an approved version as a PEFT adapter folder, a merged HF model or a GGUF file"))
     exp.add_argument("model")
     exp.add_argument("version", help="a version number or @alias (e.g. @production)")
-    exp.add_argument("--format", default="adapter", choices=["adapter", "merged"])
+    exp.add_argument("--format", default="adapter", choices=["adapter", "merged", "gguf"])
     exp.add_argument("--out", help="folder to write (default: exports/MODEL-vN-FORMAT in the workspace)")
     era = sub.add_parser("erasure", help="GDPR Art. 17: where a personal value went, and its removal")
     era_sub = era.add_subparsers(dest="erasure_command", required=True)

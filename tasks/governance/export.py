@@ -1,6 +1,6 @@
 """Export an approved model version for serving outside MLflow.
 
-    loragate export MODEL VERSION|@ALIAS [--format adapter|merged] [--out DIR]
+    loragate export MODEL VERSION|@ALIAS [--format adapter|merged|gguf] [--out DIR]
 
 - adapter: the PEFT adapter folder as vLLM (`--enable-lora --lora-modules name=DIR`) and Ollama
   (`ADAPTER DIR`) load it, with a README naming the exact base model and its weights' sha256 (a
@@ -8,7 +8,11 @@
 - merged: the adapter merged into the full-precision base (merge_and_unload), a plain Hugging Face
   folder in safetensors; for a QLoRA version the merge is into the 16-bit base, not the 4-bit one it
   was scored on, and the README says so. The export checks that the merged model's greedy answers
-  equal base + adapter on up to 20 hold-out prompts, and refuses otherwise.
+  equal base + adapter on up to 20 hold-out prompts, and refuses otherwise;
+- gguf: the merged model as one float32 GGUF file for llama.cpp / Ollama (`FROM ./model.gguf`),
+  written with the `gguf` package for Llama-architecture models (SmolLM2 among them; any other
+  architecture is refused in one line), read back with transformers and checked to answer the
+  hold-out prompts as the merged model does.
 
 Only approved versions leave (anything else is refused in one line); the folder is written beside
 DIR and renamed into place whole; each export is an audit entry with the sha256 of every file.
@@ -28,7 +32,7 @@ from tasks.governance import gate
 from tasks.governance.records import weights_sha256
 from tasks.tracking import client_for, initiator
 
-FORMATS = ("adapter", "merged")
+FORMATS = ("adapter", "merged", "gguf")
 CHECK_PROMPTS = 20
 
 
@@ -74,8 +78,11 @@ def _readme(mv, config: dict, fmt: str, base_dir: str) -> str:
         lines += ["Load it on exactly this base: another base loads without error and answers wrongly.",
                   "vLLM: `vllm serve BASE --enable-lora --lora-modules loragate=THIS_DIR`",
                   "Ollama Modelfile: `FROM BASE` and `ADAPTER THIS_DIR`."]
-    else:
+    elif fmt == "merged":
         lines += ["The adapter merged into the full-precision base: a standard Hugging Face folder."]
+    else:
+        lines += ["The adapter merged into the full-precision base, as one float32 GGUF file.",
+                  "Ollama: `ollama create NAME -f Modelfile`; llama.cpp: `llama-cli -m model.gguf`."]
     if quant:
         lines += ["", f"Scored and approved on the {quant['quant_type']} 4-bit base (QLoRA); "
                   + ("this merge is into the 16-bit base, so its answers can differ slightly from the approved ones."
@@ -92,22 +99,93 @@ def _merge(base_dir: str, adapter_dir: Path, dst: Path) -> None:
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(dst)
 
 
-def _check_merged(base_dir: str, adapter_dir: Path, merged: Path, holdout: Path) -> int:
-    """Greedy answers of the merged folder against base + adapter on hold-out prompts; the count checked."""
-    from tasks.evaluation.holdout import generate, load_for_inference
+def _same_answers(reference, candidate, holdout: Path, what: str) -> int:
+    """Greedy answers of two (model, tokenizer) pairs on hold-out prompts; ExportError when any differs."""
+    from tasks.evaluation.holdout import generate
     from tasks.io import read_jsonl
 
-    rows = read_jsonl(holdout)[:CHECK_PROMPTS] if holdout.exists() else []
-    prompts = [r["messages"][:-1] for r in rows]
+    prompts = [r["messages"][:-1] for r in (read_jsonl(holdout)[:CHECK_PROMPTS] if holdout.exists() else [])]
     if not prompts:
-        raise ExportError(f"{holdout}: no hold-out prompts to check the merged model against")
-    want = generate(*load_for_inference(base_dir, str(adapter_dir)), prompts, 40, 8, "check base+adapter")
-    got = generate(*load_for_inference(str(merged)), prompts, 40, 8, "check merged")
-    differ = sum(a != b for a, b in zip(want, got))
+        raise ExportError(f"{holdout}: no hold-out prompts to check the {what} against")
+    want = generate(*reference, prompts, 40, 8, "check reference")
+    differ = sum(a != b for a, b in zip(want, generate(*candidate, prompts, 40, 8, f"check {what}")))
     if differ:
-        raise ExportError(f"merged model answers {differ} of {len(prompts)} hold-out prompts differently from "
-                          "base + adapter: not exported")
+        raise ExportError(f"the {what} answers {differ} of {len(prompts)} hold-out prompts differently: not exported")
     return len(prompts)
+
+
+def _permute(w, n_head: int, n_kv: int):
+    """q/k rows in llama.cpp's rotary layout (transformers reverses it when it reads a GGUF)."""
+    n = n_kv if n_kv and n_head != n_kv else n_head
+    return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(merged: Path, dst: Path) -> None:
+    """A float32 GGUF of a Llama-architecture Hugging Face folder: hyper-parameters, the BPE
+    tokenizer (tokens, types, merges, special ids, chat template) and every tensor by GGUF name."""
+    import gguf
+    import numpy as np
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(merged)
+    if cfg.model_type != "llama":
+        raise ExportError(f"--format gguf: {cfg.model_type} models cannot be mapped here (Llama-architecture models "
+                          "only); export --format merged and convert with llama.cpp")
+    tok, writer = AutoTokenizer.from_pretrained(merged), gguf.GGUFWriter(str(dst), "llama")
+    _gguf_header(writer, cfg, tok)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    for name, t in AutoModelForCausalLM.from_pretrained(merged, dtype="float32").state_dict().items():
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        a = t.detach().float().numpy()
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            a = _permute(a, cfg.num_attention_heads, cfg.num_key_value_heads if "k_proj" in name else cfg.num_attention_heads)
+        writer.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(a))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _gguf_header(writer, cfg, tok) -> None:
+    import json
+
+    import gguf
+
+    theta = getattr(cfg, "rope_theta", None) or (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(float(theta))
+    writer.add_rope_dimension_count(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    vocab, special = {i: t for t, i in tok.get_vocab().items()}, set(tok.all_special_ids) | set(tok.added_tokens_decoder)
+    merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([vocab.get(i, f"[PAD{i}]") for i in range(cfg.vocab_size)])
+    writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(cfg.vocab_size)])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    for kind in ("bos", "eos", "pad"):
+        if getattr(tok, f"{kind}_token_id") is not None:
+            getattr(writer, f"add_{kind}_token_id")(getattr(tok, f"{kind}_token_id"))
+    if tok.chat_template:
+        writer.add_chat_template(tok.chat_template)
+
+
+def _load_gguf(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="float32").eval(), tok
 
 
 def export(cfg: Config, root: str | Path, model: str, ref: str, fmt: str = "adapter", out: str | Path | None = None,
@@ -115,6 +193,7 @@ def export(cfg: Config, root: str | Path, model: str, ref: str, fmt: str = "adap
     import mlflow.artifacts
 
     from tasks.data.split import HOLDOUT
+    from tasks.evaluation.holdout import load_for_inference
     from tasks.training.models import resolve_model
 
     if fmt not in FORMATS:
@@ -129,12 +208,20 @@ def export(cfg: Config, root: str | Path, model: str, ref: str, fmt: str = "adap
         pyfunc = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model}/{mv.version}", dst_path=tmp))
         config = yaml.safe_load((pyfunc / "MLmodel").read_text())["flavors"]["python_function"]["config"]
         adapter, base = pyfunc / "artifacts" / "adapter", resolve_model(config["base_model"], cfg.model.cache_dir)
-        staging, checked = Path(tmp) / "out", 0
+        staging, checked, holdout = Path(tmp) / "out", 0, Path(holdout or root / HOLDOUT)
         if fmt == "adapter":
             shutil.copytree(adapter, staging)
         else:
-            _merge(base, adapter, staging)
-            checked = _check_merged(base, adapter, staging, Path(holdout or root / HOLDOUT))
+            merged = Path(tmp) / "merged" if fmt == "gguf" else staging
+            _merge(base, adapter, merged)
+            checked = _same_answers(load_for_inference(base, str(adapter)), load_for_inference(str(merged)), holdout,
+                                    "merged model")
+        if fmt == "gguf":
+            staging.mkdir()
+            write_gguf(merged, staging / "model.gguf")
+            checked = _same_answers(load_for_inference(str(merged)), _load_gguf(staging / "model.gguf"), holdout,
+                                    "GGUF file read back")
+            (staging / "Modelfile").write_text("FROM ./model.gguf\n")
         (staging / "README.md").write_text(_readme(mv, config, fmt, base))
         files = {str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         if out.exists():
