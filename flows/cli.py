@@ -10,6 +10,7 @@
     loragate erasure find VALUE | apply VALUE --actor NAME     # VALUE '-': read from stdin (kept out of shell history)
     loragate schedule [--cron CRON] [--serve]   # a Prefect deployment retraining on a cron (default: quarterly)
     loragate export MODEL VERSION|@ALIAS [--format adapter|merged|gguf] [--out DIR]   # approved versions only
+    loragate serve [MODEL@ALIAS] [--port 8080]   # MLflow's model server for the alias holder; requests logged anonymized
     loragate doctor                # packages, models, disk, MLflow store, Prefect API, GPU: each problem with its fix
     loragate ui [--port 5000]      # MLflow UI on 127.0.0.1 for the local store
 """
@@ -81,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("version", help="a version number or @alias (e.g. @production)")
     exp.add_argument("--format", default="adapter", choices=["adapter", "merged", "gguf"])
     exp.add_argument("--out", help="folder to write (default: exports/MODEL-vN-FORMAT in the workspace)")
+    srv = _with_store(sub.add_parser("serve", help="serve the version the serving alias points at on 127.0.0.1"))
+    srv.add_argument("ref", nargs="?", help="MODEL@ALIAS (default: registry.model_name@gate.alias)")
+    srv.add_argument("--port", type=int, default=8080)
     era = sub.add_parser("erasure", help="GDPR Art. 17: where a personal value went, and its removal")
     era_sub = era.add_subparsers(dest="erasure_command", required=True)
     find = _with_store(era_sub.add_parser("find", help="input records, dataset versions and model versions holding VALUE"))
@@ -305,6 +309,21 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import subprocess
+
+    from tasks.governance.serve import serve_command
+
+    root = Path(args.workspace).resolve()
+    cmd, env, version = serve_command(load_config(root / args.params), root, args.ref, args.port, args.params)
+    print(f"serving version {version} on http://127.0.0.1:{args.port}/invocations (requests logged anonymized to "
+          f"{env['LORAGATE_REQUEST_LOG']}); Ctrl-C stops", flush=True)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_erasure(args) -> int:
     from tasks.governance import erasure
 
@@ -406,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"run": cmd_run, "status": cmd_status, "approve": cmd_decide, "reject": cmd_decide,
                 "rollback": cmd_decide, "audit": cmd_audit, "dpia": cmd_dpia, "erasure": cmd_erasure, "schedule": cmd_schedule,
-                "export": cmd_export, "ui": cmd_ui, "doctor": cmd_doctor}
+                "export": cmd_export, "serve": cmd_serve, "ui": cmd_ui, "doctor": cmd_doctor}
     expected = (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy, DiskFull,
                 OverlongRows, RecordError, ErasureError, ExportError)
     try:
