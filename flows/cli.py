@@ -11,6 +11,7 @@
     loragate schedule [--cron CRON] [--serve]   # a Prefect deployment retraining on a cron (default: quarterly)
     loragate export MODEL VERSION|@ALIAS [--format adapter|merged|gguf] [--out DIR]   # approved versions only
     loragate serve [MODEL@ALIAS] [--port 8080]   # MLflow's model server for the alias holder; requests logged anonymized
+    loragate drift [--since DATE]     # served requests vs the serving version's training data
     loragate doctor                # packages, models, disk, MLflow store, Prefect API, GPU: each problem with its fix
     loragate ui [--port 5000]      # MLflow UI on 127.0.0.1 for the local store
 """
@@ -85,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     srv = _with_store(sub.add_parser("serve", help="serve the version the serving alias points at on 127.0.0.1"))
     srv.add_argument("ref", nargs="?", help="MODEL@ALIAS (default: registry.model_name@gate.alias)")
     srv.add_argument("--port", type=int, default=8080)
+    dri = _with_store(sub.add_parser("drift", help="served requests against the serving version's training data"))
+    dri.add_argument("--since", help="only requests logged from this date/time on (ISO, e.g. 2026-10-01)")
     era = sub.add_parser("erasure", help="GDPR Art. 17: where a personal value went, and its removal")
     era_sub = era.add_subparsers(dest="erasure_command", required=True)
     find = _with_store(era_sub.add_parser("find", help="input records, dataset versions and model versions holding VALUE"))
@@ -324,6 +327,17 @@ def cmd_serve(args) -> int:
         return 0
 
 
+def cmd_drift(args) -> int:
+    from tasks.evaluation.drift import drift
+
+    root = Path(args.workspace).resolve()
+    r = drift(load_config(root / args.params), root, args.since)
+    print(f"version {r.version}: {r.requests} requests vs {r.training_examples} training examples; embedding MMD "
+          f"{r.mmd:.4f} (p {r.mmd_p:.3f}), length KS {r.length_ks:.3f} (p {r.length_p:.3f}), far {r.far_share:.1%}: "
+          f"{'RETRAIN RECOMMENDED' if r.retrain_recommended else 'no drift beyond the thresholds'} (MLflow run {r.run_id})")
+    return 0
+
+
 def cmd_erasure(args) -> int:
     from tasks.governance import erasure
 
@@ -415,6 +429,7 @@ def _quiet_expected(expected: tuple[type, ...]):
 def main(argv: list[str] | None = None) -> int:
     from tasks.governance.gate import GateError
     from tasks.governance.erasure import ErasureError
+    from tasks.evaluation.drift import DriftError
     from tasks.governance.export import ExportError
     from tasks.governance.records import RecordError
     from tasks.io import DiskFull
@@ -425,9 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"run": cmd_run, "status": cmd_status, "approve": cmd_decide, "reject": cmd_decide,
                 "rollback": cmd_decide, "audit": cmd_audit, "dpia": cmd_dpia, "erasure": cmd_erasure, "schedule": cmd_schedule,
-                "export": cmd_export, "serve": cmd_serve, "ui": cmd_ui, "doctor": cmd_doctor}
+                "export": cmd_export, "serve": cmd_serve, "drift": cmd_drift, "ui": cmd_ui, "doctor": cmd_doctor}
     expected = (ConfigError, ModelNotFound, StageFailed, GateError, ResumeError, NotResumable, WorkspaceBusy, DiskFull,
-                OverlongRows, RecordError, ErasureError, ExportError)
+                OverlongRows, RecordError, ErasureError, ExportError, DriftError)
     try:
         with _quiet_expected((*expected, DataError)):
             return commands[args.command](args)

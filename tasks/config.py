@@ -193,9 +193,13 @@ class EvalConfig:
     bootstrap_resamples: StrictInt = 2000  # paired bootstrap for the 95% intervals; more = steadier bounds, slower
     confidence: Number = 0.95
     drift_alpha: Number = 0.01  # quarter report: a drift test p-value below this flags "look at the data before approving"
+    drift_far_similarity: Number = 0.5  # `loragate drift`: a request whose best cosine to a training request is below is far
+    drift_max_far_share: Number = 0.2  # `loragate drift`: more far requests than this recommends retraining
 
     def __post_init__(self) -> None:
         _check(0.0 < self.drift_alpha < 1.0, "eval.drift_alpha", "must be within (0, 1)")
+        _check(-1.0 <= self.drift_far_similarity <= 1.0, "eval.drift_far_similarity", "must be within [-1, 1]")
+        _check(0.0 <= self.drift_max_far_share <= 1.0, "eval.drift_max_far_share", "must be within [0, 1]")
         _check(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
         _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         _check(self.max_examples >= 0, "eval.max_examples", "must be >= 0")

@@ -9,7 +9,7 @@ import pytest
 
 from tasks.config import ConfigError, check_compliance, config_from_dict
 from tasks.io import read_jsonl, write_jsonl
-from tests.conftest import tiny_params
+from tests.conftest import LENIENT_GATE, tiny_params, update_params
 
 COMPLIANCE = {
     "required": True, "controller": "Example Insurance SE", "dpo_name": "Data Protection Office",
@@ -68,12 +68,7 @@ def test_the_probe_catches_a_canary_the_model_memorised(tmp_path, tiny_model, sa
 
 
 def _compliance_workspace(workspace: Path) -> None:
-    import yaml
-
-    params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0}  # a 4-step model need not win
-    params["compliance"] = {**COMPLIANCE, "probe_records": 6}
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    update_params(workspace, gate=LENIENT_GATE, compliance={**COMPLIANCE, "probe_records": 6})
 
 
 def _render(html: Path, tmp_path: Path, name: str) -> str:
@@ -183,7 +178,6 @@ def _value_only_in(records: list[dict], others: list[dict], personal_values: set
 @pytest.mark.slow
 def test_erasure_finds_a_value_and_takes_its_model_version_out_of_service(workspace, prefect_server, sample,
                                                                           personal_values, capfd):
-    import yaml
 
     from flows.cli import main as cli
     from flows.finetune import finetune
@@ -191,9 +185,7 @@ def test_erasure_finds_a_value_and_takes_its_model_version_out_of_service(worksp
     from tasks.data.validate import record_id, record_id_key
     from tasks.governance import audit, gate
 
-    params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0}
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    update_params(workspace, gate=LENIENT_GATE)
     cfg = load_config(workspace / "params.yaml")
     model, raw = cfg.registry.model_name, workspace / "data/raw/tickets.jsonl"
     value = _value_only_in(sample[80:120], sample[:80], personal_values)

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from flows.cli import main as cli
 from flows.finetune import finetune
 from tasks.config import load_config
 from tasks.governance import audit, gate
+
+from tests.conftest import LENIENT_GATE, update_params
 
 
 @pytest.mark.slow
@@ -19,9 +20,7 @@ def test_an_approved_version_exports_as_adapter_and_merged_and_a_pending_one_is_
                                                                                        capfd):
     from tasks.evaluation.holdout import generate, load_for_inference
 
-    params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0}
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    update_params(workspace, gate=LENIENT_GATE)
     run = finetune(str(workspace))
     cfg = load_config(workspace / "params.yaml")
     ws = ["--workspace", str(workspace)]

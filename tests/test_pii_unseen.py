@@ -38,7 +38,6 @@ VALUES = {"PERSON": "Anna Nowak", "EMAIL_ADDRESS": "anna.nowak@example.pl", "PHO
 def test_overlapping_findings_of_every_pair_of_types_mask_cleanly(outer, inner):
     """Findings forced to overlap (nested, and crossing at either end) leave one placeholder and no
     fragment, whatever the types; the longer span's type wins."""
-    text = f"Re: {VALUES[outer]} and more"
     start, end = 4, 4 + len(VALUES[outer])
     for a, b in ((start + 2, end - 2), (start - 2, start + 3), (end - 3, end + 4)):  # nested, left, right
         spans = resolve_spans([RecognizerResult(outer, start, end, 0.5), RecognizerResult(inner, a, b, 0.9)])

@@ -15,7 +15,7 @@ from flows.finetune import finetune
 from tasks.config import load_config
 from tasks.governance import audit, gate
 from tasks.governance.gate import APPROVAL_TAG
-from tests.conftest import Background, paused_flow_run_id
+from tests.conftest import LENIENT_GATE, Background, paused_flow_run_id, update_params
 from tasks.tracking import client_for
 
 
@@ -55,9 +55,7 @@ def _direct_answer(cfg, workspace, summary, prompt: str) -> str:
 @pytest.mark.slow
 def test_flow_records_the_run_and_waits_for_a_four_eyes_approval(workspace, prefect_server, personal_values):
     # a 4-step tiny model may not beat its baseline: let the checks pass so a human is asked
-    params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0}
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    update_params(workspace, gate=LENIENT_GATE)
     running = Background(lambda: finetune(str(workspace), wait_for_approval=True))
     resume_flow_run(paused_flow_run_id(timeout=600), run_input={"decision": "approve", "reviewer": "reviewer-b",
                                                             "rationale": "scores and samples reviewed"})

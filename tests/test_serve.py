@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from flows.cli import main as cli
 from flows.finetune import finetune
@@ -22,6 +21,8 @@ from tasks.governance import gate
 
 ROOT = Path(__file__).resolve().parents[1]
 EMAIL, IBAN = "lena.vogt@example.org", "DE89 3704 0044 0532 0130 00"
+
+from tests.conftest import LENIENT_GATE, update_params
 
 
 def _port() -> int:
@@ -68,9 +69,7 @@ def _direct(cfg, workspace: Path, run_dir: str, text: str) -> str:
 
 @pytest.mark.slow
 def test_the_alias_holder_is_served_and_requests_are_logged_anonymized(workspace, prefect_server, capfd):
-    params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0, "max_regression_vs_champion": 1.0}
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    update_params(workspace, gate=LENIENT_GATE | {"max_regression_vs_champion": 1.0})
     cfg = load_config(workspace / "params.yaml")
     assert cli(["serve", "--workspace", str(workspace)]) == 2  # nothing approved yet
     assert "no such registered model version or alias" in capfd.readouterr().err
@@ -86,9 +85,52 @@ def test_the_alias_holder_is_served_and_requests_are_logged_anonymized(workspace
     entry = json.loads(raw.splitlines()[-1])
     assert entry["version"] == first.version and "<EMAIL_ADDRESS" in entry["request"] and "router" in entry["request"]
 
-    params["lora"] = {"r": 8}
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    update_params(workspace, lora={"r": 8})
     second = finetune(str(workspace))
     gate.approve(cfg, workspace, second.model_name, second.version, "reviewer-b", "ok")  # moves the alias
     assert _served(workspace, text) == _direct(cfg, workspace, second.run_dir, text)
     assert json.loads(log.read_text().splitlines()[-1])["version"] == second.version
+
+
+@pytest.mark.slow
+def test_drift_flags_out_of_distribution_requests_and_passes_in_distribution_ones(workspace, prefect_server, sample,
+                                                                                 monkeypatch, capfd):
+    from faker import Faker
+
+    from tasks.governance import serving
+    from tasks.tracking import client_for
+
+    update_params(workspace, gate=LENIENT_GATE)
+    cfg = load_config(workspace / "params.yaml")
+    run = finetune(str(workspace))
+    gate.approve(cfg, workspace, run.model_name, run.version, "reviewer-b", "ok")
+    log = workspace / "mlflow" / "requests" / f"{cfg.registry.model_name}.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv(serving.REQUEST_LOG_ENV, str(log))  # what `loragate serve` sets for the server
+    monkeypatch.setenv(serving.PARAMS_ENV, str(workspace / "params.yaml"))
+    monkeypatch.setenv(serving.VERSION_ENV, run.version)
+    serving._masking.cache_clear()
+
+    unseen = [m["content"] for r in sample[200:240] for m in r["messages"] if m["role"] == "user"]
+    serving.log_requests(unseen, ["ok"] * len(unseen))  # tickets like the training ones, never trained on
+    ws = ["--workspace", str(workspace)]
+    assert cli(["drift", *ws]) == 0
+    said = capfd.readouterr().out
+    assert "no drift beyond the thresholds" in said, said
+    client = client_for(cfg, workspace)
+    assert client.get_model_version(run.model_name, run.version).tags["loragate.drift.retrain_recommended"] == "false"
+
+    log.unlink()
+    fake = Faker("en_US")
+    Faker.seed(3)
+    other = [f"{fake.catch_phrase()} for the {fake.word()} festival: bring {fake.color_name()} {fake.word()}s" for _ in range(40)]
+    serving.log_requests(other, ["ok"] * len(other))
+    assert cli(["drift", *ws]) == 0
+    out = capfd.readouterr().out
+    assert "RETRAIN RECOMMENDED" in out, out
+    version = client.get_model_version(run.model_name, run.version)
+    assert version.tags["loragate.drift.retrain_recommended"] == "true"
+    drift_run = client.get_run(version.tags["loragate.drift.run_id"])
+    assert drift_run.data.metrics["drift/requests"] == 40 and drift_run.data.metrics["drift/retrain_recommended"] == 1.0
+    assert {a.path for a in client.list_artifacts(drift_run.info.run_id, "drift")} >= {
+        "drift/report.html", "drift/nearest_similarity.png", "drift/report.json"}

@@ -11,7 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from flows.cli import main as cli
 from flows.cli import experiment_url, ui_command
@@ -19,7 +18,7 @@ from flows.finetune import finetune
 from tasks.governance import gate
 from tasks.config import load_config
 from tasks.tracking import client_for
-from tests.conftest import CHROMEDRIVER, CHROMIUM, browser_for
+from tests.conftest import CHROMEDRIVER, CHROMIUM, LENIENT_GATE, browser_for, update_params
 
 
 
@@ -59,9 +58,7 @@ def _scrolled_text(browser) -> str:
 
 def _two_runs(workspace: Path):
     """A first run approved into production, then a second with another LoRA rank via the CLI."""
-    params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["gate"] = {"min_delta_rougeL": -1.0, "min_delta_bertscore_f1": -1.0}
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    update_params(workspace, gate=LENIENT_GATE)
     before = (workspace / "params.yaml").read_bytes()
     first = finetune(str(workspace))
     cfg = load_config(workspace / "params.yaml")

@@ -151,6 +151,7 @@ def report(cfg, root: Path, client, run_id: str, champ_version, ft: list[dict], 
            for k in sorted(set(masked_now) | {m[4:] for m in before.metrics if m.startswith("pii/") and m.count("/") == 1
                                                 and m[4:].isupper()})}
     return {"champion_version": str(champ_version.version), "changes": changes, "record_ids": ids,
+            "champion_retrain_recommended": champ_version.tags.get("loragate.drift.retrain_recommended", "not measured"),
             "new_training_records": len(new_train), "champion_train_available": bool(before_train),
             "length_chars": {side: _spread(v) for side, v in lengths.items()}, "languages": langs,
             "personal_data": pii, "drift": drift(cfg, new_train, before_train),

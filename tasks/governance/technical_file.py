@@ -143,7 +143,9 @@ def build(cfg: Config, root: Path, client, f: dict[str, Any], model_dir: str) ->
             {"what": "integrity of the decision record and the serving alias (`loragate audit verify`)", "in_force": True},
             {"what": "alias history: which version served when, moved by whom (`loragate status`)", "in_force": True},
             {"what": "erasure requests and the versions they block (`loragate erasure`)", "in_force": True},
-            {"what": "anonymized request log and query drift against the training data", "in_force": False}],
+            {"what": "anonymized log of served requests (`loragate serve`)", "in_force": True},
+            {"what": "drift of served requests against the training data, retrain flag (`loragate drift`)",
+             "in_force": True}],
     }
 
 
