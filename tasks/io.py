@@ -57,3 +57,10 @@ def write_json(dst: str | Path, obj: Any) -> None:
 
 def read_json(src: str | Path) -> Any:
     return json.loads(Path(src).read_text(encoding="utf-8"))
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

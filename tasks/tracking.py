@@ -6,6 +6,7 @@ can name a server instead.
 """
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 from pathlib import Path
@@ -170,6 +171,7 @@ _OPERATIONAL = {"pii.n_process", "pii.batch_size", "train.logging_steps", "train
 RUN_KEY_TAG = "loragate.run_key"
 
 
+@functools.lru_cache(maxsize=1)  # the CLI, the flow, registration and the baseline cache each ask within one run
 def code_digest() -> str:
     """sha256 over loragate's own code and templates as installed, and the libraries that compute."""
     import hashlib

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from tasks.config import Config
-from tasks.evaluation.quarter import _embed, _user_text, dvc_cached, mmd_test
+from tasks.evaluation.quarter import _user_text, dvc_cached
 from tasks.io import read_jsonl
 from tasks.tracking import client_for, experiment_id
 
 RETRAIN_TAG = "loragate.drift.retrain_recommended"
-_MAX_SIDE = 300
+_PERMUTATIONS, _MAX_SIDE = 200, 300  # test cost bounds: p-values to 1/200, 300 texts a side
 
 
 class DriftError(RuntimeError):
@@ -43,6 +43,39 @@ class DriftReport:
     far_share: float
     retrain_recommended: bool
     run_id: str = ""
+
+
+def _embed(texts: list[str], model_dir: str) -> np.ndarray:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 64):
+            batch = tok(texts[start:start + 64], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1)  # mean pooling, as the model was trained
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+    return np.concatenate(out)
+
+
+def mmd_test(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """Squared MMD (RBF kernel, median-distance bandwidth) and its permutation p-value."""
+    both = np.concatenate([a, b])
+    d2 = np.maximum(((both[:, None, :] - both[None, :, :]) ** 2).sum(-1), 0)
+    k = np.exp(-d2 / (np.median(d2[d2 > 0]) if (d2 > 0).any() else 1.0))
+    n = len(a)
+
+    def stat(idx: np.ndarray) -> float:
+        x, y = idx[:n], idx[n:]
+        return k[np.ix_(x, x)].mean() + k[np.ix_(y, y)].mean() - 2 * k[np.ix_(x, y)].mean()
+
+    rng, base = np.random.default_rng(seed), np.arange(len(both))
+    observed = stat(base)
+    exceed = sum(stat(rng.permutation(base)) >= observed for _ in range(_PERMUTATIONS))
+    return float(observed), (exceed + 1) / (_PERMUTATIONS + 1)
 
 
 def requests_since(log: Path, since: str | None, version: str) -> list[str]:

@@ -13,7 +13,7 @@ Logged with a run that has a champion (record-results stage): `quarter/report.ht
 """
 from __future__ import annotations
 
-import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,11 @@ import numpy as np
 
 from tasks.io import read_json, read_jsonl
 
-_PERMUTATIONS, _MAX_SIDE = 200, 300  # drift test cost bounds: p-values to 1/200, 300 texts a side
-
-
 def _index(path: Path) -> dict[str, set[str]]:
     """record id -> its keyed word hashes, from an erasure index file (no text in it)."""
-    if not path.exists():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines()[1:]
-    return {row["id"]: set(row["h"]) for row in map(json.loads, lines)}
+    from tasks.governance.erasure import read_index
+
+    return {row["id"]: set(row["h"]) for row in read_index(path)[1]} if path.exists() else {}
 
 
 def record_changes(before: dict[str, set[str]], now: dict[str, set[str]], similar: float = 0.6) -> dict[str, list[str]]:
@@ -46,71 +42,27 @@ def record_changes(before: dict[str, set[str]], now: dict[str, set[str]], simila
 def ever_held_out(cfg, root: Path, current_state: str) -> set[str]:
     """Ids every earlier data state (indexed, same split.salt) kept in its hold-out: none of them
     may be trained on, whatever split.holdout_fraction says now. A new salt is a deliberate re-draw."""
-    from tasks.governance.erasure import index_dir
+    from tasks.governance.erasure import indexes
 
-    held: set[str] = set()
-    for path in index_dir(cfg, root).glob("*.jsonl"):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        header = json.loads(lines[0])
-        if header["state"].get("clean") != current_state and header.get("salt", cfg.split.salt) == cfg.split.salt:
-            held |= {row["id"] for row in map(json.loads, lines[1:]) if row["split"] == "holdout"}
-    return held
+    return {row["id"] for header, rows in indexes(cfg, root) for row in rows if row["split"] == "holdout"
+            and header["state"].get("clean") != current_state and header.get("salt", cfg.split.salt) == cfg.split.salt}
 
 
 def _user_text(row: dict) -> str:
     return "\n".join(m["content"] for m in row["messages"] if m["role"] == "user")
 
 
-def _embed(texts: list[str], model_dir: str) -> np.ndarray:
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), 64):
-            batch = tok(texts[start:start + 64], padding=True, truncation=True, max_length=256, return_tensors="pt")
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1)  # mean pooling, as the model was trained
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-    return np.concatenate(out)
-
-
-def mmd_test(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """Squared MMD (RBF kernel, median-distance bandwidth) and its permutation p-value."""
-    both = np.concatenate([a, b])
-    d2 = np.maximum(((both[:, None, :] - both[None, :, :]) ** 2).sum(-1), 0)
-    k = np.exp(-d2 / (np.median(d2[d2 > 0]) if (d2 > 0).any() else 1.0))
-    n = len(a)
-
-    def stat(idx: np.ndarray) -> float:
-        x, y = idx[:n], idx[n:]
-        return k[np.ix_(x, x)].mean() + k[np.ix_(y, y)].mean() - 2 * k[np.ix_(x, y)].mean()
-
-    rng, base = np.random.default_rng(seed), np.arange(len(both))
-    observed = stat(base)
-    exceed = sum(stat(rng.permutation(base)) >= observed for _ in range(_PERMUTATIONS))
-    return float(observed), (exceed + 1) / (_PERMUTATIONS + 1)
-
-
 def drift(cfg, new_rows: list[dict], before_rows: list[dict]) -> dict[str, float]:
-    """New training records against the champion's training data; empty when either side is too small."""
-    from scipy.stats import ks_2samp
+    """New training records against the champion's training data (tasks/evaluation/drift.py's
+    statistics); flagged on the two p-values; empty when either side is too small."""
+    from tasks.evaluation.drift import DriftError, measure
 
-    from tasks.training.models import resolve_model
-
-    if len(new_rows) < 5 or len(before_rows) < 5:
+    try:
+        r, _ = measure(cfg, [_user_text(r) for r in new_rows], [_user_text(r) for r in before_rows], "")
+    except DriftError:
         return {}
-    rng = np.random.default_rng(0)
-    pick = lambda rows: [rows[i] for i in sorted(rng.choice(len(rows), min(len(rows), _MAX_SIDE), replace=False))]
-    a, b = pick(new_rows), pick(before_rows)
-    emb = _embed([_user_text(r) for r in a + b], resolve_model(cfg.eval.bertscore_model))
-    mmd, p_mmd = mmd_test(emb[:len(a)], emb[len(a):])
-    ks = ks_2samp([len(_user_text(r)) for r in new_rows], [len(_user_text(r)) for r in before_rows])
-    flag = min(p_mmd, float(ks.pvalue)) < cfg.eval.drift_alpha
-    return {"drift_mmd": mmd, "drift_mmd_p": p_mmd, "drift_length_ks": float(ks.statistic),
-            "drift_length_p": float(ks.pvalue), "drift_flag": float(flag)}
+    return {"drift_mmd": r.mmd, "drift_mmd_p": r.mmd_p, "drift_length_ks": r.length_ks, "drift_length_p": r.length_p,
+            "drift_flag": float(min(r.mmd_p, r.length_p) < cfg.eval.drift_alpha)}
 
 
 def changed_answers(ft: list[dict], champ: dict[str, dict], shown: int = 10) -> list[dict[str, Any]]:
@@ -144,7 +96,7 @@ def report(cfg, root: Path, client, run_id: str, champ_version, ft: list[dict], 
     seen = {r["id"] for r in before_train}
     new_train = [r for r in train_now if r["id"] not in seen]
     lengths = {"before": [len(_user_text(r)) for r in before_train], "now": [len(_user_text(r)) for r in train_now]}
-    langs = {side: dict(sorted(_count(language(_user_text(r)) for r in rows).items()))
+    langs = {side: dict(sorted(Counter(language(_user_text(r)) for r in rows).items()))
              for side, rows in (("before", before_train), ("now", train_now))}
     masked_now = read_json(root / "data" / "reports" / "pii.json")["entities"]  # this run's pii/* metrics come later
     pii = {k: {"before": before.metrics.get(f"pii/{k}", 0.0), "now": float(masked_now.get(k, 0))}
@@ -157,13 +109,6 @@ def report(cfg, root: Path, client, run_id: str, champ_version, ft: list[dict], 
             "personal_data": pii, "drift": drift(cfg, new_train, before_train),
             "vs_champion": {k: v for k, v in sorted(this.metrics.items()) if "vs_champion/" in k},
             "changed_answers": changed_answers(ft, champ), "_lengths": lengths}
-
-
-def _count(items) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for item in items:
-        out[item] = out.get(item, 0) + 1
-    return out
 
 
 def metrics(rep: dict[str, Any]) -> dict[str, float]:

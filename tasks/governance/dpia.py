@@ -11,12 +11,12 @@ approve a compliance version whose DPIA is unsigned or whose DPO advised reject 
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from tasks.config import Config
 from tasks.governance import audit
+from tasks.governance.gate import _now
 from tasks.governance.records import (COMPLIANCE_TAG, RecordError, attach, latest, load, run_facts, sha256_files)
 from tasks.tracking import client_for, package_version
 
@@ -28,10 +28,6 @@ _RISK_TEXT = {
     "disappearance": "Disappearance of data or of the record of what was done",
     "memorisation": "Personal data memorised by the adapter and given back by the model",
 }
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _level(severity: int, likelihood: int) -> str:

@@ -58,10 +58,14 @@ def _words(text: str) -> list[str]:
     return [w.casefold() for w in _WORD.findall(text)]
 
 
+def _grams(words: list[str]) -> set[str]:
+    return set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])}
+
+
 def keys(text: str, key: bytes) -> set[str]:
     """Hashes of each word, each word pair, and each run of digit-bearing words as digits only."""
     words = _words(text)
-    grams = set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])}
+    grams = _grams(words)
     for i in range(len(words)):
         digits = ""
         for w in words[i:i + 8]:
@@ -80,7 +84,7 @@ def value_keys(value: str, key: bytes) -> set[str]:
     digits = "".join(c for c in value if c.isdigit())
     if len(digits) >= 5 and len(digits) >= 0.6 * sum(c.isalnum() for c in value):
         return {_h(key, f"#{digits}")}
-    grams = set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])}
+    grams = _grams(words)
     if not grams:
         raise ErasureError("erasure: the value holds no letters or digits to look for")
     return {_h(key, g) for g in grams}
@@ -132,17 +136,23 @@ class Finding:
         return not (self.input_lines or self.states or self.versions)
 
 
+def read_index(path: Path) -> tuple[dict, list[dict]]:
+    """An index file's header ({"state": DVC hashes, "salt": ...}) and its rows (id, split, h)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+
+
+def indexes(cfg: Config, root: str | Path) -> list[tuple[dict, list[dict]]]:
+    """Every indexed data state, in file-name order."""
+    return [read_index(path) for path in sorted(index_dir(cfg, root).glob("*.jsonl"))]
+
+
 def _indexed(cfg: Config, root: Path, wanted: set[str]) -> dict[str, dict]:
     states = {}
-    for path in sorted(index_dir(cfg, root).glob("*.jsonl")):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        header, hits = json.loads(lines[0])["state"], {}
-        for line in lines[1:]:
-            row = json.loads(line)
-            if wanted <= set(row["h"]):
-                hits[row["id"]] = row["split"]
+    for header, rows in indexes(cfg, root):
+        hits = {row["id"]: row["split"] for row in rows if wanted <= set(row["h"])}
         if hits:
-            states[header["clean"]] = {"dataset": header, "records": hits}
+            states[header["state"]["clean"]] = {"dataset": header["state"], "records": hits}
     return states
 
 

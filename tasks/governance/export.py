@@ -19,7 +19,6 @@ DIR and renamed into place whole; each export is an audit entry with the sha256 
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import yaml
 from tasks.config import Config
 from tasks.governance import gate
 from tasks.governance.records import weights_sha256
+from tasks.io import file_sha256
 from tasks.tracking import client_for, initiator
 
 FORMATS = ("adapter", "merged", "gguf")
@@ -62,11 +62,6 @@ def approved_version(cfg: Config, root: Path, model: str, ref: str):
         raise ExportError(f"{model} version {mv.version} is {state}: only approved versions are exported "
                           "(`loragate approve` first)")
     return mv
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _readme(mv, config: dict, fmt: str, base_dir: str) -> str:
@@ -223,7 +218,7 @@ def export(cfg: Config, root: str | Path, model: str, ref: str, fmt: str = "adap
                                     "GGUF file read back")
             (staging / "Modelfile").write_text("FROM ./model.gguf\n")
         (staging / "README.md").write_text(_readme(mv, config, fmt, base))
-        files = {str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(staging)): file_sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         if out.exists():
             out.rmdir()  # empty, checked above
         shutil.move(str(staging), str(out))

@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from tasks.config import Config
 from tasks.governance import audit
-from tasks.io import read_json
+from tasks.io import file_sha256, read_json
 from tasks.orchestration import stage_task
 
 SCHEMAS = Path(__file__).with_name("schemas")
@@ -52,8 +52,7 @@ def sha256_files(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths, key=lambda p: p.name):
         digest.update(path.name.encode())
-        with open(path, "rb") as fh:
-            digest.update(hashlib.file_digest(fh, "sha256").digest())
+        digest.update(bytes.fromhex(file_sha256(path)))
     return digest.hexdigest()
 
 

@@ -12,7 +12,6 @@ refused in one line naming what changed.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ import torch
 
 from tasks.config import Config, ConfigError, QuantizationConfig
 from tasks.training.fused_lora import fuse_lora
-from tasks.io import atomic_path, read_json, read_jsonl, write_json
+from tasks.io import atomic_path, file_sha256, read_json, read_jsonl, write_json
 from tasks.orchestration import stage_task
 
 
@@ -179,18 +178,13 @@ def build_trainer(cfg: Config, model_dir: str, train_path: str | Path, out_dir: 
                         _dataset(train_path), out_dir)
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def fingerprint(cfg: Config, train_path: str | Path) -> dict[str, str]:
     """What a checkpoint's numbers depend on: the params of model, LoRA, quantization and training,
     the training split's bytes, the training code and the libraries that run it."""
     found = {k: str(v) for k, v in cfg.flat().items()
              if k.split(".")[0] in {"model", "lora", "quantization", "train"} and k not in _NEUTRAL}
-    found["data: the training split"] = _sha256(Path(train_path))
-    found |= {f"code: tasks/training/{p.name}": _sha256(p) for p in sorted(Path(__file__).parent.glob("*.py"))}
+    found["data: the training split"] = file_sha256(Path(train_path))
+    found |= {f"code: tasks/training/{p.name}": file_sha256(p) for p in sorted(Path(__file__).parent.glob("*.py"))}
     return found | {f"package: {name}": version(name) for name in ("torch", "transformers", "peft", "trl")}
 
 
