@@ -4,6 +4,7 @@ the recipe pads every row to max_length; loragate's path (tasks.training.train.m
 rows padding-free with per-sequence positions and scores only the answer tokens in chunks.
 
     python bench/train_equivalence.py [--steps 12]     # CPU is enough; writes bench/results/train_equivalence.json
+    python bench/train_equivalence.py --gpu --steps 40 # QLoRA on a GPU, FP8 base products as a second case
 """
 from __future__ import annotations
 
@@ -41,41 +42,87 @@ def losses(trainer) -> list[float]:
     return [e["loss"] for e in trainer.state.log_history if "loss" in e]
 
 
-def main() -> None:
+def _loragate(cfg_dict: dict, load, tokenizer, data: list[dict], out: str, bf16_adapter: bool = False) -> list[float]:
+    """loragate's make_trainer on the same rows in the same order (one row per sequence, padding-free),
+    the base loaded with the attention train.attn_implementation picks (flex on CUDA), as load_base does.
+    bf16_adapter: the adapter cast back to bf16 (trl's choice for 4-bit bases), to show what fp32 buys."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tasks.config import config_from_dict
+    from tasks.training.train import attention, make_trainer
+
+    cfg = config_from_dict(cfg_dict)
+    torch.manual_seed(0)
+    trainer = make_trainer(cfg, load(attention(cfg.train.attn_implementation)), tokenizer, Dataset.from_list(data),
+                           out, packing=False, padding_free=True, max_length=None, warmup_steps=0,
+                           save_strategy="no", completion_only_loss=True)
+    for p in (p for p in trainer.model.parameters() if p.requires_grad and bf16_adapter):
+        p.data = p.data.to(torch.bfloat16)
+    return losses(trainer)
+
+
+def _diffs(base: list[float], other: list[float]) -> dict:
+    diff = [abs(x - y) for x, y in zip(base, other)]
+    return {"max_abs_diff": max(diff), "mean_abs_diff": sum(diff) / len(diff),
+            "relative_max_diff": max(d / abs(x) for d, x in zip(diff, base))}
+
+
+def main() -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from tasks.training.models import resolve_model
-    from tasks.training.train import make_trainer
+    from tasks.training.train import bnb_config
+    from tasks.config import QuantizationConfig
 
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--max-len", type=int, default=256)
+    p.add_argument("--gpu", action="store_true", help="QLoRA in bf16 on the GPU: loragate's GPU defaults (Liger, "
+                   "flex attention, fused LoRA) and with FP8 base products, against the recipe; noise = the "
+                   "recipe with another LoRA init")
+    p.add_argument("--qlora", action="store_true", help="4-bit base on the CPU too (fp32 compute)")
+    p.add_argument("--out", default=str(ROOT / "bench/results"))
     a = p.parse_args()
     model_dir = resolve_model("smollm2-135m-instruct", "~/.cache/loragate/models")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     data = tokenized_rows(tokenizer, ROOT / "data/splits/train.jsonl", a.max_len, a.batch * a.steps)
-    load = lambda: AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa")  # noqa: E731
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    p_ = a.gpu or a.qlora
+    quant = bnb_config(QuantizationConfig(enabled=True, compute_dtype="bfloat16" if a.gpu else "float32")) if p_ else None
+    load = lambda attn="sdpa": AutoModelForCausalLM.from_pretrained(  # noqa: E731
+        model_dir, attn_implementation=attn,
+        **({"quantization_config": quant, "device_map": "cuda" if a.gpu else "cpu"} if quant else {}))
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"] + (["gate_proj", "up_proj", "down_proj"] if p_ else [])
+    cfg = {"lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": targets},
+           "train": {"batch_size": a.batch, "max_steps": a.steps, "logging_steps": 1, "learning_rate": 2e-4, "seed": 42}}
+    if quant:
+        cfg |= {"quantization": {"enabled": True, "compute_dtype": "bfloat16" if a.gpu else "float32"}}
+    if a.gpu:
+        cfg["train"] |= {"optimizer": "adamw_torch_fused", "attn_implementation": "flex_attention"}
     with tempfile.TemporaryDirectory() as out:
         # dropout 0 in both: dropout masks depend on tensor shapes, which padding changes
-        recipe = recipe_trainer(load(), data, targets, a.batch, a.steps, a.max_len, tokenizer.pad_token_id, out,
-                                dropout=0.0, optim="adamw_torch", gradient_checkpointing=False)
-        base = losses(recipe)
-        cfg = config_from_dict({"lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": targets},
-                                "train": {"batch_size": a.batch, "max_steps": a.steps, "logging_steps": 1,
-                                          "learning_rate": 2e-4, "seed": 42}})
-        torch.manual_seed(0)
-        ours = losses(make_trainer(cfg, load(), tokenizer, Dataset.from_list(data), out, packing=False,
-                                   padding_free=True, max_length=None, warmup_steps=0, save_strategy="no",
-                                   completion_only_loss=True))
-    diff = [abs(x - y) for x, y in zip(base, ours)]
-    result = {"steps": a.steps, "batch": a.batch, "recipe_losses": base, "loragate_losses": ours,
-              "max_abs_diff": max(diff), "mean_abs_diff": sum(diff) / len(diff),
-              "relative_max_diff": max(d / abs(x) for d, x in zip(diff, base))}
-    (ROOT / "bench/results/train_equivalence.json").write_text(json.dumps(result, indent=2))
+        recipe = lambda seed: losses(recipe_trainer(  # noqa: E731
+            load(), data, targets, a.batch, a.steps, a.max_len, pad, out, dropout=0.0,
+            optim="adamw_torch_fused" if a.gpu else "adamw_torch", gradient_checkpointing=False, seed=seed))
+        base = recipe(0)
+        result = {"device": torch.cuda.get_device_name() if a.gpu else "cpu", "steps": a.steps, "batch": a.batch,
+                  "recipe_losses": base}
+        if a.gpu:
+            result["recipe_other_init_losses"] = other = recipe(1)
+            result["noise"] = _diffs(base, other)
+            result["loragate_fp8_losses"] = fp8 = _loragate(
+                cfg | {"train": cfg["train"] | {"fp8_base": True}}, load, tokenizer, data, out)
+            result["fp8"] = _diffs(base, fp8)
+            for lever in ("liger_kernels", "fused_lora"):  # each GPU lever off in turn: which one moves the curve
+                result[f"no_{lever}_losses"] = off = _loragate(
+                    cfg | {"train": cfg["train"] | {lever: False}}, load, tokenizer, data, out)
+                result[f"no_{lever}"] = _diffs(base, off)
+        result["loragate_losses"] = ours = _loragate(cfg, load, tokenizer, data, out)
+        result |= _diffs(base, ours)
+    name = "train_equivalence-gpu.json" if a.gpu else "train_equivalence.json"
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / name).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

@@ -4,18 +4,23 @@
     python bench/train_throughput.py --arch llama-3.1-8b --cases recipe-fixed,loragate-fixed
     python bench/train_throughput.py --arch tiny --steps 3  # CPU smoke run of the same code
 
-Models are random-init from an architecture written below (no hub), quantized to nf4 in place.
+Models are random-init from an architecture written below (no hub), quantized to nf4 in place
+(Unsloth loads the same weights from a folder written once: it only loads from disk).
 (a) the recipe: transformers Trainer + prepare_model_for_kbit_training + peft, nf4 double-quant, bf16,
     gradient checkpointing, paged_adamw_8bit, r=16 alpha=32, rows padded to max_length;
-(b) loragate: tasks.training.train.make_trainer (trl SFTTrainer) with the params below: padding-free bfd
-    packing, trl's chunked LM-head loss, bf16 embeddings, fused AdamW, optional Liger kernels.
+(b) loragate: tasks.training.train.make_trainer (trl SFTTrainer) with params' defaults: padding-free bfd
+    packing, flex attention, Liger kernels, fused LoRA, fused AdamW, the
+    micro-batch/recompute/offload that train.memory_budget_gib picks (m<GiB> variants set the budget);
+(c) Unsloth 2026.10 (unsloth-* cases): FastLanguageModel 4-bit, its gradient checkpointing (host
+    offload), its patched SFTTrainer with packing; the defaults it rewrites set to (b)'s values.
+Peak GPU memory is what PyTorch allocated; host_peak_gib is the process's peak RSS (Unsloth's
+offloaded activations land there).
 Prints useful (non-pad) tokens/s, MFU (6N flops/token, H100 989 TFLOP/s dense bf16), peak memory
 and ratios; writes bench/results/train_throughput-<arch>.json.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import sys
@@ -163,15 +168,16 @@ def make_profiler(start: int, steps: int, path: Path):
 
 
 def recipe_trainer(model, data: list[dict], targets: list[str], batch: int, steps: int, max_len: int, pad: int,
-                   out: str, dropout: float = 0.05, optim: str | None = None, gradient_checkpointing: bool = True):
-    """The common recipe, as tutorials write it: every row padded to max_length."""
+                   out: str, dropout: float = 0.05, optim: str | None = None, gradient_checkpointing: bool = True,
+                   seed: int = 0):
+    """The common recipe, as tutorials write it: every row padded to max_length. seed: LoRA init."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     if getattr(model, "is_loaded_in_4bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules=targets,
                                              task_type="CAUSAL_LM"))
     padded = [{"input_ids": r["input_ids"] + [pad] * (max_len - len(r["input_ids"])),
@@ -189,7 +195,8 @@ def recipe_trainer(model, data: list[dict], targets: list[str], batch: int, step
 
 def loragate_trainer(model, tokenizer, data: list[dict], targets: list[str], batch: int, steps: int, max_len: int,
                      out: str, dropout: float | None = None, sft: dict | None = None, **train):
-    """loragate's own training path (tasks.training.train.make_trainer) with the given train params."""
+    """loragate's own training path (tasks.training.train.make_trainer) with the given train params;
+    params' defaults otherwise (memory_budget_gib auto, fp8_base auto, ...)."""
     from datasets import Dataset
 
     from tasks.config import config_from_dict
@@ -206,6 +213,49 @@ def loragate_trainer(model, tokenizer, data: list[dict], targets: list[str], bat
     return make_trainer(cfg, model, tokenizer, Dataset.from_list(data), out, save_strategy="no",
                         include_num_input_tokens_seen="non_padding", completion_only_loss=True,
                         **(sft or {}))
+
+
+def saved_model(arch: str) -> Path:
+    """The random-init bf16 model (seed 0, the weights every other case quantizes) and the bench
+    tokenizer on disk, for trainers that only load from a folder (Unsloth). Written once per machine."""
+    path = Path(tempfile.gettempdir()) / f"loragate-bench-{arch}"
+    if not (path / "config.json").is_file():
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        torch.manual_seed(0)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**ARCHS[arch]), dtype=torch.bfloat16)
+        model.save_pretrained(path.with_suffix(".part"))
+        tokenizer_for(ARCHS[arch]["vocab_size"]).save_pretrained(path.with_suffix(".part"))
+        path.with_suffix(".part").rename(path)
+        del model
+        torch.cuda.empty_cache()
+    return path
+
+
+def unsloth_trainer(arch: str, data: list[dict], targets: list[str], batch: int, steps: int, max_len: int, out: str):
+    """Unsloth's own path, as its documentation writes it: FastLanguageModel (4-bit), its LoRA with
+    use_gradient_checkpointing="unsloth" (activations to host memory), its patched SFTTrainer with
+    packing. The defaults its patch rewrites (gradient accumulation, optimizer, weight decay) are
+    set explicitly to the loragate case's values; trainer.ran_with records what it ran with."""
+    from unsloth import FastLanguageModel  # before transformers/trl: it patches them on import
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(saved_model(arch)), max_seq_length=max_len,
+                                                         dtype=torch.bfloat16, load_in_4bit=True)
+    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32, lora_dropout=0, target_modules=targets,
+                                             bias="none", use_gradient_checkpointing="unsloth", random_state=0)
+    args = SFTConfig(output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
+                     max_steps=steps, learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=0,
+                     optim="adamw_torch_fused", weight_decay=0.0, packing=True, max_length=max_len, bf16=True,
+                     logging_steps=1, save_strategy="no", report_to="none", completion_only_loss=True,
+                     include_num_input_tokens_seen="non_padding", seed=42, data_seed=42, dataset_num_proc=1)
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(data), args=args)
+    trainer.ran_with = {k: str(getattr(trainer.args, k, None)) for k in (
+        "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "weight_decay", "learning_rate",
+        "packing", "max_length", "bf16")}
+    return trainer
 
 
 def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | None = None) -> dict:
@@ -234,74 +284,112 @@ def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | Non
     return out
 
 
+def _loragate_params(path: str, variants: set[str], a) -> dict:
+    """train params for a loragate/lean case: params' defaults less what a variant turns off."""
+    extra = {"liger_kernels": "noliger" not in variants, "packing": False if "nopack" in variants else "auto",
+             "dropout": 0.05 if "drop" in variants else None, "fused_lora": "unfused" not in variants,
+             "fp8_base": "fp8" in variants,
+             "sft": {"torch_compile": True} if "compile" in variants else {}}
+    budget = next((float(v[1:]) for v in variants if v[0] == "m" and v[1:].replace(".", "").isdigit()), None)
+    extra["memory_budget_gib"] = budget or (a.lean_gib if path == "lean" else "off" if "ckpt" in variants else "auto")
+    if "offload" in variants:
+        extra["sft"]["activation_offloading"] = True
+    return extra
+
+
 def run_case(case: str, a) -> dict:
-    """case = <path>-<data>[-<variant>...]: path recipe|loragate|lean, data fixed|var; variants: qkvo (targets),
-    nodrop (LoRA dropout 0 in the recipe), b<N> (micro-batch N, any path: recipe-fixed-b16 is the recipe at
-    loragate's 16 rows a step, so a ratio does not mix in batch size). loragate runs its params defaults (Liger kernels, dropout 0, fused
-    LoRA, packing, flex attention) less what a variant turns off: noliger, drop (dropout 0.05), unfused (peft's
-    forward), sdpa, nopack (padded batches); or adds: compile (torch.compile), b<N> (micro-batch N),
-    offload (activations to host)."""
+    """case = <path>-<data>[-<variant>...]: path recipe|loragate|lean|unsloth, data fixed|var.
+    recipe: the common recipe; variants qkvo (targets), nodrop (LoRA dropout 0), b<N> (rows a step).
+    loragate: params' defaults (memory budget auto, Liger, fused LoRA, packing, flex attention) less what
+    a variant turns off: ckpt (no budget: every layer recomputed, as before budgets), noliger, drop
+    (dropout 0.05), unfused, sdpa, nopack; or sets: m<GiB> (memory budget), b<N> (rows a step), fp8
+    (FP8 base products), compile, offload. lean: loragate under --lean-gib. unsloth: Unsloth's
+    path on the same rows (needs its packages: --unsloth-site)."""
     from tasks.training.train import attention
 
     parts = case.split("-")
     path, kind, variants = parts[0], parts[1], set(parts[2:])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     vocab, targets = ARCHS[a.arch]["vocab_size"], QKVO if "qkvo" in variants else ALL_LINEAR
     steps = a.warmup + a.steps + (2 if a.profile else 0)
-    attn = "sdpa" if path == "recipe" or "sdpa" in variants else attention("auto")
-    model, n_params = quantized_model(a.arch, device, attn)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()  # build-time bf16 copies are not training memory
+    tokens = a.recipe_tokens if path == "recipe" else a.tokens
+    batch = next((int(v[1:]) for v in variants if v[0] == "b" and v[1:].isdigit()), max(1, tokens // a.max_len))
+    n_rows = batch * steps * (3 if kind == "var" and path != "recipe" else 1)  # packed bins take ~3 var rows
+    data = rows(kind, n_rows, a.max_len, vocab)
     with tempfile.TemporaryDirectory() as out:
-        batch = next((int(v[1:]) for v in variants if v[0] == "b" and v[1:].isdigit()),
-                     {"recipe": a.recipe_batch, "lean": a.lean_batch}.get(path, a.batch))
-        if path == "recipe":
-            data = rows(kind, batch * steps, a.max_len, vocab)
-            trainer = recipe_trainer(model, data, targets, batch, steps, a.max_len, vocab - 1, out,
-                                     dropout=0.0 if "nodrop" in variants else 0.05)
+        if path == "unsloth":
+            trainer = unsloth_trainer(a.arch, data, targets, batch, steps, a.max_len, out)
+            n_params = arch_params(a.arch)
         else:
-            data = rows(kind, batch * steps * (3 if kind == "var" else 1), a.max_len, vocab)
-            extra = {"liger_kernels": "noliger" not in variants,
-                     "packing": False if "nopack" in variants else "auto",
-                     "dropout": 0.05 if "drop" in variants else None, "fused_lora": "unfused" not in variants,
-                     "sft": {"torch_compile": True} if "compile" in variants else {}}
-            if "offload" in variants:
-                extra["sft"]["activation_offloading"] = True
-            if path == "lean":
-                extra["optimizer"] = "paged_adamw_8bit"
-            trainer = loragate_trainer(model, tokenizer_for(vocab), data, targets, batch, steps, a.max_len, out, **extra)
+            attn = "sdpa" if path == "recipe" or "sdpa" in variants else attention("auto")
+            model, n_params = quantized_model(a.arch, "cuda" if torch.cuda.is_available() else "cpu", attn)
+            if path == "recipe":
+                trainer = recipe_trainer(model, data, targets, batch, steps, a.max_len, vocab - 1, out,
+                                         dropout=0.0 if "nodrop" in variants else 0.05)
+            else:
+                trainer = loragate_trainer(model, tokenizer_for(vocab), data, targets, batch, steps, a.max_len, out,
+                                           **_loragate_params(path, variants, a))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()  # build-time bf16 copies are not training memory
         profile = Path(a.out) / f"profile-{case}.txt" if a.profile else None
-        result = {"case": case, "n_params": n_params, **measure(trainer, a.warmup, a.steps, n_params, profile)}
-    del trainer, model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        result = {"case": case, "n_params": n_params, **measure(trainer, a.warmup, a.steps, n_params, profile),
+                  **_ran_with(trainer)}
     return result
 
 
-def isolated(case: str) -> dict:
+def _ran_with(trainer) -> dict:
+    """What a trainer actually ran with: loragate's memory plan and FP8 layers, Unsloth's rewritten args."""
+    import dataclasses
+    import resource
+
+    plan = getattr(trainer, "memory_plan", None)
+    out = {"host_peak_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    if plan:
+        out["plan"] = dataclasses.asdict(plan)
+    if getattr(trainer, "fp8_base_layers", 0):
+        out["fp8_base_layers"] = trainer.fp8_base_layers
+    if getattr(trainer, "ran_with", None):
+        out["ran_with"] = trainer.ran_with
+    return out
+
+
+def arch_params(arch: str) -> int:
+    """Parameter count of an architecture, from a model built on the meta device (no memory)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**ARCHS[arch]))
+    return sum(p.numel() for p in model.parameters())
+
+
+def isolated(case: str, a_) -> dict:
     """One case in a fresh process: no allocator state or leaked references carry between cases,
     so each peak-memory figure is that case's own. A failing lever does not lose the others."""
+    import os
     import subprocess
 
-    args = [a for a in sys.argv[1:]]
-    proc = subprocess.run([sys.executable, __file__, *args, "--one", case], capture_output=True, text=True)
+    env = dict(os.environ)
+    if case.startswith("unsloth"):  # its pinned trl shadows loragate's; set before any import
+        env |= {"PYTHONPATH": os.pathsep.join(filter(None, [a_.unsloth_site, env.get("PYTHONPATH")])),
+                "UNSLOTH_DISABLE_STATISTICS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", case], capture_output=True,
+                          text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
+        Path(a_.out, f"stderr-{case}.txt").write_text(proc.stderr[-20000:])  # the whole story, for the next try
         errors = [line for line in proc.stderr.splitlines() if "Error" in line] or ["no result (see stderr)"]
         return {"case": case, "error": errors[-1][:500]}
     return json.loads(lines[-1][len("RESULT "):])
 
 
 def ratios(results: dict[str, dict]) -> dict[str, dict]:
-    """Each loragate/lean case against each recipe case on the same data kind and targets."""
+    """Each loragate/lean case against each recipe and Unsloth case on the same data kind and targets."""
     ok = {n: r for n, r in results.items() if "error" not in r}
     key = lambda n: (n.split("-")[1], "qkvo" in n.split("-"))  # noqa: E731
     out = {}
     for name, r in ok.items():
         for base, b in ok.items():
-            if not name.startswith("recipe") and base.startswith("recipe") and key(name) == key(base):
+            if name.startswith(("loragate", "lean")) and base.startswith(("recipe", "unsloth")) and key(name) == key(base):
                 out[f"{name} / {base}"] = {
                     "tokens_per_s": round(r["tokens_per_s"] / b["tokens_per_s"], 2),
                     "peak_allocated": round(r.get("peak_allocated_gib", 0) / max(b.get("peak_allocated_gib", 1), 1e-9), 2)}
@@ -310,37 +398,42 @@ def ratios(results: dict[str, dict]) -> dict[str, dict]:
 
 def headline(results: dict[str, dict]) -> dict[str, dict]:
     """Per case, what a reader compares first: tokens/s, MFU, peak memory and the step-time spread."""
-    keys = ("tokens_per_s", "mfu", "step_s", "step_s_min_max", "tokens_per_step", "peak_allocated_gib", "error")
+    keys = ("tokens_per_s", "mfu", "step_s", "step_s_min_max", "tokens_per_step", "peak_allocated_gib",
+            "host_peak_gib", "plan", "error")
     return {case: {k: r[k] for k in keys if k in r} for case, r in results.items()}
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--arch", default="qwen2.5-7b", choices=sorted(ARCHS))
-    p.add_argument("--cases", default="recipe-fixed,loragate-fixed,loragate-fixed-drop,recipe-fixed-nodrop,"
-                                      "recipe-var,loragate-var,lean-fixed")
+    p.add_argument("--cases", default="recipe-fixed,loragate-fixed,loragate-fixed-m7.6,lean-fixed,unsloth-fixed,"
+                                      "recipe-var,loragate-var,unsloth-var")
     p.add_argument("--steps", type=int, default=8, help="timed steps, after --warmup")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-len", type=int, default=512)
-    p.add_argument("--recipe-batch", type=int, default=4)
-    p.add_argument("--batch", type=int, default=16, help="loragate: packed bins of max-len tokens per step")
-    p.add_argument("--lean-batch", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=8192, help="loragate/unsloth: tokens a step (rows of max-len)")
+    p.add_argument("--recipe-tokens", type=int, default=2048, help="the recipe: tokens a step (4 rows of 512)")
+    p.add_argument("--lean-gib", type=float, default=8.1, help="lean: train.memory_budget_gib (peak measured 7.92 GiB)")
+    p.add_argument("--unsloth-site", default=str(ROOT / ".gpu-carry/site-uns"), help="folder holding Unsloth")
     p.add_argument("--out", default=str(ROOT / "bench/results"))
     p.add_argument("--profile", action="store_true", help="write profile-<case>.txt: top kernels, GPU time by kind")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process, print its JSON
     a = p.parse_args()
     if a.one:
+        if a.one.startswith("unsloth"):
+            import unsloth  # noqa: F401  (patches transformers and trl: must come before them)
         print("RESULT " + json.dumps(run_case(a.one, a)), flush=True)
         return
     results = {}
     for case in a.cases.split(","):  # the JSON is rewritten after each case: a later crash loses nothing
-        results[case] = isolated(case)
+        results[case] = isolated(case, a)
         print(json.dumps({k: v for k, v in results[case].items() if k != "losses"}), flush=True)
         summary = {"arch": a.arch, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                    "torch": torch.__version__, "args": vars(a), "headline": headline(results),
                    "results": results, "ratios": ratios(results)}
         Path(a.out).mkdir(parents=True, exist_ok=True)
-        (Path(a.out) / f"train_throughput-{a.arch}.json").write_text(json.dumps(summary, indent=2))
+        name = f"train_throughput-{a.arch}" + (f"-{a.max_len}" if a.max_len != 512 else "")
+        (Path(a.out) / f"{name}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary["ratios"], indent=2))
 
 

@@ -105,7 +105,10 @@ def _stages(cfg, root: Path, data, run_id: str, run_dir: Path, timings: dict[str
         trained = train_task(cfg, model_dir, train_file, run_dir / "train")
     log_metrics(client, run_id, {"train/rows_over_max_length": trained.rows_over_max_length,
                                  "train/resumed_from_step": trained.resumed_from_step,
+                                 "train/fp8_base_layers": trained.fp8_base_layers,
                                  "eval/baseline_reused": float(baseline.reused)})
+    for key, value in (trained.plan or {}).items():  # what train.memory_budget_gib chose on this card
+        client.log_param(run_id, f"train.plan.{key}", str(value))
     with _timed(timings, "finetuned_eval"):
         finetuned = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "finetuned", str(adapter),
                                   label="finetuned")

@@ -168,7 +168,16 @@ class TrainConfig:
     optimizer: Literal["adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "adamw_8bit"] = "adamw_torch"  # adamw_torch_fused is faster on GPUs; paged_adamw_8bit saves memory
     liger_kernels: StrictBool = True  # Triton RMSNorm/SwiGLU/RoPE kernels, CUDA only (+11% on a 7B); needs liger-kernel
     attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = "auto"  # auto: flex_attention on CUDA (packed-aware: skips the blocks between rows), else sdpa
-    fused_lora: StrictBool = True  # adapter added in the GEMM epilogue (tasks/training/fused_lora.py): same math, fewer passes
+    # adapter added in the GEMM epilogue (tasks/training/fused_lora.py): +2% tokens/s on a 7B, equal on the CPU, but on
+    # an H100 in bf16 SmolLM2's loss curve drifted from the recipe's (0.96 vs 0.91 after 40 steps): off until understood
+    fused_lora: StrictBool = False
+    # frozen 4-bit base multiplied in FP8 on GPUs that have FP8 tensor cores (tasks/training/fp8_base.py);
+    # auto: on where supported; LoRA stays bf16. Off by default: on an H100 it was slower (bench/fp8_product.py)
+    fp8_base: StrictBool | StrictStr = False
+    # GPU memory the run may use: auto (the card's free memory) or a number of GiB; micro-batch, which
+    # layers recompute and activation offload are chosen to fit (tasks/training/budget.py); off:
+    # batch_size/grad_accum/gradient_checkpointing as written. No GPU: ignored
+    memory_budget_gib: Number | StrictStr = "auto"
 
     def __post_init__(self) -> None:
         _check(self.learning_rate > 0, "train.learning_rate", "must be > 0")
@@ -179,6 +188,9 @@ class TrainConfig:
         _check(self.logging_steps >= 1, "train.logging_steps", "must be >= 1")
         _check(self.checkpoint_steps >= 0, "train.checkpoint_steps", "must be >= 0 (0: every max_steps/4)")
         _check(self.packing in {"auto", True, False}, "train.packing", "must be auto, true or false")
+        _check(self.fp8_base in {"auto", True, False}, "train.fp8_base", "must be auto, true or false")
+        _check(self.memory_budget_gib in {"auto", "off"} or (isinstance(self.memory_budget_gib, float)
+               and self.memory_budget_gib > 0), "train.memory_budget_gib", "must be auto, off or a number of GiB > 0")
 
 
 @dataclass

@@ -5,7 +5,9 @@ the scaled copy, then the sum: five passes over an output as large as the layer'
 again in the recompute under gradient checkpointing, and their mirrors in the backward. With
 torch.addmm(base, a, B^T, alpha=s) the GEMM epilogue adds the scaled product to the base output
 in one read and one write, and autograd hands the gradient to the base output untouched. Same
-math, same parameters, same checkpoints: a speed lever only (`train.fused_lora`).
+math, same parameters, same checkpoints: a speed lever only (`train.fused_lora`, off by default:
+equal to peft on the CPU, but on an H100 in bf16 SmolLM2's loss curve drifted from the recipe's,
+bench/results/train_equivalence-gpu.json).
 
     python -m pytest -q tests/test_train.py -k fused     # equal outputs and gradients to peft's
 """

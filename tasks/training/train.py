@@ -22,6 +22,9 @@ from pathlib import Path
 import torch
 
 from tasks.config import Config, ConfigError, QuantizationConfig
+from tasks.training import budget
+from tasks.training.fp8_base import supported as fp8_supported
+from tasks.training.fp8_base import use_fp8_base
 from tasks.training.fused_lora import fuse_lora
 from tasks.io import atomic_path, file_sha256, read_json, read_jsonl, write_json
 from tasks.orchestration import stage_task
@@ -38,6 +41,8 @@ class TrainReport:
     quantized: bool
     resumed_from_step: int = 0  # 0: started from scratch
     rows_over_max_length: int = 0  # truncated to train.max_length (train.overlong: truncate)
+    plan: dict | None = None  # what train.memory_budget_gib chose (MLflow params train.plan.*); None: no GPU
+    fp8_base_layers: int = 0  # frozen 4-bit layers multiplied in FP8 (train.fp8_base)
 
 
 class ResumeError(Exception):
@@ -154,20 +159,47 @@ def load_base(cfg: Config, model_dir: str):
                                                 **kwargs)
 
 
+def fp8_base(cfg: Config) -> bool:
+    """train.fp8_base: auto is on where the GPU has FP8 tensor cores and the base is 4-bit."""
+    wanted = cfg.train.fp8_base
+    if wanted is True and not (fp8_supported() and cfg.quantization.enabled):
+        raise ConfigError("params: train.fp8_base: true needs a GPU with FP8 tensor cores (compute capability "
+                          ">= 8.9) and quantization.enabled: true; use auto or false")
+    return bool(wanted) and fp8_supported() and cfg.quantization.enabled
+
+
+def fp32_adapter(model) -> int:
+    """trl casts a 4-bit model's adapter to bf16 (the QLoRA paper's choice); at lr 2e-4 many Adam
+    updates then round away: on an H100, SmolLM2's loss after 40 steps was 0.97 against the recipe's
+    0.91 (noise 0.005, bench/train_equivalence.py --gpu). The adapter is kept in fp32 (80 MB more
+    on a 7B) and still runs in bf16 under autocast. Returns how many tensors were cast."""
+    cast = [p for p in model.parameters() if p.requires_grad and p.dtype != torch.float32]
+    for p in cast:
+        p.data = p.data.float()
+    return len(cast)
+
+
 def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **overrides):
-    """SFTTrainer with the LoRA adapter attached (base frozen); overrides replace SFTConfig fields
-    (the throughput bench uses this to vary one lever at a time)."""
+    """SFTTrainer with the LoRA adapter attached (base frozen), its micro-batch, recompute and
+    offload chosen by train.memory_budget_gib; overrides replace SFTConfig fields (the throughput
+    bench uses this to vary one lever at a time). trainer.memory_plan holds the plan (or None)."""
     from dataclasses import replace
 
     from trl import SFTTrainer
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    args = replace(_sft_config(cfg, Path(out_dir)), **overrides)
+    plan = budget.plan_for(cfg, model)
+    args = replace(_sft_config(cfg, Path(out_dir)), **budget.sft_overrides(plan), **overrides)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(cfg))
+    fp32_adapter(trainer.model)
+    if plan and 0 < plan.recomputed_layers < model.config.num_hidden_layers:
+        trainer.add_callback(budget.partial_recompute_callback(plan.recomputed_layers))
     if cfg.train.fused_lora:
         fuse_lora(trainer.model)
+    trainer.fp8_base_layers = use_fp8_base(trainer.model) if fp8_base(cfg) else 0
+    trainer.memory_plan = plan
     return trainer
 
 
@@ -270,9 +302,11 @@ def train(cfg: Config, model_dir: str, train_path: str | Path, out_dir: str | Pa
     write_json(out_dir / "log_history.json", history)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     tokens = max([float(e.get("num_tokens", 0)) for e in history] + [0.0])
+    plan = getattr(trainer, "memory_plan", None)
     return TrainReport(trainer.state.global_step, round(result.training_loss, 4), trainable, total,
                        round(seconds, 1), round(tokens / seconds, 1), bnb_config(cfg.quantization) is not None,
-                       _step(resume), overlong)
+                       _step(resume), overlong, asdict(plan) if plan else None,
+                       getattr(trainer, "fp8_base_layers", 0))
 
 train_task = stage_task(train, "train", retries=1)  # a retry resumes from the last checkpoint
 

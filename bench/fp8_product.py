@@ -1,0 +1,74 @@
+"""One frozen 4-bit layer, forward + backward for the input: bitsandbytes' bf16 product vs the FP8
+path (tasks/training/fp8_base.py), and what each part of the FP8 path costs, on Qwen2.5-7B's
+largest shapes. Ratios in one run, CUDA events, median of 20 after 5 warm-ups.
+
+    python bench/fp8_product.py          # a GPU with FP8 tensor cores; writes bench/results/fp8_product.json
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {"gate/up (3584 -> 18944)": (3584, 18944), "down (18944 -> 3584)": (18944, 3584)}
+
+
+def timed(fn, repeats: int = 20, warmup: int = 5) -> float:
+    """Median milliseconds of fn() on the GPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return round(statistics.median(times), 3)
+
+
+def layer_case(k: int, n: int, tokens: int) -> dict:
+    import bitsandbytes as bnb
+
+    from tasks.training import fp8_base
+
+    layer = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4").cuda()
+    x = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(tokens, n, device="cuda", dtype=torch.bfloat16)
+    step = lambda: layer(x).backward(g)  # noqa: E731
+    out = {"bf16_fwd_bwd_ms": timed(step)}
+    fp8_base.use_fp8_base(torch.nn.Sequential(layer))
+    out["fp8_fwd_bwd_ms"] = timed(step)
+    quantize = fp8_base._fused_quantize()
+    w = fp8_base._dequantized(layer.weight)
+    xq, xs = quantize(x.detach())
+    wq, ws = quantize(w)
+    out |= {"dequantize_ms": timed(lambda: fp8_base._dequantized(layer.weight)),
+            "quantize_weight_ms": timed(lambda: quantize(w)),
+            "quantize_weight_t_ms": timed(lambda: quantize(w.t().contiguous())),
+            "quantize_input_ms": timed(lambda: quantize(x.detach())),
+            "bf16_gemm_ms": timed(lambda: x.detach() @ w.t()),
+            "fp8_gemm_ms": timed(lambda: torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws.t(),
+                                                          out_dtype=torch.bfloat16))}
+    out["fp8_vs_bf16"] = round(out["bf16_fwd_bwd_ms"] / out["fp8_fwd_bwd_ms"], 2)
+    return out
+
+
+def main() -> None:
+    tokens = int(sys.argv[1]) if len(sys.argv) > 1 else 8192
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "tokens": tokens,
+              "cases": {name: layer_case(k, n, tokens) for name, (k, n) in SHAPES.items()}}
+    (ROOT / "bench/results").mkdir(exist_ok=True)
+    (ROOT / "bench/results/fp8_product.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

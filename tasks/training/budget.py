@@ -1,0 +1,155 @@
+"""A GPU memory budget instead of knobs: `train.memory_budget_gib: auto | N` picks the micro-batch,
+which decoder layers recompute their activations (gradient checkpointing) and whether the layer
+inputs kept for the backward go to host memory, so that the estimated peak stays inside the budget.
+
+Preference, fastest first: the whole batch in one micro-batch with as few recomputed layers as fit
+(a recomputed layer costs a third more compute); then every layer recomputed with its kept inputs
+offloaded to host memory (copies overlap compute); then half the micro-batch with twice the
+gradient accumulation, and so on. The effective batch (rows per optimizer step) never changes.
+The estimate's coefficients were fitted to peak-allocated memory measured on an H100 (Qwen2.5-7B,
+bench/results/train_throughput-*.json): within 2% of every measured case, erring high.
+
+    python -m tasks.training.budget MODEL_DIR [BUDGET_GIB]      # prints the plan for params.yaml
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from tasks.config import Config, ConfigError
+
+GIB = 2**30
+# bytes a token costs in one decoder layer whose activations are kept for the backward (bf16),
+# fitted on Qwen2.5-7B with Liger kernels and flex attention: 16 * hidden + 8.3 * intermediate
+ACT_HIDDEN, ACT_MLP = 16.0, 8.3
+KEPT = 0.78  # a layer that is not recomputed keeps this share of it (the rest is the backward's transients)
+OFFLOAD_STASH = 2  # layer inputs trl's offloading keeps on the GPU while copies are in flight (measured)
+HEADROOM = 0.92  # of the card's free memory under `auto`: the allocator's fragmentation and cuBLAS work space
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs to know of a model."""
+    layers: int
+    hidden: int
+    intermediate: int
+    quantized_params: int  # in 4-bit layers (half a byte each, plus their block scales)
+    other_params: int  # embeddings, head, norms: 2 bytes each
+    lora_params: int  # fp32 weights, gradients, two Adam moments and autocast's bf16 copies: ~21 bytes each
+
+
+@dataclass(frozen=True)
+class Plan:
+    micro_batch: int
+    grad_accum: int
+    recomputed_layers: int  # of Shape.layers; 0 = no gradient checkpointing
+    offload: bool
+    estimate_gib: float
+    budget_gib: float
+
+
+def shape_of(model, lora_r: int, targets: list[str]) -> Shape:
+    """Read the estimate's inputs from a loaded (possibly 4-bit) model before the adapter is attached."""
+    c = model.config
+    quantized = sum(p.numel() * 2 for p in model.parameters() if p.dtype == torch.uint8)  # 2 weights a byte
+    other = sum(p.numel() for p in model.parameters() if p.dtype != torch.uint8)
+    lora = sum(lora_r * (m.in_features + m.out_features) for n, m in model.named_modules()
+               if n.split(".")[-1] in targets and hasattr(m, "in_features"))
+    return Shape(c.num_hidden_layers, c.hidden_size, c.intermediate_size, quantized, other, lora)
+
+
+def estimate_bytes(s: Shape, tokens: int, recomputed: int, offload: bool) -> float:
+    """Peak allocated bytes of one training step with `tokens` tokens per micro-batch."""
+    static = s.quantized_params * 0.5156 + s.other_params * 2 + s.lora_params * 21  # nf4 + 8-bit block scales
+    layer = tokens * (ACT_HIDDEN * s.hidden + ACT_MLP * s.intermediate)  # one layer's kept activations
+    kept_inputs = tokens * s.hidden * 2 * (min(recomputed, OFFLOAD_STASH) if offload else recomputed)
+    # a bf16 + fp8 copy of the largest weight, and the chunked loss's hidden-state gradient
+    workspace = 3 * s.hidden * s.intermediate + tokens * s.hidden * 4
+    return static + kept_inputs + layer * (1 + KEPT * (s.layers - recomputed)) + workspace
+
+
+def _candidates(batch: int, layers: int):
+    """(micro_batch, recomputed, offload), fastest first; micro-batches divide the batch."""
+    for micro in (d for d in range(batch, 0, -1) if batch % d == 0):
+        for recomputed in range(layers + 1):
+            yield micro, recomputed, False
+        yield micro, layers, True
+
+
+def plan(s: Shape, batch: int, max_length: int, budget_gib: float) -> Plan:
+    """The fastest settings whose estimate fits `budget_gib`; ConfigError when none does."""
+    for micro, recomputed, offload in _candidates(batch, s.layers):
+        need = estimate_bytes(s, micro * max_length, recomputed, offload) / GIB
+        if need <= budget_gib:
+            return Plan(micro, batch // micro, recomputed, offload, round(need, 2), round(budget_gib, 2))
+    least = estimate_bytes(s, max_length, s.layers, True) / GIB
+    raise ConfigError(f"params: train.memory_budget_gib: {budget_gib:.1f} GiB cannot train this model "
+                      f"(at least {least:.1f} GiB with one row per micro-batch, every layer recomputed and offloaded)")
+
+
+def budget_gib(cfg: Config) -> float | None:
+    """The budget in GiB, or None where no budget applies (no GPU, or `off`: params' own knobs hold)."""
+    if not torch.cuda.is_available() or cfg.train.memory_budget_gib == "off":
+        return None
+    if cfg.train.memory_budget_gib == "auto":  # the loaded base is ours: what it holds counts as free
+        return (torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved()) * HEADROOM / GIB
+    return float(cfg.train.memory_budget_gib)
+
+
+def plan_for(cfg: Config, model) -> Plan | None:
+    """The plan for this model under params' budget; None: params' knobs as written."""
+    budget = budget_gib(cfg)
+    if budget is None:
+        return None
+    s = shape_of(model, cfg.lora.r, list(cfg.lora.target_modules))
+    return plan(s, cfg.train.batch_size * cfg.train.grad_accum, cfg.train.max_length, budget)
+
+
+def sft_overrides(p: Plan | None) -> dict:
+    """SFTConfig fields the plan sets (none without a plan)."""
+    if p is None:
+        return {}
+    return {"per_device_train_batch_size": p.micro_batch, "gradient_accumulation_steps": p.grad_accum,
+            "gradient_checkpointing": p.recomputed_layers > 0, "activation_offloading": p.offload}
+
+
+def recompute_only(model, recomputed: int) -> int:
+    """Keep gradient checkpointing on the first `recomputed` decoder layers only (transformers
+    turns it on for all): the others keep their activations, which costs memory and saves compute.
+    Returns how many layers recompute."""
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer") and hasattr(m, "gradient_checkpointing")]
+    for i, layer in enumerate(layers):
+        layer.gradient_checkpointing = layer.gradient_checkpointing and i < recomputed
+    return sum(layer.gradient_checkpointing for layer in layers)
+
+
+def partial_recompute_callback(recomputed: int):
+    """Trainer callback: applies recompute_only once transformers has switched checkpointing on."""
+    from transformers import TrainerCallback
+
+    class PartialRecompute(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            recompute_only(model, recomputed)
+
+    return PartialRecompute()
+
+
+def _main(argv: list[str]) -> int:
+    from tasks.config import load_config
+    from tasks.training.train import load_base
+
+    cfg = load_config()
+    model = load_base(cfg, argv[1])
+    budget = float(argv[2]) if len(argv) > 2 else budget_gib(cfg)
+    if budget is None:
+        print("no GPU: params' train.* settings are used as written")
+        return 0
+    s = shape_of(model, cfg.lora.r, list(cfg.lora.target_modules))
+    print(plan(s, cfg.train.batch_size * cfg.train.grad_accum, cfg.train.max_length, budget))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv))
