@@ -316,3 +316,25 @@ def test_fp8_base_product_is_close_to_the_bf16_one():
     rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()  # noqa: E731
     assert rel(out, ref) < 0.05 and rel(x.grad, ref_grad) < 0.05
     assert rel(out, ref) > 0  # the FP8 path really ran
+
+
+def test_a_tight_memory_budget_splits_the_batch_and_is_reported(tmp_path, tiny_model, train_file, monkeypatch):
+    """The plan reaches the trainer (micro-batch x accumulation = the batch, partial recompute) and
+    the report; the GPU's free memory is stood in for by a budget just above one row's estimate."""
+    from tasks.training import budget
+
+    cfg = config_from_dict(tiny_params(tiny_model))
+    probe = build_trainer(config_from_dict(tiny_params(tiny_model, train={"memory_budget_gib": "off"})),
+                          tiny_model, train_file, tmp_path / "probe")
+    shape = budget.shape_of(probe.model.get_base_model(), cfg.lora.r, list(cfg.lora.target_modules))
+    tight = budget.estimate_bytes(shape, cfg.train.max_length, shape.layers, False) / budget.GIB * 1.001
+    monkeypatch.setattr(budget, "budget_gib", lambda cfg: tight)
+    trainer = build_trainer(cfg, tiny_model, train_file, tmp_path / "run")
+    plan = trainer.memory_plan
+    assert plan.micro_batch < cfg.train.batch_size and plan.micro_batch * plan.grad_accum == cfg.train.batch_size
+    assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (
+        plan.micro_batch, plan.grad_accum)
+    assert plan.estimate_gib <= tight + 0.01 and plan.recomputed_layers > 0
+    assert trainer.args.gradient_checkpointing is True  # transformers >= 5.2x: through its new name too
+    report = train(cfg, tiny_model, train_file, tmp_path / "run", trainer=trainer)
+    assert report.steps == cfg.train.max_steps and report.plan == dataclasses.asdict(plan)

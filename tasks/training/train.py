@@ -168,6 +168,18 @@ def fp8_base(cfg: Config) -> bool:
     return bool(wanted) and fp8_supported() and cfg.quantization.enabled
 
 
+_RENAMED = {"gradient_checkpointing": "activation_checkpointing"}  # transformers >= 5.2x: old name is an alias
+
+
+def _replaced(args, **fields):
+    """dataclasses.replace for training arguments that also sets a renamed field's new name: a
+    replaced copy keeps the new name's old value and silently drops a change of the alias."""
+    from dataclasses import fields as fields_of, replace
+
+    names = {f.name for f in fields_of(args)}
+    return replace(args, **fields, **{_RENAMED[k]: v for k, v in fields.items() if _RENAMED.get(k) in names})
+
+
 def fp32_adapter(model) -> int:
     """trl casts a 4-bit model's adapter to bf16 (the QLoRA paper's choice); at lr 2e-4 many Adam
     updates then round away: on an H100, SmolLM2's loss after 40 steps was 0.97 against the recipe's
@@ -183,14 +195,12 @@ def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **
     """SFTTrainer with the LoRA adapter attached (base frozen), its micro-batch, recompute and
     offload chosen by train.memory_budget_gib; overrides replace SFTConfig fields (the throughput
     bench uses this to vary one lever at a time). trainer.memory_plan holds the plan (or None)."""
-    from dataclasses import replace
-
     from trl import SFTTrainer
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     plan = budget.plan_for(cfg, model)
-    args = replace(_sft_config(cfg, Path(out_dir)), **budget.sft_overrides(plan), **overrides)
+    args = _replaced(_sft_config(cfg, Path(out_dir)), **budget.sft_overrides(plan), **overrides)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(cfg))
     fp32_adapter(trainer.model)
