@@ -28,8 +28,8 @@ from tasks.evaluation.report import record_results_task
 from tasks.data.split import HOLDOUT, TRAIN
 from tasks.io import write_json
 from tasks.orchestration import workspace_lock
-from tasks.tracking import (built_version, client_for, finish, initiator, log_datasets, log_metrics, previous_params,
-                            run_key, start_run)
+from tasks.tracking import (built_version, client_for, finish, initiator, log_datasets, log_memory_plan, log_metrics,
+                            previous_params, run_key, start_run)
 from tasks.training.train import checkpoint_step, train_task
 from tasks.data.versioning import reproduce_task
 
@@ -107,8 +107,7 @@ def _stages(cfg, root: Path, data, run_id: str, run_dir: Path, timings: dict[str
                                  "train/resumed_from_step": trained.resumed_from_step,
                                  "train/fp8_base_layers": trained.fp8_base_layers,
                                  "eval/baseline_reused": float(baseline.reused)})
-    for key, value in (trained.plan or {}).items():  # what train.memory_budget_gib chose on this card
-        client.log_param(run_id, f"train.plan.{key}", str(value))
+    log_memory_plan(client, run_id, trained.plan)
     with _timed(timings, "finetuned_eval"):
         finetuned = evaluate_task(cfg, model_dir, root / HOLDOUT, run_dir / "eval" / "finetuned", str(adapter),
                                   label="finetuned")

@@ -107,6 +107,14 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], pr
     client.log_batch(run_id, metrics=entities)
 
 
+def log_memory_plan(client: MlflowClient, run_id: str, plan: dict[str, Any] | None) -> None:
+    """What train.memory_budget_gib chose on this card, as tags train.plan.<key>. Tags, not params:
+    a run resumed after a kill may get another plan (the card's free memory moves), and a param
+    once logged refuses a new value."""
+    for key, value in (plan or {}).items():
+        client.set_tag(run_id, f"train.plan.{key}", str(value))
+
+
 def log_loss_curve(client: MlflowClient, run_id: str, history: list[dict[str, Any]]) -> None:
     """trainer log history -> metric histories `train/loss`, `train/learning_rate`, ... by step."""
     entities = [mlflow.entities.Metric(f"train/{k}", float(v), 0, int(entry.get("step", 0)))

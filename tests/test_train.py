@@ -338,3 +338,16 @@ def test_a_tight_memory_budget_splits_the_batch_and_is_reported(tmp_path, tiny_m
     assert trainer.args.gradient_checkpointing is True  # transformers >= 5.2x: through its new name too
     report = train(cfg, tiny_model, train_file, tmp_path / "run", trainer=trainer)
     assert report.steps == cfg.train.max_steps and report.plan == dataclasses.asdict(plan)
+
+
+def test_the_memory_plan_is_tagged_on_the_run_and_a_resume_may_change_it(tmp_path):
+    from tasks.tracking import client_for, log_memory_plan, start_run
+
+    cfg = config_from_dict({})
+    run_id = start_run(cfg, tmp_path, "plan-test", {})
+    client = client_for(cfg, tmp_path)
+    log_memory_plan(client, run_id, {"micro_batch": 16, "offload": False, "budget_gib": 72.29})
+    log_memory_plan(client, run_id, {"micro_batch": 8, "offload": True, "budget_gib": 7.1})  # resumed elsewhere
+    tags = client.get_run(run_id).data.tags
+    assert (tags["train.plan.micro_batch"], tags["train.plan.offload"], tags["train.plan.budget_gib"]) == ("8", "True", "7.1")
+    log_memory_plan(client, run_id, None)  # no GPU: nothing to say

@@ -41,7 +41,7 @@ class TrainReport:
     quantized: bool
     resumed_from_step: int = 0  # 0: started from scratch
     rows_over_max_length: int = 0  # truncated to train.max_length (train.overlong: truncate)
-    plan: dict | None = None  # what train.memory_budget_gib chose (MLflow params train.plan.*); None: no GPU
+    plan: dict | None = None  # what train.memory_budget_gib chose (MLflow tags train.plan.*); None: no GPU
     fp8_base_layers: int = 0  # frozen 4-bit layers multiplied in FP8 (train.fp8_base)
 
 
