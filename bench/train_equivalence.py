@@ -42,10 +42,9 @@ def losses(trainer) -> list[float]:
     return [e["loss"] for e in trainer.state.log_history if "loss" in e]
 
 
-def _loragate(cfg_dict: dict, load, tokenizer, data: list[dict], out: str, bf16_adapter: bool = False) -> list[float]:
+def _loragate(cfg_dict: dict, load, tokenizer, data: list[dict], out: str) -> list[float]:
     """loragate's make_trainer on the same rows in the same order (one row per sequence, padding-free),
-    the base loaded with the attention train.attn_implementation picks (flex on CUDA), as load_base does.
-    bf16_adapter: the adapter cast back to bf16 (trl's choice for 4-bit bases), to show what fp32 buys."""
+    the base loaded with the attention train.attn_implementation picks (flex on CUDA), as load_base does."""
     from datasets import Dataset
 
     from tasks.config import config_from_dict
@@ -56,8 +55,6 @@ def _loragate(cfg_dict: dict, load, tokenizer, data: list[dict], out: str, bf16_
     trainer = make_trainer(cfg, load(attention(cfg.train.attn_implementation)), tokenizer, Dataset.from_list(data),
                            out, packing=False, padding_free=True, max_length=None, warmup_steps=0,
                            save_strategy="no", completion_only_loss=True)
-    for p in (p for p in trainer.model.parameters() if p.requires_grad and bf16_adapter):
-        p.data = p.data.to(torch.bfloat16)
     return losses(trainer)
 
 
@@ -88,12 +85,12 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     data = tokenized_rows(tokenizer, ROOT / "data/splits/train.jsonl", a.max_len, a.batch * a.steps)
-    p_ = a.gpu or a.qlora
-    quant = bnb_config(QuantizationConfig(enabled=True, compute_dtype="bfloat16" if a.gpu else "float32")) if p_ else None
+    quantized = a.gpu or a.qlora
+    quant = bnb_config(QuantizationConfig(enabled=True, compute_dtype="bfloat16" if a.gpu else "float32")) if quantized else None
     load = lambda attn="sdpa": AutoModelForCausalLM.from_pretrained(  # noqa: E731
         model_dir, attn_implementation=attn,
         **({"quantization_config": quant, "device_map": "cuda" if a.gpu else "cpu"} if quant else {}))
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj"] + (["gate_proj", "up_proj", "down_proj"] if p_ else [])
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"] + (["gate_proj", "up_proj", "down_proj"] if quantized else [])
     cfg = {"lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": targets},
            "train": {"batch_size": a.batch, "max_steps": a.steps, "logging_steps": 1, "learning_rate": 2e-4, "seed": 42}}
     if quant:

@@ -99,9 +99,9 @@ def budget_gib(cfg: Config) -> float | None:
     return float(cfg.train.memory_budget_gib)
 
 
-def plan_for(cfg: Config, model) -> Plan | None:
-    """The plan for this model under params' budget; None: params' knobs as written."""
-    budget = budget_gib(cfg)
+def plan_for(cfg: Config, model, budget: float | None = None) -> Plan | None:
+    """The plan for this model under `budget` GiB (default: params'); None: params' knobs as written."""
+    budget = budget_gib(cfg) if budget is None else budget
     if budget is None:
         return None
     s = shape_of(model, cfg.lora.r, list(cfg.lora.target_modules))
@@ -143,12 +143,8 @@ def _main(argv: list[str]) -> int:
 
     cfg = load_config()
     model = load_base(cfg, argv[1])
-    budget = float(argv[2]) if len(argv) > 2 else budget_gib(cfg)
-    if budget is None:
-        print("no GPU: params' train.* settings are used as written")
-        return 0
-    s = shape_of(model, cfg.lora.r, list(cfg.lora.target_modules))
-    print(plan(s, cfg.train.batch_size * cfg.train.grad_accum, cfg.train.max_length, budget))
+    chosen = plan_for(cfg, model, float(argv[2]) if len(argv) > 2 else None)
+    print(chosen or "no GPU (or memory_budget_gib: off): params' train.* settings are used as written")
     return 0
 
 

@@ -13,6 +13,7 @@ them, and the adapter, its gradients and the optimizer stay in bf16/fp32. The ba
 """
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
@@ -32,14 +33,10 @@ def _rowwise(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (t.float() / scale).to(E4M3), scale
 
 
-_quantize = _rowwise  # replaced by a fused (torch.compile) version on first GPU use
-
-
+@functools.cache
 def _fused_quantize():
-    global _quantize
-    if _quantize is _rowwise and torch.cuda.is_available():
-        _quantize = torch.compile(_rowwise, dynamic=True)  # one pass instead of four over each tensor
-    return _quantize
+    """_rowwise compiled into one pass over each tensor instead of four (eager on the CPU)."""
+    return torch.compile(_rowwise, dynamic=True) if torch.cuda.is_available() else _rowwise
 
 
 def _rows16(t: torch.Tensor) -> torch.Tensor:
