@@ -48,16 +48,22 @@ QKVO = ALL_LINEAR[:4]
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16
 
 
+def random_model(arch: str, device: str, attn: str = "sdpa"):
+    """The architecture with random bf16 weights, seed 0: the same weights in every case."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(AutoConfig.for_model(**ARCHS[arch]), dtype=torch.bfloat16,
+                                                attn_implementation=attn)
+
+
 def quantized_model(arch: str, device: str, attn: str = "sdpa"):
     """Random-init model of the architecture with every decoder Linear swapped for an nf4 Linear4bit
     (double-quant, bf16 compute), as from_pretrained(quantization_config=...) would leave it."""
     import bitsandbytes as bnb
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(**ARCHS[arch])
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation=attn)
+    model = random_model(arch, device, attn)
     n_params = sum(p.numel() for p in model.parameters())
     for module in list(model.model.layers.modules()):
         for name, child in list(module.named_children()):
@@ -220,11 +226,7 @@ def saved_model(arch: str) -> Path:
     tokenizer on disk, for trainers that only load from a folder (Unsloth). Written once per machine."""
     path = Path(tempfile.gettempdir()) / f"loragate-bench-{arch}"
     if not (path / "config.json").is_file():
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        torch.manual_seed(0)
-        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**ARCHS[arch]), dtype=torch.bfloat16)
+        model = random_model(arch, "cuda" if torch.cuda.is_available() else "cpu")
         model.save_pretrained(path.with_suffix(".part"))
         tokenizer_for(ARCHS[arch]["vocab_size"]).save_pretrained(path.with_suffix(".part"))
         path.with_suffix(".part").rename(path)
