@@ -106,6 +106,11 @@ def test_a_mistyped_card_printed_as_cards_are_is_masked_without_a_cue(analyzer):
     ("Our speaker is Lavinia-Zoé Cavalcanti, from Porto.", "Zoé Cavalcanti", "Lavinia-Zoé Cavalcanti"),
     ("Mrs. Iolanda Tratnik B.Sc. of Baytex", "Iolanda", "Mrs. Iolanda Tratnik B.Sc."),
     ("Ask Sanna Even about it.", "Sanna", "Sanna"),  # a common word is no surname
+    ("We need to add Mai G Fujimura as guardian.", "Fujimura", "Mai G Fujimura"),  # a word, but before an initial
+    ("I want to add Teodata Boni as a beneficiary", "Teodata", "Teodata Boni"),  # a known surname
+    ("Have you met Astryd Mercado?", "Astryd", "Astryd Mercado"),  # common in Spanish only
+    ("Her last name? van den Brandhof", "Brandhof", "van den Brandhof"),  # particles go with it
+    ("Dinner with Willemine ten Pas tonight", "Willemine", "Willemine ten Pas"),
 ])
 def test_a_name_tagged_in_part_grows_over_initials_hyphens_titles_and_rare_name_words(text, tagged, name):
     from tasks.data.recognizers import widen_names
@@ -146,6 +151,47 @@ def test_an_address_is_masked_to_its_last_word_not_to_the_last_word_a_pattern_kn
 ])
 def test_names_in_positions_that_say_a_person_is_meant(analyzer, text, name):
     assert name not in _masked(analyzer, text)
+
+
+@pytest.mark.parametrize("text,name", [
+    ("Ozuna began the repair on Monday.", "Ozuna"),  # a known surname before a verb of people
+    ("Arrieta wrote back within the hour.", "Arrieta"),
+    ("Please add my daughter Amber as a driver.", "Amber"),  # a word, but the cue says a name follows
+    ("We met Megan Swift at the depot.", "Megan Swift"),  # "Swift" is no bank code inside a name
+])
+def test_names_without_a_title_that_the_model_misses(analyzer, text, name):
+    masked = _masked(analyzer, text)
+    assert not any(part in masked for part in name.split()), masked
+
+
+@pytest.mark.parametrize("text,address", [
+    ("Please update the billing address with Koidu and Ilichova 59 for this card.", "Ilichova 59"),
+    ("Can you send a new one to Ilichova 59? I am in Nantes.", "Ilichova 59"),  # NER calls the street a person
+    ("My address is 12 Leoforos Syngrou Apt. 5 ∆ΕΚΕΛΕΙΑ LA", "∆ΕΚΕΛΕΙΑ LA"),  # "∆" typed for a Greek delta
+])
+def test_a_house_number_after_a_street_the_models_call_a_name_goes_with_it(analyzer, text, address):
+    masked = _masked(analyzer, text)
+    assert not any(w in masked for w in address.split()), masked
+
+
+@pytest.mark.parametrize("text", ["Python is a language that lets you work quickly.", "We deploy it with Flask and Prefect.",
+                                  "Personal Info"])
+def test_product_names_and_headings_stay_words(analyzer, text):
+    masked = _masked(analyzer, text)
+    assert all(w in masked for w in ("Python", "Flask", "Prefect", "Personal", "Info") if w in text), masked
+
+
+def test_the_name_gazetteer_is_built_once_and_kept_whole(tmp_path, monkeypatch):
+    from tasks.data import gazetteer
+
+    monkeypatch.setattr(gazetteer, "CACHE", tmp_path)
+    gazetteer.known_names.cache_clear()
+    try:
+        names = gazetteer.known_names()
+        assert {"medrano", "nowak", "mercado"} <= names and "python" not in names
+        assert [p.name for p in tmp_path.iterdir()] == [gazetteer._cache_file().name]  # no partial file left
+    finally:
+        gazetteer.known_names.cache_clear()
 
 
 @pytest.mark.parametrize("text", ["Sehr geehrte Damen und Herren, bitte um Rückruf.", "Szanowni Państwo, proszę o kontakt.",

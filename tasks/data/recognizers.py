@@ -21,17 +21,20 @@ from stdnum.pl import nip, pesel
 from stdnum.us import ssn
 
 from tasks.config import PiiConfig
+from tasks.data.gazetteer import is_known, known_names
 
-VERSION = "3.2"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.3"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
-_NAME = r"\p{Lu}[\p{Ll}'’]+(?:-\p{Lu}[\p{Ll}'’]+)?"
+# a name word; the prefixes carry a second capital ("MacMahon", "O'Brien", "L'Heureux", "DeShawn")
+_NAME_WORD = r"(?:(?:Ma?c|O['’]|[DdLl]['’]|De|Di|Da|Du|La|Le)(?=\p{Lu}))?\p{Lu}[\p{Ll}'’]+"
+_NAME = rf"{_NAME_WORD}(?:-{_NAME_WORD})?"
 # Honorifics and titles in the languages we serve; a name after one is masked whole, with it.
 # Polish ones are lower-case mid-sentence and declined ("pan Aleks", "panią Nowak", "panu Kowalskiemu").
 _TITLE = (r"(?:[Pp]an(?:i|a|u|em|ią|ie)?|[Pp]aństw[ao]|Herrn?|Frau|M\.|Mme\.?|Mlle\.?|Monsieur|Madame|Mademoiselle|"
-          r"Sr\.|Sra\.|Srta\.|Señora?|Señorita|Doña|Sig\.(?:ra)?|Signora?|Dhr\.|Mevr\.|Mr\.?|Mrs\.?|Ms\.?|Mx\.?|"
-          r"Miss|Dr\.?|Prof\.?|Sir|Dame|Lady|Lord|Dipl\.-\p{Lu}\p{Ll}*\.|Ing\.|Mag\.|Dott\.(?:ssa)?)")
+          r"Sr\.|Sra\.|Srta\.|(?:mrs?|ms|dr)\.|Señora?|Señorita|Doña|Sig\.(?:ra)?|Signora?|Dhr\.|Mevr\.|Mr\.?|Mrs\.?|Ms\.?|Mx\.?|"
+          r"Miss|Dr\.?|(?:Univ\.[ -]?)?Prof\.?|Sir|Dame|Lady|Lord|Dipl\.-\p{Lu}\p{Ll}*\.|Ing\.|Mag\.|Dott\.(?:ssa)?)")
 _PARTICLE = r"(?:von|van|der|den|de|du|del|della|di|da|dos|la|le|ten|ter|zu|y)"
 _IS_PARTICLE = regex.compile(rf"^{_PARTICLE}$", regex.IGNORECASE)
 # generational suffixes and degrees written after a name ("Anna Nowak MBA", "Jan Kos B.Sc.")
@@ -48,8 +51,10 @@ _TITLED_NAME = (rf"(?<![\w.])(?P<v>{_TITLE}\s(?:{_PARTICLE}\s)?{_NAME}(?:\s(?:{_
                  rf"(?:,?\s{_SUFFIX})?)(?!\w)")
 
 # A lone first name after a cue that a name follows: "Name: Anna", "call me Aleks", "Dear Zofia".
-_SINGLE_CUE = (r"(?:\b(?:[Mm]y name is|[Nn]ame is|[Nn]ame:|[Nn]ame\?|[Cc]all me|(?:[Cc]alled|[Nn]amed)(?: him| her| them)?|"
-               r"[Hh]i|[Hh]ello|[Dd]ear|"
+_SINGLE_CUE = (r"(?:\b(?:[Mm]y name is|[Nn]ame is|[Nn]ame:|[Nn]ame\?|[Cc]all(?:s|ed)? me|(?:[Cc]alled|[Nn]amed)(?: him| her| them)?|"
+               r"[Hh]i|[Hh]ello|[Dd]ear|(?:[Mm]y|[Oo]ur) (?:kid|son|daughter|child|wife|husband|partner|brother|sister|"
+               r"mother|father|mom|mum|dad|friend|boss|colleague|cousin|aunt|uncle|grandson|granddaughter|nephew|niece)|"
+               r"(?:said|asked|replied|wrote|whispered|shouted)|(?<=(?:said|asked|replied|wrote|whispered|shouted)(?: \S+){1,3} )to|"
                r"[Hh]ey|[Uu]nder|[Ss]peak to|[Tt]alk to|[Aa]sk for|[Hh]allo|[Ll]iebe[rs]?|[Ss]ehr geehrte[rs]?|"
                r"[Cc]ześć|[Dd]zień dobry|[Ss]zanown[ya]|[Bb]onjour|[Cc]her|[Cc]hère|[Mm]ein Name ist|[Ii]ch heiße|"
                r"[Nn]azywam się|[Mm]am na imię|[Jj]e m'appelle|[Mm]e llamo|[Mm]i chiamo|[Mm]ijn naam is|[Ii]k ben|"
@@ -152,7 +157,7 @@ _PHONE_THEN_CUE = (r"(?<![\w+])(?P<v>\+?\d[\d \-().]{5,18}\d)[ \t]?[-(]?[ \t]?"
 
 # A street and its house number alone: "Magrethevej 224", "Via Solfatara 21", "Rue des Lilas 4".
 _STREET_AND_NUMBER = (r"(?<![\w'’])(?P<v>(?:\p{Lu}\p{Ll}+(?:vej|gade|gata|gatan|vägen|weg|straße|strasse|str\.|gasse|platz|"
-                      r"allee|straat|laan|gracht|katu|tie|veien|vei|veg|utca)|(?:Via|Viale|Rue|Calle|Avenida|Rua|Piazza|Corso|"
+                      r"allee|straat|laan|gracht|katu|tie|veien|vei|veg|utca|chaussee|damm|ufer|steig|pfad|hof|braut|vegur)|(?:Via|Viale|Rue|Calle|Avenida|Rua|Piazza|Corso|"
                       rf"Carrer|Travessa|Trg|Ulica|Plac|Aleja|ul\.|al\.|pl\.|os\.)(?:\s(?:{_JOIN}|\p{{Lu}}[\p{{L}}'’\-]*)){{1,3}})"
                       r"\s\d{1,4}[a-zA-Z]?(?:/\d{1,4})?)(?![\w'’])")
 
@@ -378,18 +383,26 @@ def is_given(word: str) -> bool:
     return bool({w, plain} & given_names()) or "-" in w and all(p in given_names() for p in w.split("-"))
 
 
-def _checked_name_recognizer(entity: str, pattern: str, score: float, name: str, given: bool):
+def _checked_name_recognizer(entity: str, pattern: str, score: float, name: str, given: bool, cued: bool = False,
+                             name_like: bool = False):
     """A name pattern whose words must not be function words; with `given`, the first must be a known
-    first name. Keeps "Hi Team"-like cues and "The Dimensions" out of the PERSON findings."""
+    first name. Keeps "Hi Team"-like cues and "The Dimensions" out of the PERSON findings. With
+    `cued`, the cue has said a name follows: a first name that is also a word ("named him Christian",
+    "Hi Miles", "my kid Ante") is taken as the name. With `name_like`, one word at least must be a
+    first name, a known surname or a rare word ("Personal Info" on a line of its own is no name)."""
     def hit(m, entities):
         words = [w.strip("'’.").casefold() for w in m.group("v").split()]
         named = [w for w in words if len(w) > 1 and not _IS_PARTICLE.match(w)]  # initials and "van der" pass
+        if cued:
+            named = [w for w in named if w not in all_given_names() or w in _SALUTATIONS]
         # a known first name before a surname is a name even when alone it is a place ("Carolina Lombardi")
         common = [w for w in named[1 if given and len(named) > 1 else 0:] if w in _NOT_NAMES]
-        if named and not common and not any(w in _stopwords() for w in named) and (not given or is_given(words[0])):
+        if name_like and not any(w in all_given_names() or is_known(w) or _rare_everywhere(w, _NAME_WORD_ZIPF) for w in words):
+            return None
+        if words and not common and not any(w in _stopwords() for w in named) and (not given or is_given(words[0])):
             return entity, m.start("v"), m.end("v"), score
 
-    return _regex_recognizer(name, [entity], pattern, hit, warm=given_names, overlapped=True)
+    return _regex_recognizer(name, [entity], pattern, hit, warm=all_given_names if cued else given_names, overlapped=True)
 
 
 # capitalised words that follow name cues but are not names
@@ -412,8 +425,33 @@ _PLACE_BEFORE = (r"(?<!\b(?:East|West|North|South|Lake|Port|Mount|Saint|Sainte|S
 _GIVEN_ALONE = rf"(?<![\w'’\-]){_PLACE_BEFORE}(?P<v>{_NAME})(?![\w'’\-])"
 
 
+# A known name as the subject of what people do: "Carvajal began writing", "Sara is a very...". Any
+# known name before a verb of people; a first name also before "is", "was", "has" ("Python is": no).
+_PERSON_VERB = (r"(?:said|says|asked|asks|told|tells|wrote|writes|began|begins|spent|spends|replied|thinks|thought|"
+                r"believes|wants|wanted|likes|liked|loves|loved|lives|lived|works|worked|joined|met|visited|studied|"
+                r"agreed|explained|mentioned|emailed|phoned|signed|promised|complained|decided|arrived|left)")
+_NAME_THEN_VERB = (rf"(?<![\w'’\-]){_PLACE_BEFORE}(?P<v>{_NAME})(?= (?:{_PERSON_VERB}|(?P<aux>is|was|has|had|will|would|"
+                   r"can|could|did|does))\b)")
+_SUBJECT_ZIPF = 5.5  # a name this common as a word ("Will", "Even") is more often the word
+
+
+def _subject_name_recognizer():
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    def hit(m, entities):
+        w = m.group("v").strip("'’").casefold()
+        known = is_given(w) or is_known(w)
+        # before "is" or "had" a surname only when it is rare as a word: "Bartek had given" but "Java has"
+        named = w in all_given_names() or known and _rare_everywhere(w, _KNOWN_ZIPF) if m.group("aux") else known
+        if named and w not in STOP_WORDS and w not in _NOT_NAMES and _rare_everywhere(w, _SUBJECT_ZIPF):
+            return "PERSON", m.start("v"), m.end("v"), 0.45
+
+    return _regex_recognizer("SubjectNameRecognizer", ["PERSON"], _NAME_THEN_VERB, hit, warm=known_names)
+
+
 LEXICON_LANGS = ("en", "de", "fr", "pl", "es", "it", "nl")
 _RARE_ZIPF = 2.0  # below this in every language's word list (wordfreq): no common word, no famous name
+_KNOWN_ZIPF = 3.5  # a known first name or surname (gazetteer) below this everywhere: "Medrano", "Bergamaschi"
 # German (and French) compounds are rare words but common nouns: "Versicherungsnummer", "Schadensmeldung"
 _NOUN_ENDING = regex.compile(r"(?:ung|ungen|heit|keit|schaft|nummer|ierung|tion|ment|ität|schein|vertrag|meldung|"
                              r"versicherung|antrag|bescheid|fall|zahlung|konto|adresse|datum)$")
@@ -426,6 +464,16 @@ def _rare_everywhere(word: str, zipf: float) -> bool:
     return not _NOUN_ENDING.search(word) and all(zipf_frequency(word, lang) < zipf for lang in LEXICON_LANGS)
 
 
+def _known_and_uncommon(word: str, zipf: float, en_zipf: float = 9.0) -> bool:
+    """A known first name or surname (names-dataset) that no language we serve uses as often as
+    zipf, nor English as often as en_zipf; function words and the words _NOT_NAMES lists left out."""
+    from wordfreq import zipf_frequency
+
+    w = word.casefold()
+    return (w not in _stopwords() and w not in _NOT_NAMES and is_known(w) and zipf_frequency(w, "en") < en_zipf
+            and _rare_everywhere(w, zipf))
+
+
 def _rare_word_recognizer():
     """A capitalised word that no language we serve uses commonly (wordfreq's frequency lists,
     which also count names and places) is a proper noun: a rare surname, first name or small place.
@@ -435,10 +483,11 @@ def _rare_word_recognizer():
 
     def hit(m, entities):
         word = m.group(0).strip("'’").casefold()
-        if 2 < len(word) <= 14 and _rare_everywhere(word, _RARE_ZIPF):
+        if 2 < len(word) <= 14 and (_rare_everywhere(word, _RARE_ZIPF) or _known_and_uncommon(word, _KNOWN_ZIPF)):
             return "PERSON", m.start(), m.end(), 0.45
 
     def warm():
+        known_names()
         for lang in LEXICON_LANGS:
             zipf_frequency("the", lang)
 
@@ -526,11 +575,13 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
         _group_recognizer("PERSON", _CUED_NAME, 0.7, "CuedNameRecognizer"),
         _group_recognizer("PERSON", _NAME_THEN_CUE, 0.6, "NameBeforeCueRecognizer"),
         _group_recognizer("PERSON", _TITLED_NAME, 0.7, "TitledNameRecognizer"),
-        _checked_name_recognizer("PERSON", _CUED_SINGLE_NAME, 0.6, "CuedGivenNameRecognizer", given=False),
+        _checked_name_recognizer("PERSON", _CUED_SINGLE_NAME, 0.6, "CuedGivenNameRecognizer", given=False, cued=True),
         _checked_name_recognizer("PERSON", _GIVEN_THEN_SURNAME, 0.5, "GivenNameSurnameRecognizer", given=True),
         _checked_name_recognizer("PERSON", _GIVEN_ALONE, 0.45, "GivenNameRecognizer", given=True),
-        _checked_name_recognizer("PERSON", _NAME_LINE, 0.45, "NameLineRecognizer", given=False),
+        _checked_name_recognizer("PERSON", _NAME_LINE, 0.45, "NameLineRecognizer", given=False, cued=True,
+                                 name_like=True),
         _rare_word_recognizer(),
+        _subject_name_recognizer(),
         _position_name_recognizer("AddressedNameRecognizer", _ADDRESSED),
         _position_name_recognizer("SpeakerNameRecognizer", _SPEAKER),
         _group_recognizer("DATE_OF_BIRTH", _DOB, 0.85, "DateOfBirthRecognizer"),
@@ -549,7 +600,8 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
 _TITLES_AND_SUFFIXES = regex.compile(rf"^{_TITLE}\s|,?\s{_SUFFIX}$")
 # "Our Zielona Góra office", "our West Amandafort office": a place
 _DETERMINER = regex.compile(r"\b(?:[Oo]ur|[Yy]our|[Tt]heir|[Ii]ts)\s(?:(?:East|West|North|South|New|Old)\s)?$")
-_ID_WORD = regex.compile(r"(?i:\b(?:iban|bic|swift|pesel|nip|regon|ssn|vat|tin|nino|pin)\b|-id\b)")  # "My Steuer-ID", "New IBAN"
+# "My Steuer-ID", "New IBAN"; in capitals only, since "Megan Swift" and "Iban Lopez" are names
+_ID_WORD = regex.compile(r"\b(?:IBAN|BIC|SWIFT|PESEL|NIP|REGON|SSN|VAT|TIN|NINO|PIN)\b|-I[Dd]\b")
 
 
 def _name_end(text: str, start: int, end: int) -> int:
@@ -561,6 +613,17 @@ def _name_end(text: str, start: int, end: int) -> int:
     while end > start and text[end - 1] in " \t,;":
         end -= 1
     return start if any(c.isdigit() for c in text[start:end]) else end  # "Model RT-AX60U": a label
+
+
+_CUE_BEFORE = regex.compile(rf"{_SINGLE_CUE}$", FLAGS)
+_VERB_AFTER = regex.compile(rf" (?:{_PERSON_VERB}|is|was|has|had|will|would|can|could|did|does)\b")
+
+
+def _said_to_be_a_name(text: str, start: int, end: int) -> bool:
+    """A cue before ("said Sara", "my kid Ante") or a verb of people after ("Sara is"): a name
+    even where the word is a function word of some language too."""
+    return bool(_CUE_BEFORE.search(text[max(0, start - 60):start]) or _VERB_AFTER.match(text, end)
+                ) and text[start:end].casefold() in all_given_names()
 
 
 def widen_names(text: str, results: list) -> list:
@@ -577,7 +640,8 @@ def widen_names(text: str, results: list) -> list:
             label = r.end > r.start and regex.match(r"\.?\s*:(?![ \t]?[\"“])", text[r.end:]) and (
                 not is_given(text[r.start:r.end].split()[0]))
             words = [w.strip(".,") for w in text[r.start:r.end].casefold().split()]
-            by_position = _at_name_position(text, r.start, r.end) and _named_by_position(text[r.start:r.end])
+            by_position = (_at_name_position(text, r.start, r.end) and _named_by_position(text[r.start:r.end])
+                           or _said_to_be_a_name(text, r.start, r.end))
             common = (all(w in _SALUTATIONS or w in _stopwords() for w in words)  # "Madam", "Damen und Herren"
                       and (len(words) == 1 and not by_position or any(w in _SALUTATIONS for w in words))
                       or any(_NOUN_ENDING.search(w) and len(w) > 8 for w in words))  # "Meine Versicherungsnummer"
@@ -594,27 +658,34 @@ def widen_names(text: str, results: list) -> list:
 # what may stand right before a detected name and belongs to it: a title, an initial, the first
 # part of a hyphenated name, another name word ("Mai G Fujimura" where NER took only "Fujimura")
 _GROW_LEFT = regex.compile(rf"(?:(?<!\w){_TITLE}\s|(?<![\w.])\p{{Lu}}\.?\s|(?<![\w'’])\p{{Lu}}[\p{{L}}'’]*\.?-|"
-                           rf"(?<![\w'’\-])(?P<word>{_NAME})\s)$")
+                           rf"(?<![\w'’\-])(?P<word>{_NAME})\s|(?<![\w'’\-])(?i:{_PARTICLE})\s)$")
 _GROW_RIGHT = regex.compile(rf"^(?:,?\s{_SUFFIX}(?!\w)|-\p{{Lu}}\p{{Ll}}[\p{{L}}'’]*|\s\p{{Lu}}\.?(?=\s\p{{Lu}})|"
-                            rf"\s(?P<word>{_NAME})(?![\w'’\-]))")
+                            rf"(?:\s{_PARTICLE}){{1,2}}\s\p{{Lu}}[\p{{L}}'’]+(?![\w'’\-])|\s(?P<word>{_NAME})(?![\w'’\-]))")
 _NAME_WORD_ZIPF = 3.0  # a capitalised neighbour rarer than this in every language is taken as part of the name
+# ... and a known first name or surname below these (everywhere, in English): "Teodata [Boni]",
+# "Astryd [Mercado]" ("mercado" is common in Spanish only), not "[Ask] Sanna"
+_KNOWN_WORD_ZIPF, _KNOWN_WORD_EN_ZIPF = 5.5, 4.5
 
 
 def _name_word(word: str) -> bool:
     """A known first name, or a capitalised word too rare to be anything but a name."""
     w = word.strip("'’").casefold()
-    return is_given(w) or w not in _stopwords() and w not in _NOT_NAMES and _rare_everywhere(w, _NAME_WORD_ZIPF)
+    return is_given(w) or w not in _stopwords() and w not in _NOT_NAMES and (
+        _rare_everywhere(w, _NAME_WORD_ZIPF) or _known_and_uncommon(w, _KNOWN_WORD_ZIPF, _KNOWN_WORD_EN_ZIPF))
 
 
 def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
     """A PERSON span grown word by word over titles, initials, degrees and name words on either
     side (at most three steps a side): NER tags the part it knows and a surviving "Mai G" or
     "Lavinia-" still says who it was."""
+    initial = False  # a first name before an initial is one even when it is a word too: "Mai G Fujimura"
     for _ in range(3):
         left = _GROW_LEFT.search(text[max(0, start - 24):start])
-        if not left or (left.group("word") and not _name_word(left.group("word"))):
+        word = left and left.group("word")
+        if not left or word and not (_name_word(word) or initial and word.casefold() in all_given_names()):
             break
         start -= len(left.group(0))
+        initial = regex.fullmatch(r"\p{Lu}\.?\s", left.group(0)) is not None
     for _ in range(3):
         right = _GROW_RIGHT.match(text[end:end + 24])
         if not right or (right.group("word") and not _name_word(right.group("word"))):
@@ -624,7 +695,8 @@ def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 # one word of an address grown from a detected one: number, capitalised word, code, particle
-_ADDR_PIECE = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}|\d{{1,6}}[A-Za-z]?\.?|\p{{Lu}}[\p{{L}}'’\-]*\.?|{_JOIN}|"
+# ("∆", the increment sign, stands for a Greek capital delta in data typed on some keyboards)
+_ADDR_PIECE = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}|\d{{1,6}}[A-Za-z]?\.?|[\p{{Lu}}∆][\p{{L}}∆'’\-]*\.?|{_JOIN}|"
                rf"\(\p{{Lu}}[\p{{L}}]*\)|\p{{Ll}}{{1,4}}\.|\p{{Ll}}[\p{{L}}\-]{{2,15}})")
 _ADDR_RIGHT = regex.compile(rf"^(?:,?[ \t]+|,)(?P<word>{_ADDR_PIECE})(?![\w'’])")
 _ADDR_LEFT = regex.compile(rf"(?<![\w'’])(?P<word>{_ADDR_PIECE})[ \t]+$")
@@ -646,11 +718,24 @@ def _address_word(word: str) -> bool:
     return w not in _stopwords() and zipf_frequency(w, "en") < _ADDR_ZIPF
 
 
+def _whole_words(text: str, start: int, end: int) -> tuple[int, int]:
+    def inside(i: int) -> bool:
+        return 0 < i < len(text) and all(c.isalpha() or c == "∆" for c in text[i - 1:i + 1])
+
+    while inside(end):
+        end += 1
+    while inside(start):
+        start -= 1
+    return start, end
+
+
 def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
     """A STREET_ADDRESS span grown over the address words beside it (numbers, capitalised words,
     state codes, particles; four left, eight right), on into the next line when it starts like a
     place line (", SJ", "Austria 16727"): the patterns stop at the first word they do not know, and what is
-    left ("Via delle Coste", "Casselman") still locates a person."""
+    left ("Via delle Coste", "Casselman") still locates a person. A span that ends or starts inside a
+    word ("ΟΡΜΙ" of "ΟΡΜΙ∆ΕΙΑ", cut at a sign that is no letter) takes the whole word first."""
+    start, end = _whole_words(text, start, end)
     for _ in range(4):
         left = _ADDR_LEFT.search(text[max(0, start - 40):start])
         if not left or not _address_word(left.group("word")):
@@ -705,11 +790,28 @@ def _streets_before_places(text: str, results: list) -> list:
     return results + added
 
 
+# a house number closing a street name: "... Koidu 31?", "Frauentaler Strasse 85 for this card"
+_HOUSE_NUMBER = regex.compile(rf"(?:[ \t]{_STREET_WORD}(?![\w'’])){{0,2}}[ \t]\d{{1,4}}[A-Za-z]?(?:[/-]\d{{1,4}})?\.?(?=[ \t]*(?:[,;?!)\n]|\.(?:\s|$)|$|[ \t](?:and|or|for|in|on|"
+                              r"please|und|i|et|y)\b))")
+_ADDRESS_TALK = regex.compile(rf"{_ADDRESS_CUE}|(?i:\b(?:send|sent|deliver|post|mail|ship)\w*\b.{{0,40}}\bto\b)")
+
+
+def _numbered_streets(text: str, results: list) -> list:
+    """Where the text speaks of an address, a name or place found right before a lone house number
+    is a street: NER tags "Koidu" in "... to Koidu 31?" as a person and the number would survive."""
+    from presidio_analyzer import RecognizerResult
+
+    if not _ADDRESS_TALK.search(text):
+        return results
+    numbered = ((r, _HOUSE_NUMBER.match(text, r.end)) for r in results if r.entity_type in ("PERSON", "LOCATION"))
+    return results + [RecognizerResult("STREET_ADDRESS", r.start, m.end(), 0.5) for r, m in numbered if m]
+
+
 def widen_addresses(text: str, results: list) -> list:
     """A STREET_ADDRESS span grown over the words a chain of findings around it leaves between
     them (names and places inside an address included) and then over its neighbouring address
     words."""
-    results = _streets_before_places(text, results)
+    results = _numbered_streets(text, _streets_before_places(text, results))
     for run in _runs(text, results):
         for r in (r for r in run if r.entity_type == "STREET_ADDRESS"):
             r.start, r.end = _grow_address(text, min(o.start for o in run), max(o.end for o in run))
