@@ -153,6 +153,12 @@ def test_names_in_positions_that_say_a_person_is_meant(analyzer, text, name):
     assert name not in _masked(analyzer, text)
 
 
+@pytest.mark.parametrize("text,phone", [("Nobody is answering at 41 72 09 today.", "41 72 09"),
+                                        ("Please stop the messages to 58 30 16.", "58 30 16")])
+def test_short_local_numbers_after_a_phone_cue_are_masked(analyzer, text, phone):
+    assert phone not in _masked(analyzer, text)
+
+
 @pytest.mark.parametrize("text,name", [
     ("Ozuna began the repair on Monday.", "Ozuna"),  # a known surname before a verb of people
     ("Arrieta wrote back within the hour.", "Arrieta"),
@@ -168,6 +174,8 @@ def test_names_without_a_title_that_the_model_misses(analyzer, text, name):
     ("Please update the billing address with Koidu and Ilichova 59 for this card.", "Ilichova 59"),
     ("Can you send a new one to Ilichova 59? I am in Nantes.", "Ilichova 59"),  # NER calls the street a person
     ("My address is 12 Leoforos Syngrou Apt. 5 ∆ΕΚΕΛΕΙΑ LA", "∆ΕΚΕΛΕΙΑ LA"),  # "∆" typed for a Greek delta
+    ("Our office: Bregovita 27\nPhone: 0123", "Bregovita 27"),  # no word about an address, a line of its own
+    ("We met at Teréz kapu 12. yesterday", "Teréz kapu 12"),  # a Hungarian street kind between
 ])
 def test_a_house_number_after_a_street_the_models_call_a_name_goes_with_it(analyzer, text, address):
     masked = _masked(analyzer, text)

@@ -318,8 +318,9 @@ def detect(cfg: Config, records: list[list[str]], analyzer) -> Iterator[list[lis
     list of names added, and values found anywhere in the record found everywhere in it."""
     found, wanted = _analyze(cfg, analyzer, [t for texts in records for t in texts]), set(detected_entities(cfg))
     for texts in records:
-        widened = [widen_addresses(t, widen_names(t, next(found))) for t in texts]
-        yield _propagate(texts, [complete_lists(t, [r for r in res if r.entity_type in wanted]) for t, res in zip(texts, widened)])
+        # lists before addresses: "Quadra" in "to Lo and Quadra 104" is a name only once the list says so
+        widened = [widen_addresses(t, complete_lists(t, widen_names(t, next(found)))) for t in texts]
+        yield _propagate(texts, [[r for r in res if r.entity_type in wanted] for res in widened])
 
 
 def anonymize_records(cfg: Config, records: list[list[str]], analyzer=None

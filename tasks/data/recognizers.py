@@ -104,6 +104,7 @@ _STREET_WORD = (r"(?i:street|st\.?|road|rd\.?|avenue|ave\.?|lane|ln\.?|drive|dr\
                 r"\w*stra(?:ß|ss)e|\w*str\.|\w*weg|\w*gasse|\w*platz|\w*allee|\w*straat|\w*laan|\w*gracht|\w*vej|"
                 r"\w*gade|\w*vägen|\w*gatan|\w*vei(?:en)?|\w*veg(?:en)?|\w*gata|\w*katu|\w*tie|ulica|ul\.|aleja|al\.|plac|osiedle|os\.|rue|"
                 r"chemin|impasse|allée|quai|via|viale|piazza|corso|calle|avenida|ctra\.|carrer|rua|praça|travessa|út|utca|u\.|"
+                r"kapu|krt\.|körút|rakpart|köz|sor|sétány|fasor|tee|"
                 r"útja|tér|körút|trg|ulice|náměstí|ulitsa)")
 _DESIGNATOR = r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Box|P\.?O\.? Box|PSC|Wohnung|lok\.|m\.)"
 # one word of an address; a dot only ends an abbreviation ("St.", "Str."), so "Berlin. Meine" stops there
@@ -505,7 +506,7 @@ _ID_CUES = {
     "CREDIT_CARD": r"(?:credit|debit|payment|bank)\scard|card(?:\s(?:number|no\.?|num|#))?|cc|Kartennummer|"
                    r"Kreditkarte(?:nnummer)?|(?:numer|nr\.?)\skarty|karty|carte(?:\sbancaire)?|Visa|Mastercard|Amex",
     "PHONE_NUMBER": r"phone|tel\.?|telephone|mobile|cell|fax|desk|landline|direct\sline|call\s(?:me\s)?(?:on|at)|reach\sme\s(?:on|at)|"
-                    r"text\sme\s(?:on|at)|Telefon(?:nummer)?|Handy(?:nummer)?|Mobil(?:nummer)?|Rufnummer|"
+                    r"text\sme\s(?:on|at)|(?:answering|messages|texts|SMS|calls|ringing)\s(?:at|to|on|from)|Telefon(?:nummer)?|Handy(?:nummer)?|Mobil(?:nummer)?|Rufnummer|"
                     r"(?:numer|nr\.?)\s(?:tel\.?|telefonu|komórki)|komórka|komórkowy|téléphone|portable|mobile",
     "US_SSN": r"SSN|social\ssecurity(?:\snumber|\sno\.?|\s#)?|Sozialversicherungsnummer",
     "ID_NUMBER": r"(?:policy|claim|customer|member|contract|insurance|account)\s(?:number|no\.?|ID|ref(?:erence)?|#)|"
@@ -790,19 +791,17 @@ def _streets_before_places(text: str, results: list) -> list:
     return results + added
 
 
-# a house number closing a street name: "... Koidu 31?", "Frauentaler Strasse 85 for this card"
-_HOUSE_NUMBER = regex.compile(rf"(?:[ \t]{_STREET_WORD}(?![\w'’])){{0,2}}[ \t]\d{{1,4}}[A-Za-z]?(?:[/-]\d{{1,4}})?\.?(?=[ \t]*(?:[,;?!)\n]|\.(?:\s|$)|$|[ \t](?:and|or|for|in|on|"
+# a house number closing a street name, or a postcode a place: "... Koidu 31?", "Frauentaler Strasse 85 for
+# this card", "Hungary 47153"
+_HOUSE_NUMBER = regex.compile(rf"(?:[ \t]{_STREET_WORD}(?![\w'’])){{0,2}}[ \t]\d{{1,5}}[A-Za-z]?(?:[/-]\d{{1,4}})?\.?(?=[ \t]*(?:[,;?!)\n]|\.(?:\s|$)|$|[ \t](?:and|or|for|in|on|"
                               r"please|und|i|et|y)\b))")
-_ADDRESS_TALK = regex.compile(rf"{_ADDRESS_CUE}|(?i:\b(?:send|sent|deliver|post|mail|ship)\w*\b.{{0,40}}\bto\b)")
 
 
 def _numbered_streets(text: str, results: list) -> list:
-    """Where the text speaks of an address, a name or place found right before a lone house number
-    is a street: NER tags "Koidu" in "... to Koidu 31?" as a person and the number would survive."""
+    """A name or place found right before a lone house number that ends a clause or a line is a
+    street: NER tags "Koidu" in "... to Koidu 31?" as a person and the number would survive."""
     from presidio_analyzer import RecognizerResult
 
-    if not _ADDRESS_TALK.search(text):
-        return results
     numbered = ((r, _HOUSE_NUMBER.match(text, r.end)) for r in results if r.entity_type in ("PERSON", "LOCATION"))
     return results + [RecognizerResult("STREET_ADDRESS", r.start, m.end(), 0.5) for r, m in numbered if m]
 
