@@ -38,7 +38,7 @@ _TITLE = (r"(?:[Pp]an(?:i|a|u|em|ią|ie)?|[Pp]aństw[ao]|Herrn?|Frau|M\.|Mme\.?|
 _PARTICLE = r"(?:von|van|der|den|de|du|del|della|di|da|dos|la|le|ten|ter|zu|y)"
 _IS_PARTICLE = regex.compile(rf"^{_PARTICLE}$", regex.IGNORECASE)
 # generational suffixes and degrees written after a name ("Anna Nowak MBA", "Jan Kos B.Sc.")
-_SUFFIX = r"(?:Jr|Sr|II|III|IV|PhD|Ph\.D|MD|Esq|MBA|B\.A|M\.A|B\.Sc|M\.Sc|B\.Eng|M\.Eng|LL\.M|LL\.B|Dipl\.-\p{Lu}\p{Ll}*)\.?"
+_SUFFIX = r"(?:Jr|Sr|II|III|IV|PhD|Ph\.D|MD|DVM|DDS|RN|CPA|Esq|MBA|B\.A|M\.A|B\.Sc|M\.Sc|B\.Eng|M\.Eng|LL\.M|LL\.B|Dipl\.-\p{Lu}\p{Ll}*)\.?"
 _FULL_NAME = rf"(?:{_TITLE}\s)?{_NAME}(?:\s{_NAME}){{1,2}}(?:,?\s{_SUFFIX})?"
 # A name right after an introduction, a sign-off or a cue that a person follows.
 _CUED_NAME = (r"(?:\b(?:[Mm]y name is|[Tt]his is|I am|I'm|[Cc]olleague|[Pp]erson:|[Ss]poke to|signed for by|"
@@ -416,7 +416,7 @@ victoria sydney india china florence austin jordan georgia virginia carolina dak
 berlin vienna warsaw madrid rome milan brussels dublin zurich geneva europe america asia africa christian
 inc ltd plc corp corporation group holdings trust company co gmbh ag sa spa bv nv llc limited partners services solutions
 technologies systems international global department office manager director address phone email fax mobile desk
-dept subject re fwd dear damen herren ladies gentlemen państwo panie panowie mesdames messieurs""".split())
+dept subject re fwd dear damen herren ladies gentlemen państwo panie panowie mesdames messieurs world folks guys""".split())
 _SALUTATIONS = frozenset("""sir madam dear damen herren ladies gentlemen państwo panie panowie mesdames messieurs team
 customer customers everyone all sehr geehrte geehrter geehrten liebe lieber szanowni szanowny szanowna cher chère chers
 madame monsieur estimado estimada estimados gentile gentili geachte beste""".split())
@@ -431,9 +431,20 @@ _GIVEN_ALONE = rf"(?<![\w'’\-]){_PLACE_BEFORE}(?P<v>{_NAME})(?![\w'’\-])"
 _PERSON_VERB = (r"(?:said|says|asked|asks|told|tells|wrote|writes|began|begins|spent|spends|replied|thinks|thought|"
                 r"believes|wants|wanted|likes|liked|loves|loved|lives|lived|works|worked|joined|met|visited|studied|"
                 r"agreed|explained|mentioned|emailed|phoned|signed|promised|complained|decided|arrived|left)")
+# A first name called out at the end of a sentence: "Don't go to town, Elke!", "Thanks, Anna?"
+_VOCATIVE = rf"(?<=,[ \t])(?P<v>{_NAME})(?=[ \t]?[!?])"
 _NAME_THEN_VERB = (rf"(?<![\w'’\-]){_PLACE_BEFORE}(?P<v>{_NAME})(?= (?:{_PERSON_VERB}|(?P<aux>is|was|has|had|will|would|"
                    r"can|could|did|does))\b)")
 _SUBJECT_ZIPF = 5.5  # a name this common as a word ("Will", "Even") is more often the word
+
+
+def _vocative_recognizer():
+    def hit(m, entities):
+        w = m.group("v").casefold()
+        if (w in all_given_names() or is_known(w)) and w not in _NOT_NAMES and w not in _SALUTATIONS:
+            return "PERSON", m.start("v"), m.end("v"), 0.45
+
+    return _regex_recognizer("VocativeNameRecognizer", ["PERSON"], _VOCATIVE, hit, warm=known_names)
 
 
 def _subject_name_recognizer():
@@ -583,6 +594,7 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
                                  name_like=True),
         _rare_word_recognizer(),
         _subject_name_recognizer(),
+        _vocative_recognizer(),
         _position_name_recognizer("AddressedNameRecognizer", _ADDRESSED),
         _position_name_recognizer("SpeakerNameRecognizer", _SPEAKER),
         _group_recognizer("DATE_OF_BIRTH", _DOB, 0.85, "DateOfBirthRecognizer"),
@@ -621,9 +633,10 @@ _VERB_AFTER = regex.compile(rf" (?:{_PERSON_VERB}|is|was|has|had|will|would|can|
 
 
 def _said_to_be_a_name(text: str, start: int, end: int) -> bool:
-    """A cue before ("said Sara", "my kid Ante") or a verb of people after ("Sara is"): a name
-    even where the word is a function word of some language too."""
-    return bool(_CUE_BEFORE.search(text[max(0, start - 60):start]) or _VERB_AFTER.match(text, end)
+    """A cue before ("said Sara", "my kid Ante"), a verb of people after ("Sara is") or a call at a
+    sentence's end (", Elke!"): a name even where the word is a function word of some language too."""
+    called_out = regex.search(r",[ \t]$", text[max(0, start - 2):start]) and regex.match(r"[ \t]?[!?]", text[end:end + 2])
+    return bool(_CUE_BEFORE.search(text[max(0, start - 60):start]) or _VERB_AFTER.match(text, end) or called_out
                 ) and text[start:end].casefold() in all_given_names()
 
 
@@ -675,6 +688,9 @@ def _name_word(word: str) -> bool:
         _rare_everywhere(w, _NAME_WORD_ZIPF) or _known_and_uncommon(w, _KNOWN_WORD_ZIPF, _KNOWN_WORD_EN_ZIPF))
 
 
+_MID_SENTENCE = regex.compile(r"(?:\p{Ll}|,)[ \t]+$")
+
+
 def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
     """A PERSON span grown word by word over titles, initials, degrees and name words on either
     side (at most three steps a side): NER tags the part it knows and a surviving "Mai G" or
@@ -683,7 +699,10 @@ def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
     for _ in range(3):
         left = _GROW_LEFT.search(text[max(0, start - 24):start])
         word = left and left.group("word")
-        if not left or word and not (_name_word(word) or initial and word.casefold() in all_given_names()):
+        # ... and so is one capitalised mid-sentence before a name: "tennis player Else [Lundblad]"
+        given = word and word.casefold() in all_given_names() and (initial or _MID_SENTENCE.search(
+            text[max(0, start - len(left.group(0)) - 3):start - len(left.group(0))]) is not None)
+        if not left or word and not (_name_word(word) or given):
             break
         start -= len(left.group(0))
         initial = regex.fullmatch(r"\p{Lu}\.?\s", left.group(0)) is not None
