@@ -264,11 +264,8 @@ def _analyze_chunk(texts: list[str]) -> list[list]:
 
 @functools.lru_cache(maxsize=2)
 def second_ner(name: str):
-    """params' pii.second_ner_model, NER only, loaded once and run once (before the workers fork,
-    so each does not pay the first call's set-up again)."""
-    nlp = spacy.load(spacy_source(name, "pii.second_ner_model"), enable=list(NER_COMPONENTS))
-    nlp("Anna Nowak wrote from Kraków.")
-    return nlp
+    """params' pii.second_ner_model, NER only, loaded once (before the workers fork)."""
+    return spacy.load(spacy_source(name, "pii.second_ner_model"), enable=list(NER_COMPONENTS))
 
 
 def _second_opinion(texts: list[str], found: list[list], name: str) -> list[list]:
@@ -285,7 +282,7 @@ def _second_opinion(texts: list[str], found: list[list], name: str) -> list[list
 
 def _one_blas_thread() -> None:
     """A worker per core already: BLAS threads on top of them fight for the same cores (two NER
-    models in 2 workers: 457 records/s with numpy's default threads, 548 with one)."""
+    models in 2 workers: 457 records/s with numpy's default threads, 510 with one)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)

@@ -64,7 +64,7 @@ def known_names() -> frozenset[str]:
 
 
 def is_known(word: str) -> bool:
-    """A first name or surname that ranks somewhere; possessive "'s" and outer apostrophes ignored."""
+    """A known first name or surname (the rule above); possessive "'s" and outer apostrophes ignored."""
     w = word.strip("'’.").casefold()
     return (w[:-2] if w.endswith(("'s", "’s")) else w) in known_names()
 
