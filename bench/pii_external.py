@@ -42,6 +42,18 @@ MISTYPED = {"CREDIT_CARD", "IBAN_CODE", "NATIONAL_ID", "PHONE_NUMBER"}
 TARGET_SURVIVAL, TARGET_TYPE_SURVIVAL, TARGET_PRECISION = 0.005, 0.02, 0.90
 
 
+def second_ner_option(ap: argparse.ArgumentParser, stem: str):
+    """--second-ner M on `ap`; after parsing, ask the returned function for (params with
+    pii.second_ner_model = M, bench/results/<stem>[-M].json)."""
+    ap.add_argument("--second-ner", default="", help="a spaCy pipeline for pii.second_ner_model")
+
+    def resolved(args) -> tuple[Config, str]:
+        suffix = f"-{args.second_ner}" if args.second_ner else ""
+        return config_from_dict({"pii": {"second_ner_model": args.second_ner}}), f"bench/results/{stem}{suffix}.json"
+
+    return resolved
+
+
 def templates() -> tuple[list[str], list[str]]:
     """presidio-evaluator's templates as (dev, held-out), split by a hash of each template."""
     from presidio_evaluator.data_generator.presidio_sentence_faker import presidio_templates_file_path
@@ -151,9 +163,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1500)
     ap.add_argument("--part", choices=("heldout", "dev", "both"), default="both")
-    ap.add_argument("--second-ner", default="", help="a spaCy pipeline for pii.second_ner_model")
+    resolved = second_ner_option(ap, "pii_external")
     args = ap.parse_args()
-    cfg, (dev, held) = config_from_dict({"pii": {"second_ner_model": args.second_ner}}), templates()
+    (cfg, out), (dev, held) = resolved(args), templates()
     analyzer = build_analyzer(cfg)
     result = {"templates": {"dev": len(dev), "heldout": len(held)}, "locales": LOCALES, "records_per_part": args.records,
               "config": cfg.to_dict()["pii"]}
@@ -161,7 +173,7 @@ def main() -> None:
         if args.part in (part, "both"):
             result[part] = evaluate(cfg, generate(lines, args.records, seed), analyzer)
             _print(part, result[part])
-    write_json(f"bench/results/pii_external{'-' + args.second_ner if args.second_ner else ''}.json", result)
+    write_json(out, result)
 
 
 if __name__ == "__main__":

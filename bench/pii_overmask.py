@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tasks.config import config_from_dict
+from bench.pii_external import second_ner_option
 from tasks.data.anonymize import build_analyzer, detect, resolve_spans
 from tasks.io import write_json
 
@@ -42,9 +42,9 @@ def paragraphs(limit: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--paragraphs", type=int, default=1500)
-    ap.add_argument("--second-ner", default="", help="a spaCy pipeline for pii.second_ner_model")
+    resolved = second_ner_option(ap, "pii_overmask")
     args = ap.parse_args()
-    cfg = config_from_dict({"pii": {"second_ner_model": args.second_ner}})
+    cfg, out = resolved(args)
     texts, analyzer = paragraphs(args.paragraphs), build_analyzer(cfg)
     started = time.perf_counter()
     found = Counter(r.entity_type for res in detect(cfg, [[t] for t in texts], analyzer) for r in resolve_spans(res[0]))
@@ -54,7 +54,7 @@ def main() -> None:
               "findings_per_1000_words": {k: round(1000 * v / words, 2) for k, v in sorted(found.items())},
               "seconds": round(time.perf_counter() - started, 1)}
     print(f"{len(texts)} paragraphs, {words} words:", result["findings_per_1000_words"], "findings per 1,000 words")
-    write_json(f"bench/results/pii_overmask{'-' + args.second_ner if args.second_ner else ''}.json", result)
+    write_json(out, result)
 
 
 if __name__ == "__main__":

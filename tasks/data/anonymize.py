@@ -147,13 +147,15 @@ def recognizer_versions(analyzer, entities: list[str]) -> dict[str, str]:
                        if set(r.supported_entities) & set(entities)))
 
 
+def _pinned(package: str) -> str:
+    return f"{package}=={version(package.replace('_', '-'))}"
+
+
 def _engine_versions(cfg: Config) -> dict[str, str]:
+    second = {"second_ner_model": _pinned(cfg.pii.second_ner_model)} if cfg.pii.second_ner_model else {}
     return {"presidio-analyzer": version("presidio-analyzer"), "presidio-anonymizer": version("presidio-anonymizer"),
-            "spacy_model": f"{cfg.pii.spacy_model}=={version(cfg.pii.spacy_model.replace('_', '-'))}",
-            "loragate-recognizers": RECOGNIZERS_VERSION, "spacy_components": ",".join(
-                NER_COMPONENTS) if cfg.pii.ner_only else "all",
-            **({"second_ner_model": f"{name}=={version(name.replace('_', '-'))}"}
-               if (name := cfg.pii.second_ner_model) else {})}
+            "spacy_model": _pinned(cfg.pii.spacy_model), "loragate-recognizers": RECOGNIZERS_VERSION,
+            "spacy_components": ",".join(NER_COMPONENTS) if cfg.pii.ner_only else "all", **second}
 
 
 def _propagate(texts: list[str], found: list[list]) -> list[list]:

@@ -640,6 +640,12 @@ def _said_to_be_a_name(text: str, start: int, end: int) -> bool:
                 ) and text[start:end].casefold() in all_given_names()
 
 
+def _named_here(text: str, start: int, end: int) -> bool:
+    """Whether where a word stands says it is a name, though it is a function word somewhere too."""
+    return (_at_name_position(text, start, end) and _named_by_position(text[start:end])
+            or _said_to_be_a_name(text, start, end))
+
+
 def widen_names(text: str, results: list) -> list:
     """PERSON spans grown over a title before and a suffix after ("Dr. " + name + " Jr."), since
     spaCy tags the bare name and a surviving "Dr. <PERSON> Jr." still narrows who it was. PERSON
@@ -654,10 +660,8 @@ def widen_names(text: str, results: list) -> list:
             label = r.end > r.start and regex.match(r"\.?\s*:(?![ \t]?[\"“])", text[r.end:]) and (
                 not is_given(text[r.start:r.end].split()[0]))
             words = [w.strip(".,") for w in text[r.start:r.end].casefold().split()]
-            by_position = (_at_name_position(text, r.start, r.end) and _named_by_position(text[r.start:r.end])
-                           or _said_to_be_a_name(text, r.start, r.end))
             common = (all(w in _SALUTATIONS or w in _stopwords() for w in words)  # "Madam", "Damen und Herren"
-                      and (len(words) == 1 and not by_position or any(w in _SALUTATIONS for w in words))
+                      and (len(words) == 1 and not _named_here(text, r.start, r.end) or any(w in _SALUTATIONS for w in words))
                       or any(_NOUN_ENDING.search(w) and len(w) > 8 for w in words))  # "Meine Versicherungsnummer"
             common = common or bool(_ID_WORD.search(text[r.start:r.end + 3]))
             # NER reading a foreign sentence ("proszę o kontakt"): no capital in a text that has them
@@ -847,8 +851,7 @@ def name_runs(text: str, start: int, end: int) -> list[tuple[int, int]]:
 
     def evidence(word: str) -> bool:
         w = word.strip("'’.").casefold()
-        return w not in _NOT_NAMES and w not in _SALUTATIONS and (
-            is_given(w) or _known_and_uncommon(w, _KNOWN_WORD_ZIPF, _KNOWN_WORD_EN_ZIPF) or _rare_everywhere(w, _NAME_WORD_ZIPF))
+        return w not in _NOT_NAMES and w not in _SALUTATIONS and _name_word(w)
 
     def common(word: str) -> bool:  # "Ask", "Hi": a word before a name, not part of it
         return not evidence(word) and zipf_frequency(word.casefold(), "en") >= _KNOWN_WORD_EN_ZIPF
