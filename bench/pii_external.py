@@ -88,7 +88,7 @@ def _value_parts(text: str, span) -> list[dict]:
         parts.append((cut, start + m.start()))
         cut = start + m.end()
     parts.append((cut, end))
-    return [{"type": kind, "start": a, "end": b} for a, b in parts if b > a]
+    return [{"type": kind, "start": a, "end": b, "field": span.entity_type} for a, b in parts if b > a]
 
 
 def _blank_nan(text: str, spans: list[dict]) -> str:
@@ -136,6 +136,7 @@ def evaluate(cfg: Config, records: list[dict], analyzer) -> dict:
     result["overall_survival"] = round(1 - result["overall_recall"], 4)
     result["records_per_s"] = round(rate, 1)
     result["per_locale_survival"] = _per_locale(scored, found, records)
+    result["per_field_survivors"] = _per_field(scored, found)
     result["targets_met"] = (result["overall_survival"] <= TARGET_SURVIVAL
                              and all(v <= TARGET_TYPE_SURVIVAL for v in result["survival"].values())
                              and all(p >= TARGET_PRECISION for t, p in result["precision"].items() if t in result["recall"]))
@@ -150,6 +151,20 @@ def _per_locale(scored: list[dict], found: list[list], records: list[dict]) -> d
     return out
 
 
+def _per_field(scored: list[dict], found: list[list]) -> dict[str, list[int]]:
+    """[values, survivors] per generator field ("first_name", "address"...): which kind of value
+    gets through, counted without showing one."""
+    from tasks.data.pii_eval import covered
+
+    out: dict[str, list[int]] = {}
+    for rec, results in zip(scored, found):
+        for g in rec["spans"]:
+            count = out.setdefault(g["field"], [0, 0])
+            count[0] += 1
+            count[1] += not covered(rec["text"], g, [(r.start, r.end) for r in results])
+    return dict(sorted(out.items()))
+
+
 def _print(name: str, r: dict) -> None:
     print(f"\n{name}: {sum(r['values'].values())} values, {r['overall_survival']:.2%} survive, "
           f"{r['records_per_s']} records/s, targets met: {r['targets_met']}")
@@ -157,6 +172,7 @@ def _print(name: str, r: dict) -> None:
     for t in sorted(r["values"]):
         print(f"{t:<16}{r['values'][t]:>7}{r['survival'][t]:>9.2%}{r['precision'].get(t, float('nan')):>10.3f}")
     print("per locale:", r["per_locale_survival"])
+    print("survivors per generator field:", {f: c[1] for f, c in r["per_field_survivors"].items() if c[1]})
 
 
 def main() -> None:

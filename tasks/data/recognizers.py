@@ -21,9 +21,9 @@ from stdnum.pl import nip, pesel
 from stdnum.us import ssn
 
 from tasks.config import PiiConfig
-from tasks.data.gazetteer import is_known, known_names
+from tasks.data.gazetteer import LEXICON_LANGS, is_known, known_names
 
-VERSION = "3.3"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.4"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -163,7 +163,7 @@ _STREET_AND_NUMBER = (r"(?<![\w'’])(?P<v>(?:\p{Lu}\p{Ll}+(?:vej|gade|gata|gata
                       r"\s\d{1,4}[a-zA-Z]?(?:/\d{1,4})?)(?![\w'’])")
 
 # US military post: "USNS Vogel\nFPO AA 51439", "PSC 0889, Box 9579\nAPO AE 30595"
-_MILITARY = (r"(?<!\w)(?P<v>(?:(?:USNS|USS|USNV|USCGC)\s\p{Lu}[\p{L}'’\-]+|(?:PSC|Unit)\s\d{4},?\sBox\s\d{4}),?\s+"
+_MILITARY = (r"(?<!\w)(?P<v>(?:(?:USNS|USS|USNV|USCGC)\s[\ufeff\u200b]?(?:(?:van|de|der|den|von)\s)*\p{Lu}[\p{L}'’\-]+|(?:PSC|Unit)\s\d{4},?\sBox\s\d{4}),?\s+"
              r"(?:APO|FPO|DPO)\sA[AEP]\s\d{5})(?!\w)")
 _BLOCK_END = regex.compile(r"(?:\b\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}|\d{2}-\d{3})$")
 
@@ -350,15 +350,34 @@ def _de_tax_id_recognizer():
 
 
 @functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def _stopwords() -> frozenset[str]:
     """Function words of the languages we serve (spaCy ships the lists without any model): a name
     gazetteer holds "The", "Will" and "Hi" too, and these must never count as names."""
+    return frozenset().union(*_stopwords_by_language().values())
+
+
+@functools.lru_cache(maxsize=1)
+def _stopwords_by_language() -> dict[str, frozenset[str]]:
     import importlib
 
-    words = set()
-    for lang in ("en", "de", "fr", "pl", "es", "it", "nl", "pt"):
-        words |= importlib.import_module(f"spacy.lang.{lang}.stop_words").STOP_WORDS
-    return frozenset(w.casefold() for w in words)
+    return {lang: frozenset(w.casefold() for w in importlib.import_module(f"spacy.lang.{lang}.stop_words").STOP_WORDS)
+            for lang in ("en", "de", "fr", "pl", "es", "it", "nl", "pt")}
+
+
+@functools.lru_cache(maxsize=512)
+def text_stopwords(text: str) -> frozenset[str]:
+    """The function words of the languages a text is written in (those whose lists cover at least
+    0.6 of what the best one covers, a word shared by n lists counting 1/n); all of them for a
+    text too short to tell."""
+    lists = _stopwords_by_language()
+    words = [w for w in regex.findall(r"\p{Ll}+", text) if w in _stopwords()]
+    shared = {w: sum(w in stop for stop in lists.values()) for w in set(words)}
+    counts = {lang: sum(1 / shared[w] for w in words if w in stop) for lang, stop in lists.items()}
+    best = max(counts.values(), default=0)
+    if best < 2:
+        return _stopwords()
+    return frozenset().union(*(_stopwords_by_language()[lang] for lang, n in counts.items() if n >= 0.6 * best))
 
 
 @functools.lru_cache(maxsize=1)
@@ -447,6 +466,24 @@ def _vocative_recognizer():
     return _regex_recognizer("VocativeNameRecognizer", ["PERSON"], _VOCATIVE, hit, warm=known_names)
 
 
+# A first name capitalised mid-sentence that is a function word only in languages the text is not
+# written in: "leave me Sara" ("sara" is Spanish and Italian), "asked Ben" ("ben": Italian).
+_GIVEN_MID_SENTENCE = rf"(?<=(?:\p{{Ll}}|,)[ \t]+)(?P<v>{_NAME})(?![\w'’\-])"
+_FOREIGN_WORD_EN_ZIPF = 5.0
+
+
+def _foreign_word_name_recognizer():
+    from wordfreq import zipf_frequency
+
+    def hit(m, entities):
+        w = m.group("v").casefold()
+        if (w in all_given_names() and w not in given_names() and w not in _NOT_NAMES and w not in _SALUTATIONS
+                and w not in text_stopwords(m.string) and zipf_frequency(w, "en") < _FOREIGN_WORD_EN_ZIPF):
+            return "PERSON", m.start("v"), m.end("v"), 0.45
+
+    return _regex_recognizer("ForeignWordNameRecognizer", ["PERSON"], _GIVEN_MID_SENTENCE, hit, warm=given_names)
+
+
 def _subject_name_recognizer():
     from spacy.lang.en.stop_words import STOP_WORDS
 
@@ -461,7 +498,6 @@ def _subject_name_recognizer():
     return _regex_recognizer("SubjectNameRecognizer", ["PERSON"], _NAME_THEN_VERB, hit, warm=known_names)
 
 
-LEXICON_LANGS = ("en", "de", "fr", "pl", "es", "it", "nl")
 _RARE_ZIPF = 2.0  # below this in every language's word list (wordfreq): no common word, no famous name
 _KNOWN_ZIPF = 3.5  # a known first name or surname (gazetteer) below this everywhere: "Medrano", "Bergamaschi"
 # German (and French) compounds are rare words but common nouns: "Versicherungsnummer", "Schadensmeldung"
@@ -495,7 +531,12 @@ def _rare_word_recognizer():
 
     def hit(m, entities):
         word = m.group(0).strip("'’").casefold()
-        if 2 < len(word) <= 14 and (_rare_everywhere(word, _RARE_ZIPF) or _known_and_uncommon(word, _KNOWN_ZIPF)):
+        tail = m.group("tail")
+        if tail and zipf_frequency(tail, "en") >= _NAME_WORD_ZIPF:  # "Cython-based", "Graphql-core": no names
+            return None
+        # a word of 15+ letters is an English derivation ("Redistributions") unless an Icelandic patronym
+        longest = max(len(p) for p in word.split("-"))
+        if 2 < len(word) and (longest <= 14 or word.endswith(("dóttir", "dottir", "sson"))) and (_rare_everywhere(word, _RARE_ZIPF) or _known_and_uncommon(word, _KNOWN_ZIPF)):
             return "PERSON", m.start(), m.end(), 0.45
 
     def warm():
@@ -503,7 +544,9 @@ def _rare_word_recognizer():
         for lang in LEXICON_LANGS:
             zipf_frequency("the", lang)
 
-    return _regex_recognizer("RareWordRecognizer", ["PERSON"], rf"(?<![\w'’\-/.@<_]){_NAME}(?![\w'’\-/@>_])", hit, warm)
+    # Finnish and Estonian double names go on in lower case after the hyphen: "Hauta-aho"
+    return _regex_recognizer("RareWordRecognizer", ["PERSON"], rf"(?<![\w'’\-/.@<_]){_NAME}(?:-(?P<tail>\p{{Ll}}{{2,}}))?(?![\w'’\-/@>_])",
+                             hit, warm)
 
 
 # An identifier introduced by its name is personal data whether or not its checksum holds (a
@@ -530,8 +573,11 @@ _ID_CUES = {
 }
 # between the cue and the value: "is", "number", "nr", a colon...
 _CUE_GAP = r"(?:[\s:#=\-–.]|(?i:\b(?:is|was|ist|lautet|jest|to|est|number|no\.|nr\.?|numer|num[ée]ro|Nummer|of|my)\b))*"
-# the value: digit groups (letters allowed, as in IBANs, passports and NINOs), 5+ digits in all
-_CUE_VALUE = r"(?P<v>\+?\(?(?:[a-z]{1,2}(?=\d))?[A-Z0-9][A-Z0-9]*(?:(?:[\s./\-]|\)\s?)[A-Z0-9]+)*\)?)(?![\p{Ll}\d])"
+# the value: digit groups (letters allowed, as in IBANs, passports and NINOs), 5+ digits in all; or
+# one token of letters in both cases and 2+ digits, as some licences are written ("ifSCHrFF3113")
+_MIXED_TOKEN = r"(?=[A-Za-z]*\d[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9]{6,20}(?![\w])(?![\s./\-]\w*\d)"
+_CUE_VALUE = (rf"(?P<v>{_MIXED_TOKEN}|"
+              r"\+?\(?(?:[a-z]{1,2}(?=\d))?[A-Z0-9][A-Z0-9]*(?:(?:[\s./\-]|\)\s?)[A-Z0-9]+)*\)?)(?![\p{Ll}\d])")
 _CHECKS = {"PL_PESEL": pesel.is_valid, "PL_NIP": nip.is_valid, "DE_TAX_ID": idnr.is_valid, "IBAN_CODE": iban.is_valid,
            "CREDIT_CARD": luhn.is_valid, "US_SSN": ssn.is_valid}
 
@@ -554,7 +600,8 @@ def _cued_id_recognizer():
     def hit(m, entities):
         kind = next(k for k in _ID_CUES if m.group(k) is not None)
         value = _cued_value(m.group("v"))
-        if sum(c.isdigit() for c in value) >= 5 and kind in (entities or [kind]):
+        mixed = regex.fullmatch(_MIXED_TOKEN, value) is not None
+        if (sum(c.isdigit() for c in value) >= 5 or mixed) and kind in (entities or [kind]):
             valid = _CHECKS.get(kind, lambda v: False)(regex.sub(r"[\s./\-()]", "", value))
             return kind, m.start("v"), m.start("v") + len(value), 1.0 if valid else 0.8
 
@@ -594,6 +641,7 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
                                  name_like=True),
         _rare_word_recognizer(),
         _subject_name_recognizer(),
+        _foreign_word_name_recognizer(),
         _vocative_recognizer(),
         _position_name_recognizer("AddressedNameRecognizer", _ADDRESSED),
         _position_name_recognizer("SpeakerNameRecognizer", _SPEAKER),
@@ -646,13 +694,36 @@ def _named_here(text: str, start: int, end: int) -> bool:
             or _said_to_be_a_name(text, start, end))
 
 
+_CLAUSE_WORD = regex.compile(rf"(?<![\w'’\-])(?!(?:{_PARTICLE}|{_TITLE})(?![\w.]))\p{{Ll}}+(?![\w'’\-.])")
+
+
+def _clauses_cut(text: str, results: list) -> list:
+    """A PERSON finding that runs over a lower-case word ("Alphonsine Coupart of Aegion Corporation
+    is") kept as its name-like runs: presidio has already dropped the shorter findings inside it,
+    so judging the clause whole would lose the name with it. Without such a run it stays whole."""
+    from presidio_analyzer import RecognizerResult
+
+    out = []
+    for r in results:
+        runs = r.entity_type == "PERSON" and _CLAUSE_WORD.search(text, r.start, r.end) and name_runs(text, r.start, r.end)
+        out += [RecognizerResult("PERSON", a, b, r.score) for a, b in runs] if runs else [r]
+    return out
+
+
+def _function_word(word: str, span: str, text: str) -> bool:
+    """A function word in the text's languages; one of another language's only where it is no
+    capitalised first name ("Sara" in English text is a name, "CI" is not)."""
+    return word in text_stopwords(text) or word in _stopwords() and not (
+        regex.fullmatch(r"\p{Lu}\p{Ll}+", span) and word in all_given_names())
+
+
 def widen_names(text: str, results: list) -> list:
     """PERSON spans grown over a title before and a suffix after ("Dr. " + name + " Jr."), since
     spaCy tags the bare name and a surviving "Dr. <PERSON> Jr." still narrows who it was. PERSON
     spans are cut back to one line and before any digits; right before a colon ("Contact person:")
     or after "our" they are labels and places, not people."""
     kept = []
-    for r in results:
+    for r in _clauses_cut(text, results):
         if r.entity_type == "PERSON":
             if r.end > r.start and text[r.end - 1].isalnum():
                 r.end += len(regex.match(r"\w*", text[r.end:]).group(0))  # spaCy sometimes cuts "PhD" to "Ph"
@@ -660,9 +731,9 @@ def widen_names(text: str, results: list) -> list:
             label = r.end > r.start and regex.match(r"\.?\s*:(?![ \t]?[\"“])", text[r.end:]) and (
                 not is_given(text[r.start:r.end].split()[0]))
             words = [w.strip(".,") for w in text[r.start:r.end].casefold().split()]
-            common = (all(w in _SALUTATIONS or w in _stopwords() for w in words)  # "Madam", "Damen und Herren"
+            common = (all(w in _SALUTATIONS or _function_word(w, text[r.start:r.end], text) for w in words)  # "Madam", "Damen und Herren"
                       and (len(words) == 1 and not _named_here(text, r.start, r.end) or any(w in _SALUTATIONS for w in words))
-                      or any(_NOUN_ENDING.search(w) and len(w) > 8 for w in words))  # "Meine Versicherungsnummer"
+                      or any(_NOUN_ENDING.search(w) and len(w) > 8 and "-" not in w for w in words))  # "Meine Versicherungsnummer"
             common = common or bool(_ID_WORD.search(text[r.start:r.end + 3]))
             # NER reading a foreign sentence ("proszę o kontakt"): no capital in a text that has them
             common = common or not regex.search(r"\p{Lu}", text[r.start:r.end]) and bool(regex.search(r"\p{Lu}", text))
@@ -677,7 +748,7 @@ def widen_names(text: str, results: list) -> list:
 # part of a hyphenated name, another name word ("Mai G Fujimura" where NER took only "Fujimura")
 _GROW_LEFT = regex.compile(rf"(?:(?<!\w){_TITLE}\s|(?<![\w.])\p{{Lu}}\.?\s|(?<![\w'’])\p{{Lu}}[\p{{L}}'’]*\.?-|"
                            rf"(?<![\w'’\-])(?P<word>{_NAME})\s|(?<![\w'’\-])(?i:{_PARTICLE})\s)$")
-_GROW_RIGHT = regex.compile(rf"^(?:,?\s{_SUFFIX}(?!\w)|-\p{{Lu}}\p{{Ll}}[\p{{L}}'’]*|\s\p{{Lu}}\.?(?=\s\p{{Lu}})|"
+_GROW_RIGHT = regex.compile(rf"^(?:,?\s{_SUFFIX}(?!\w)|-\p{{Lu}}\p{{Ll}}[\p{{L}}'’]*|\s\p{{Lu}}\.?(?=\s(?:\p{{Lu}}|{_PARTICLE}\s\S))|"
                             rf"(?:\s{_PARTICLE}){{1,2}}\s\p{{Lu}}[\p{{L}}'’]+(?![\w'’\-])|\s(?P<word>{_NAME})(?![\w'’\-]))")
 _NAME_WORD_ZIPF = 3.0  # a capitalised neighbour rarer than this in every language is taken as part of the name
 # ... and a known first name or surname below these (everywhere, in English): "Teodata [Boni]",
@@ -693,6 +764,12 @@ def _name_word(word: str) -> bool:
 
 
 _MID_SENTENCE = regex.compile(r"(?:\p{Ll}|,)[ \t]+$")
+_SENTENCE_END = regex.compile(r"[.!?\n][ \t\"“(']*$")
+
+
+def _opens_sentence(text: str, at: int) -> bool:
+    window = text[max(0, at - 6):at]
+    return bool(_SENTENCE_END.search(window)) or at == len(window) and not window.strip(" \t\"“('")
 
 
 def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
@@ -703,9 +780,12 @@ def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
     for _ in range(3):
         left = _GROW_LEFT.search(text[max(0, start - 24):start])
         word = left and left.group("word")
-        # ... and so is one capitalised mid-sentence before a name: "tennis player Else [Lundblad]"
+        # ... and so is one capitalised mid-sentence or opening a sentence before a name: "tennis player
+        # Else [Lundblad]", "Even [Olsen] was", but not a greeting ("Hi [Anna]")
+        at = start - len(left.group(0)) if left else start
         given = word and word.casefold() in all_given_names() and (initial or _MID_SENTENCE.search(
-            text[max(0, start - len(left.group(0)) - 3):start - len(left.group(0))]) is not None)
+            text[max(0, at - 3):at]) is not None or _opens_sentence(text, at) and word.casefold() not in text_stopwords(text)
+            and not _CUE_BEFORE.search(text[max(0, at - 60):start]))
         if not left or word and not (_name_word(word) or given):
             break
         start -= len(left.group(0))
@@ -724,8 +804,10 @@ _ADDR_PIECE = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}|\d{{1,6}}[A-Za-z]?\.?|[\p{{Lu}}∆
                rf"\(\p{{Lu}}[\p{{L}}]*\)|\p{{Ll}}{{1,4}}\.|\p{{Ll}}[\p{{L}}\-]{{2,15}})")
 _ADDR_RIGHT = regex.compile(rf"^(?:,?[ \t]+|,)(?P<word>{_ADDR_PIECE})(?![\w'’])")
 _ADDR_LEFT = regex.compile(rf"(?<![\w'’])(?P<word>{_ADDR_PIECE})[ \t]+$")
-# the next line goes on with the address when it starts like a place line: "Hvalsø, SJ", "Hungary 92633"
-_ADDR_NEWLINE = regex.compile(rf"^\.?[ \t]*\n[ \t,]*(?P<word>{_ADDR_PIECE})(?=[ \t]*(?:,|\n|$|\d))")
+# the next line goes on with the address when it starts like a place line: "Hvalsø, SJ", "Hungary 92633",
+# or a country line: "Czech Republic 15775", "Cyprus (Greek)"
+_ADDR_NEWLINE = regex.compile(rf"^\.?[ \t]*\n[ \t,]*(?P<word>{_ADDR_PIECE})"
+                              rf"(?=(?:[ \t]+(?:\p{{Lu}}\p{{L}}+|\(\p{{Lu}}\p{{L}}+\))){{0,2}}[ \t]*(?:,|\n|$|\d))")
 _ADDR_GAP = regex.compile(r"^[ \t,]*(?:[\p{L}\d'’\-]+\.?[ \t,]+){1,2}$")  # "Trg [revolucije] 95", "563 Professor [gate] 192"
 _ADDR_ZIPF = 5.0  # a capitalised word this common ("Please", "Thanks") ends an address instead of continuing it
 
