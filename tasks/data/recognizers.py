@@ -366,18 +366,21 @@ def _stopwords_by_language() -> dict[str, frozenset[str]]:
 
 
 @functools.lru_cache(maxsize=512)
-def text_stopwords(text: str) -> frozenset[str]:
-    """The function words of the languages a text is written in (those whose lists cover at least
-    0.6 of what the best one covers, a word shared by n lists counting 1/n); all of them for a
-    text too short to tell."""
+def text_languages(text: str) -> tuple[str, ...]:
+    """The languages a text is written in: those whose function words cover at least 0.6 of what
+    the best one's cover (a word shared by n lists counting 1/n); all we serve for a text too short to tell."""
     lists = _stopwords_by_language()
     words = [w for w in regex.findall(r"\p{Ll}+", text) if w in _stopwords()]
     shared = {w: sum(w in stop for stop in lists.values()) for w in set(words)}
     counts = {lang: sum(1 / shared[w] for w in words if w in stop) for lang, stop in lists.items()}
     best = max(counts.values(), default=0)
-    if best < 2:
-        return _stopwords()
-    return frozenset().union(*(_stopwords_by_language()[lang] for lang, n in counts.items() if n >= 0.6 * best))
+    return tuple(lang for lang, n in counts.items() if best < 2 or n >= 0.6 * best)
+
+
+@functools.lru_cache(maxsize=512)
+def text_stopwords(text: str) -> frozenset[str]:
+    """The function words of the languages a text is written in."""
+    return frozenset().union(*(_stopwords_by_language()[lang] for lang in text_languages(text)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -468,7 +471,7 @@ def _vocative_recognizer():
 
 # A first name capitalised mid-sentence that is a function word only in languages the text is not
 # written in: "leave me Sara" ("sara" is Spanish and Italian), "asked Ben" ("ben": Italian).
-_GIVEN_MID_SENTENCE = rf"(?<=(?:\p{{Ll}}|,)[ \t]+)(?P<v>{_NAME})(?![\w'’\-])"
+_GIVEN_MID_SENTENCE = rf"(?<=(?:(?<![\w'’\-])\p{{Ll}}[\p{{L}}'’\-]*|,)[ \t]+)(?P<v>{_NAME})(?![\w'’\-])"
 _FOREIGN_WORD_EN_ZIPF = 5.0
 
 
@@ -489,7 +492,7 @@ def _subject_name_recognizer():
 
     def hit(m, entities):
         w = m.group("v").strip("'’").casefold()
-        known = is_given(w) or is_known(w)
+        known = is_given(w) or is_known(w) or _rare_here(w, m.string, _RARE_SUBJECT_ZIPF)
         # before "is" or "had" a surname only when it is rare as a word: "Bartek had given" but "Java has"
         named = w in all_given_names() or known and _rare_everywhere(w, _KNOWN_ZIPF) if m.group("aux") else known
         if named and w not in STOP_WORDS and w not in _NOT_NAMES and _rare_everywhere(w, _SUBJECT_ZIPF):
@@ -522,6 +525,23 @@ def _known_and_uncommon(word: str, zipf: float, en_zipf: float = 9.0) -> bool:
             and _rare_everywhere(w, zipf))
 
 
+# rarer than this in the text's own languages: a word capitalised mid-sentence, and one before a
+# verb of people ("Simonds began": 2.45 in English); 2.5 mid-sentence masks "Tensors", "Markdown"
+_RARE_HERE_ZIPF, _RARE_SUBJECT_ZIPF = 2.0, 2.5
+
+
+def _rare_here(word: str, text: str, zipf: float = _RARE_HERE_ZIPF) -> bool:
+    """Rare in the languages the text is written in, or a known name uncommon in them; never a
+    function word of the text nor a word _NOT_NAMES lists."""
+    from wordfreq import zipf_frequency
+
+    langs = text_languages(text)
+    if len(langs) > 2 or word in text_stopwords(text) or word in _NOT_NAMES or _NOUN_ENDING.search(word):
+        return False  # a text too short to tell its language: the all-language tests decide
+    top = max(zipf_frequency(word, lang) for lang in langs)
+    return top < zipf or top < _KNOWN_ZIPF and is_known(word)
+
+
 def _rare_word_recognizer():
     """A capitalised word that no language we serve uses commonly (wordfreq's frequency lists,
     which also count names and places) is a proper noun: a rare surname, first name or small place.
@@ -534,6 +554,10 @@ def _rare_word_recognizer():
         tail = m.group("tail")
         if tail and zipf_frequency(tail, "en") >= _NAME_WORD_ZIPF:  # "Cython-based", "Graphql-core": no names
             return None
+        # capitalised mid-sentence, a word need only be rare in the text's own languages: "early Lange"
+        # in English text ("lange" is common German), "the Witteman novel" ("witteman": Dutch)
+        if _AFTER_LOWER_WORD.search(m.string, max(0, m.start() - 40), m.start()) and _rare_here(word, m.string):
+            return "PERSON", m.start(), m.end(), 0.45
         # a word of 15+ letters is an English derivation ("Redistributions") unless an Icelandic patronym
         longest = max(len(p) for p in word.split("-"))
         if 2 < len(word) and (longest <= 14 or word.endswith(("dóttir", "dottir", "sson"))) and (_rare_everywhere(word, _RARE_ZIPF) or _known_and_uncommon(word, _KNOWN_ZIPF)):
@@ -764,6 +788,8 @@ def _name_word(word: str) -> bool:
 
 
 _MID_SENTENCE = regex.compile(r"(?:\p{Ll}|,)[ \t]+$")
+# after a lower-case word that is no particle of a place: "early [Lange]", not "Ostrów [Mazowiecka]", "am [Harz]"
+_AFTER_LOWER_WORD = regex.compile(rf"(?:(?<![\w'’\-])(?!(?!the|of){_JOIN}[ \t])\p{{Ll}}[\p{{L}}'’\-]*|,)[ \t]+$")
 _SENTENCE_END = regex.compile(r"[.!?\n][ \t\"“(']*$")
 
 
@@ -812,16 +838,18 @@ _ADDR_GAP = regex.compile(r"^[ \t,]*(?:[\p{L}\d'’\-]+\.?[ \t,]+){1,2}$")  # "T
 _ADDR_ZIPF = 5.0  # a capitalised word this common ("Please", "Thanks") ends an address instead of continuing it
 
 
-def _address_word(word: str) -> bool:
+def _address_word(word: str, text: str) -> bool:
+    """Whether a word beside an address belongs to it; a function word of another language than
+    the text's does ("Rua Vinte e Cinco" in an English sentence)."""
     from wordfreq import zipf_frequency
 
-    w = word.strip(".,()").casefold()
+    w, stop = word.strip(".,()").casefold(), text_stopwords(text)
     # state and region codes ("CA", "SJ"), house numbers, particles ("delle", "de")
     if regex.fullmatch(r"\p{Lu}{1,3}\.?", word) or regex.match(r"\d", w) or regex.fullmatch(_JOIN, w):
         return True
     if word[:1].islower():  # "Tas vezér u.", "fejedelem útja": abbreviations and rare words only
-        return word.endswith(".") and len(w) <= 4 or w not in _stopwords() and zipf_frequency(w, "en") < _NAME_WORD_ZIPF
-    return w not in _stopwords() and zipf_frequency(w, "en") < _ADDR_ZIPF
+        return word.endswith(".") and len(w) <= 4 or w not in stop and zipf_frequency(w, "en") < _NAME_WORD_ZIPF
+    return w not in stop and zipf_frequency(w, "en") < _ADDR_ZIPF
 
 
 def _whole_words(text: str, start: int, end: int) -> tuple[int, int]:
@@ -844,7 +872,7 @@ def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
     start, end = _whole_words(text, start, end)
     for _ in range(4):
         left = _ADDR_LEFT.search(text[max(0, start - 40):start])
-        if not left or not _address_word(left.group("word")):
+        if not left or not _address_word(left.group("word"), text):
             break
         before = start - len(left.group(0))
         if regex.fullmatch(_JOIN, left.group("word")) and not _ADDR_LEFT.search(text[max(0, before - 40):before]):
@@ -852,7 +880,7 @@ def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
         start = before
     for _ in range(8):
         step = _ADDR_RIGHT.match(text[end:end + 40]) or _ADDR_NEWLINE.match(text[end:end + 40])
-        if not step or not _address_word(step.group("word")):
+        if not step or not _address_word(step.group("word"), text):
             break
         end += step.end("word")
     while end > start and text[end - 1] in " \t,":
@@ -891,7 +919,7 @@ def _streets_before_places(text: str, results: list) -> list:
     added = []
     for r in (r for r in results if r.entity_type == "LOCATION"):
         street = _STREET_BEFORE_PLACE.search(text[max(0, r.start - 80):r.start])
-        if street and regex.search(r"\p{L}", street.group(0)) and all(_address_word(w) for w in street.group(0).split()[:-1]):
+        if street and regex.search(r"\p{L}", street.group(0)) and all(_address_word(w, text) for w in street.group(0).split()[:-1]):
             added.append(RecognizerResult("STREET_ADDRESS", r.start - len(street.group(0)), r.end, 0.5))
     return results + added
 
