@@ -207,6 +207,7 @@ def test_a_name_inside_a_clause_the_model_tagged_whole_is_kept():
     ("Is there a better example of that style than early Witteman?", "Witteman"),  # rare in English, not in Dutch
     ("There is no finer record of the era than the late Kempers catalogue.", "Kempers"),
     ("Simonds began painting as a child and never stopped.", "Simonds"),  # before a verb of people
+    ("Kuba had given the keys back to the office by noon on Friday.", "Kuba"),  # "kuba" is common in Polish only
 ])
 def test_names_the_models_find_in_part_or_drop_as_words(analyzer, text, name):
     masked = _masked(analyzer, text)
@@ -229,6 +230,9 @@ def test_words_beside_the_new_name_rules_stay_words(analyzer, text, kept):
     ("Mail: USCGC van der Horst\nFPO AA 40512", "USCGC van der Horst FPO AA 40512"),  # a particle in a ship's name
     ("My driver's license number is qrTXmPL4471", "qrTXmPL4471"),  # letters in both cases and digits
     ("Ship it to 457 Bem rkp. 12. Suite 9 Arka Hungary please.", "457 Bem rkp. 12."),  # "bem": Portuguese only
+    ("Please send the refund to 82 Glenoaks Rise before Friday.", "82 Glenoaks Rise"),  # a US street suffix
+    ("The parcel went to Tas utca 12. Lombardi Gardens\n Apt. 4\n Szeged\n Hungary 6720 last week.",
+     "Tas utca 12. Lombardi Gardens"),  # a dot after a house number goes on
 ])
 def test_country_lines_ships_and_licences_written_every_way_are_masked(analyzer, text, value):
     masked = _masked(analyzer, text)

@@ -223,6 +223,19 @@ def _old_date_recognizer():
 _IBAN_SHAPE = r"(?<![\w])(?P<v>[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)(?![\w])"
 
 
+# the street suffixes of US addresses (USPS Publication 28) beyond _STREET_WORD's, capitalised
+# only: "82 Glenoaks Rise", "417 Lombardi Center"; lower case they are words ("3 points")
+_US_SUFFIX = regex.compile(
+    r"(?<!\w)(?:Alley|Bend|Bluffs?|Brooks?|Burgs?|Bypass|Camp|Canyon|Cape|Causeway|Centers?|Centre|Circles?|Cliffs?|"
+    r"Commons?|Corners?|Course|Coves?|Creek|Crossing|Dale|Divide|Estates?|Expressway|Extensions?|Falls|Ferry|Fields?|"
+    r"Flats?|Fords?|Forest|Forges?|Forks?|Fort|Freeway|Gateway|Glens?|Greens?|Harbors?|Haven|Heights|Highway|Hills?|"
+    r"Hollow|Inlet|Islands?|Isle|Junctions?|Keys?|Knolls?|Lakes?|Landing|Lights?|Loaf|Locks?|Lodge|Loop|Mall|Manors?|"
+    r"Meadows?|Mills?|Mission|Motorway|Mounts?|Mountains?|Neck|Orchard|Oval|Overpass|Parkways?|Pass|Path|Pike|Pines?|"
+    r"Plains?|Plaza|Points?|Ports?|Prairie|Radial|Ramp|Ranch|Rapids?|Rest|Ridges?|Rise|River|Route|Shoals?|Shores?|"
+    r"Skyway|Springs?|Spurs?|Stations?|Stravenue|Streams?|Streets|Summit|Throughway|Trace|Track|Trafficway|Trail|"
+    r"Trailer|Tunnel|Turnpike|Underpass|Unions?|Valleys?|Viaduct|Views?|Villages?|Ville|Vista|Walks|Wells?)(?!\w)")
+
+
 def _address_block_recognizer():
     street, designator = regex.compile(rf"(?<!\w){_STREET_WORD}(?!\w)"), regex.compile(rf"(?<!\w){_DESIGNATOR}\s\d")
 
@@ -231,7 +244,7 @@ def _address_block_recognizer():
         while words and words[-1].casefold().strip(".") in _stopwords():  # "... Road The" -> "... Road"
             words.pop()
         value = m.group("v")[: m.group("v").rfind(words[-1]) + len(words[-1])] if words else ""
-        if value and (street.search(value) or designator.search(value) or _BLOCK_END.search(value)):
+        if value and (street.search(value) or _US_SUFFIX.search(value) or designator.search(value) or _BLOCK_END.search(value)):
             return "STREET_ADDRESS", m.start("v"), m.start("v") + len(value), 0.6
 
     return _regex_recognizer("AddressBlockRecognizer", ["STREET_ADDRESS"], _ADDRESS_BLOCK, hit)
@@ -494,7 +507,8 @@ def _subject_name_recognizer():
         w = m.group("v").strip("'’").casefold()
         known = is_given(w) or is_known(w) or _rare_here(w, m.string, _RARE_SUBJECT_ZIPF)
         # before "is" or "had" a surname only when it is rare as a word: "Bartek had given" but "Java has"
-        named = w in all_given_names() or known and _rare_everywhere(w, _KNOWN_ZIPF) if m.group("aux") else known
+        named = (w in all_given_names() or known and (_rare_everywhere(w, _KNOWN_ZIPF) or _rare_here(w, m.string))
+                 if m.group("aux") else known)
         if named and w not in STOP_WORDS and w not in _NOT_NAMES and _rare_everywhere(w, _SUBJECT_ZIPF):
             return "PERSON", m.start("v"), m.end("v"), 0.45
 
@@ -828,11 +842,11 @@ def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
 # ("∆", the increment sign, stands for a Greek capital delta in data typed on some keyboards)
 _ADDR_PIECE = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}|\d{{1,6}}[A-Za-z]?\.?|[\p{{Lu}}∆][\p{{L}}∆'’\-]*\.?|{_JOIN}|"
                rf"\(\p{{Lu}}[\p{{L}}]*\)|\p{{Ll}}{{1,4}}\.|\p{{Ll}}[\p{{L}}\-]{{2,15}})")
-_ADDR_RIGHT = regex.compile(rf"^(?:,?[ \t]+|,)(?P<word>{_ADDR_PIECE})(?![\w'’])")
+_ADDR_RIGHT = regex.compile(rf"(?:(?<=\d)\.)?(?:,?[ \t]+|,)(?P<word>{_ADDR_PIECE})(?![\w'’])")  # "Síp utca 71. Ella Gardens"
 _ADDR_LEFT = regex.compile(rf"(?<![\w'’])(?P<word>{_ADDR_PIECE})[ \t]+$")
 # the next line goes on with the address when it starts like a place line: "Hvalsø, SJ", "Hungary 92633",
 # or a country line: "Czech Republic 15775", "Cyprus (Greek)"
-_ADDR_NEWLINE = regex.compile(rf"^\.?[ \t]*\n[ \t,]*(?P<word>{_ADDR_PIECE})"
+_ADDR_NEWLINE = regex.compile(rf"\.?[ \t]*\n[ \t,]*(?P<word>{_ADDR_PIECE})"
                               rf"(?=(?:[ \t]+(?:\p{{Lu}}\p{{L}}+|\(\p{{Lu}}\p{{L}}+\))){{0,2}}[ \t]*(?:,|\n|$|\d))")
 _ADDR_GAP = regex.compile(r"^[ \t,]*(?:[\p{L}\d'’\-]+\.?[ \t,]+){1,2}$")  # "Trg [revolucije] 95", "563 Professor [gate] 192"
 _ADDR_ZIPF = 5.0  # a capitalised word this common ("Please", "Thanks") ends an address instead of continuing it
@@ -879,10 +893,10 @@ def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
             break  # a particle only between address words: "sent to the <address>" keeps its "the"
         start = before
     for _ in range(8):
-        step = _ADDR_RIGHT.match(text[end:end + 40]) or _ADDR_NEWLINE.match(text[end:end + 40])
+        step = _ADDR_RIGHT.match(text, end, end + 40) or _ADDR_NEWLINE.match(text, end, end + 40)
         if not step or not _address_word(step.group("word"), text):
             break
-        end += step.end("word")
+        end = step.end("word")
     while end > start and text[end - 1] in " \t,":
         end -= 1
     return start, end
