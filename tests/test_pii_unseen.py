@@ -231,6 +231,7 @@ def test_words_beside_the_new_name_rules_stay_words(analyzer, text, kept):
     ("My driver's license number is qrTXmPL4471", "qrTXmPL4471"),  # letters in both cases and digits
     ("Ship it to 457 Bem rkp. 12. Suite 9 Arka Hungary please.", "457 Bem rkp. 12."),  # "bem": Portuguese only
     ("Please send the refund to 82 Glenoaks Rise before Friday.", "82 Glenoaks Rise"),  # a US street suffix
+    ("Could you mail the form to 77 Harbour Street Suite 4\nLipnice u Brna\n, JM\n 61200?", "61200"),  # its last digit too
     ("The parcel went to Tas utca 12. Lombardi Gardens\n Apt. 4\n Szeged\n Hungary 6720 last week.",
      "Tas utca 12. Lombardi Gardens"),  # a dot after a house number goes on
 ])

@@ -845,9 +845,10 @@ _ADDR_PIECE = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}|\d{{1,6}}[A-Za-z]?\.?|[\p{{Lu}}∆
 _ADDR_RIGHT = regex.compile(rf"(?:(?<=\d)\.)?(?:,?[ \t]+|,)(?P<word>{_ADDR_PIECE})(?![\w'’])")  # "Síp utca 71. Ella Gardens"
 _ADDR_LEFT = regex.compile(rf"(?<![\w'’])(?P<word>{_ADDR_PIECE})[ \t]+$")
 # the next line goes on with the address when it starts like a place line: "Hvalsø, SJ", "Hungary 92633",
-# or a country line: "Czech Republic 15775", "Cyprus (Greek)"
-_ADDR_NEWLINE = regex.compile(rf"\.?[ \t]*\n[ \t,]*(?P<word>{_ADDR_PIECE})"
-                              rf"(?=(?:[ \t]+(?:\p{{Lu}}\p{{L}}+|\(\p{{Lu}}\p{{L}}+\))){{0,2}}[ \t]*(?:,|\n|$|\d))")
+# or a country line: "Czech Republic 15775", "Cyprus (Greek)"; a line holding only a comma (an empty
+# state) between them goes with it
+_ADDR_NEWLINE = regex.compile(rf"\.?[ \t]*\n[ \t]*(?:,[ \t]*\n)?[ \t,]*(?P<word>{_ADDR_PIECE})(?![\w'’])"
+                              rf"(?=(?:[ \t]+(?:\p{{Lu}}\p{{L}}+|\(\p{{Lu}}\p{{L}}+\))){{0,2}}[ \t]*(?:,|\n|$|\d|[?!.;:)]))")
 _ADDR_GAP = regex.compile(r"^[ \t,]*(?:[\p{L}\d'’\-]+\.?[ \t,]+){1,2}$")  # "Trg [revolucije] 95", "563 Professor [gate] 192"
 _ADDR_ZIPF = 5.0  # a capitalised word this common ("Please", "Thanks") ends an address instead of continuing it
 
