@@ -11,7 +11,8 @@ checksum must not decide whether it is masked. Which generator types are scored 
 SCORED; the rest (organisations, cities, countries, ages, bare street names, postcodes...) are
 not personal data on their own under our params and count only for precision (masking one is no
 false alarm). Recall: every letter and digit of a value lies inside a masked span (any type).
-Writes bench/results/pii_external.json (with --second-ner M: pii_external-M.json, params' pii.second_ner_model = M).
+Writes bench/results/pii_external.json (with --second-ner M: pii_external-M.json, params'
+pii.second_ner_model = M; with --records N other than 1,500: ...-N.json).
 """
 from __future__ import annotations
 
@@ -182,6 +183,7 @@ def main() -> None:
     resolved = second_ner_option(ap, "pii_external")
     args = ap.parse_args()
     (cfg, out), (dev, held) = resolved(args), templates()
+    out = out if args.records == 1500 else out.replace(".json", f"-{args.records}.json")  # a larger sample beside it
     analyzer = build_analyzer(cfg)
     result = {"templates": {"dev": len(dev), "heldout": len(held)}, "locales": LOCALES, "records_per_part": args.records,
               "config": cfg.to_dict()["pii"]}

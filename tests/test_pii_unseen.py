@@ -6,6 +6,7 @@ import itertools
 import json
 
 import pytest
+import regex
 from presidio_analyzer import RecognizerResult
 
 from tasks.data.anonymize import PiiError, anonymize, anonymize_records, build_analyzer, resolve_spans
@@ -238,6 +239,30 @@ def test_words_beside_the_new_name_rules_stay_words(analyzer, text, kept):
 def test_country_lines_ships_and_licences_written_every_way_are_masked(analyzer, text, value):
     masked = _masked(analyzer, text)
     assert not any(w in masked for w in value.split()), masked
+
+
+@pytest.mark.parametrize("text,value", [
+    ("Charge it to 371449635398432 again.", "371449635398432"),  # Amex, 15 digits, check digit mistyped
+    ("Use 6759649826438 for the refund.", "6759649826438"),  # 13 digits
+    ("You can reach him on 96 63 21 most days.", "96 63 21"),  # a small numbering plan, in pairs
+    ("Ship it to Vicolo Calcirelli 34, Bologna tomorrow.", "Vicolo Calcirelli 34, Bologna"),  # street, number, place
+    ("Ship it to Trg revolucije 4, Cerkno tomorrow.", "Trg revolucije 4, Cerkno"),
+    ("It went to 93 Zeas Pasalimani, Laneia last week.", "93 Zeas Pasalimani, Laneia"),  # number first
+    ("Please write to P.O. Box 41, Kingston instead.", "P.O. Box 41, Kingston"),
+    ("Ship it to 20 rue de l'Epeule, ROUEN tomorrow.", "20 rue de l'Epeule, ROUEN"),  # two findings a space apart
+])
+def test_cards_phones_and_addresses_in_the_shapes_others_write_them(analyzer, text, value):
+    masked = _masked(analyzer, text)
+    assert not any(w in masked for w in regex.findall(r"[\w']+", value) if len(w) > 1), masked
+
+
+@pytest.mark.parametrize("text,kept", [
+    ("Upgrade to Windows 10, Office and Teams.", ["Windows 10", "Office"]),  # common words, not a street
+    ("The scores were 12, 15 and 18 on 12.03.21.", ["12, 15", "18", "12.03.21"]),
+])
+def test_numbers_and_product_versions_beside_the_new_shapes_stay(analyzer, text, kept):
+    masked = _masked(analyzer, text)
+    assert all(k in masked for k in kept), masked
 
 
 @pytest.mark.parametrize("text", ["Python is a language that lets you work quickly.", "We deploy it with Flask and Prefect.",

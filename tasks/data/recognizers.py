@@ -23,7 +23,7 @@ from stdnum.us import ssn
 from tasks.config import PiiConfig
 from tasks.data.gazetteer import LEXICON_LANGS, is_known, known_names
 
-VERSION = "3.4"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.5"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -156,6 +156,10 @@ def _position_name_recognizer(name: str, pattern: str):
 _PHONE_THEN_CUE = (r"(?<![\w+])(?P<v>\+?\d[\d \-().]{5,18}\d)[ \t]?[-(]?[ \t]?"
                    r"(?i:fax|office|mobile|phone|cell|tel|home|work|desk|Handy|Telefon|komórka|portable)\b")
 
+# Digits in pairs, as small numbering plans print them ("96 63 21" in Greenland, "31 75 65 12"):
+# no region in params may know the plan, and no date or amount is written so.
+_PAIRED_DIGITS = r"(?<![\d+.,:/\-] ?)(?<!\w)(?P<v>\d{2}(?: \d{2}){2,4})(?! ?[.,:/\-]?\d)(?!\w)"
+
 # A street and its house number alone: "Magrethevej 224", "Via Solfatara 21", "Rue des Lilas 4".
 _STREET_AND_NUMBER = (r"(?<![\w'’])(?P<v>(?:\p{Lu}\p{Ll}+(?:vej|gade|gata|gatan|vägen|weg|straße|strasse|str\.|gasse|platz|"
                       r"allee|straat|laan|gracht|katu|tie|veien|vei|veg|utca|chaussee|damm|ufer|steig|pfad|hof|braut|vegur)|(?:Via|Viale|Rue|Calle|Avenida|Rua|Piazza|Corso|"
@@ -190,6 +194,29 @@ def _regex_recognizer(name: str, entities: list[str], pattern: str, hit, warm=No
             return [RecognizerResult(*f) for f in found if f]
 
     return LoragateRecognizer(supported_entities=entities, name=name, version=VERSION)
+
+
+# A street and house number (either order) before a comma and a place, as address fields are
+# joined: "Grote Baan 484, Herent", "Trg revolucije 4, Cerkno", "93 Zeas Pasalimani, Laneia",
+# "P.O. Box 41, Kingston" (no NER tag needed).
+_STREET_NUMBER_PLACE = (rf"(?<![\w'’.,])(?P<v>(?:(?P<street>(?:{_DESIGNATOR}|\p{{Lu}}[\p{{L}}'’\-/]*\.?(?:[ \t]+(?:\p{{Lu}}[\p{{L}}'’\-]*\.?|"
+                        rf"\p{{Ll}}+)){{0,3}}))[ \t]+\d{{1,5}}[A-Za-z]?\.?|\d{{1,5}}[A-Za-z]?[ \t]+(?P<street2>\p{{Lu}}[\p{{L}}'’\-]*"
+                        rf"(?:[ \t]+\p{{Lu}}[\p{{L}}'’\-]*){{1,3}})),[ \t]*(?P<place>\p{{Lu}}[\p{{L}}'’\-]+"
+                        rf"(?:[ \t\-](?:{_JOIN}[ \t])?\p{{Lu}}[\p{{L}}'’\-]+){{0,2}}))(?![\w'’])")
+_STREET_NUMBER_PLACE_ZIPF = 4.0  # a word this common in English ("Windows 10, Office", "Room 12, Building") is no street
+
+
+def _street_number_place_recognizer():
+    from wordfreq import zipf_frequency
+
+    def hit(m, entities):
+        street = m.group("street") or m.group("street2")
+        words = regex.findall(r"\p{L}+", street)  # a place may be a word: "Bath", "Hart"
+        if regex.match(_DESIGNATOR, street) or all(
+                zipf_frequency(w.casefold(), "en") < _STREET_NUMBER_PLACE_ZIPF for w in words if len(w) > 1):
+            return "STREET_ADDRESS", m.start("v"), m.end("v"), 0.5
+
+    return _regex_recognizer("StreetNumberPlaceRecognizer", ["STREET_ADDRESS"], _STREET_NUMBER_PLACE, hit)
 
 
 def _cued_address_recognizer():
@@ -306,13 +333,15 @@ _CARD = r"(?<![\w+\-])(?:\d[ \-]?){11,18}\d(?![\w\-])"
 _CARD_PREFIX = regex.compile(r"^(?:[2-6]|0604|1800|2131)")  # Mastercard 2-series, Visa, Amex, Discover, JCB, Maestro
 
 
-_CARD_GROUPS = regex.compile(r"^\d{4}(?:[ \-]\d{4}){3}(?:[ \-]\d{1,3})?$|^\d{4}[ \-]\d{6}[ \-]\d{5}$|^\d{16}$")
+# printed as cards are: 4-4-4-4(-n), Amex's 4-6-5, Diners' 4-6-4, or one run of 12-19 digits (an
+# unformatted card of any issuer's length: Maestro 12, Visa 13/19, Diners 14, Amex 15)
+_CARD_GROUPS = regex.compile(r"^\d{4}(?:[ \-]\d{4}){3}(?:[ \-]\d{1,3})?$|^\d{4}[ \-]\d{6}[ \-]\d{4,5}$|^\d{12,19}$")
 
 
 def _card_recognizer():
     """presidio's card regex predates Mastercard's 2-series, 13/19-digit Visa and Maestro; this one
     takes any issuer prefix with a valid Luhn check digit, and a number printed as cards are
-    (4-4-4-4, Amex's 4-6-5, 16 digits) whose check digit fails: a mistyped card is still one."""
+    (_CARD_GROUPS) whose check digit fails: a mistyped card is still one."""
     def hit(m, entities):
         digits = "".join(c for c in m.group(0) if c.isdigit())
         if not _CARD_PREFIX.match(digits):
@@ -362,7 +391,6 @@ def _de_tax_id_recognizer():
     return SpacedDeTaxIdRecognizer(patterns=[pattern], supported_language="en", name="DeTaxIdRecognizer")
 
 
-@functools.lru_cache(maxsize=1)
 @functools.lru_cache(maxsize=1)
 def _stopwords() -> frozenset[str]:
     """Function words of the languages we serve (spaCy ships the lists without any model): a name
@@ -484,7 +512,9 @@ def _vocative_recognizer():
 
 # A first name capitalised mid-sentence that is a function word only in languages the text is not
 # written in: "leave me Sara" ("sara" is Spanish and Italian), "asked Ben" ("ben": Italian).
-_GIVEN_MID_SENTENCE = rf"(?<=(?:(?<![\w'’\-])\p{{Ll}}[\p{{L}}'’\-]*|,)[ \t]+)(?P<v>{_NAME})(?![\w'’\-])"
+# after a lower-case word that is no particle of a place: "early [Lange]", not "Ostrów [Mazowiecka]", "am [Harz]"
+_AFTER_LOWER = rf"(?:(?<![\w'’\-])(?!(?!the|of){_JOIN}[ \t])\p{{Ll}}[\p{{L}}'’\-]*|,)[ \t]+"
+_GIVEN_MID_SENTENCE = rf"(?<={_AFTER_LOWER})(?P<v>{_NAME})(?![\w'’\-])"
 _FOREIGN_WORD_EN_ZIPF = 5.0
 
 
@@ -573,8 +603,8 @@ def _rare_word_recognizer():
         if _AFTER_LOWER_WORD.search(m.string, max(0, m.start() - 40), m.start()) and _rare_here(word, m.string):
             return "PERSON", m.start(), m.end(), 0.45
         # a word of 15+ letters is an English derivation ("Redistributions") unless an Icelandic patronym
-        longest = max(len(p) for p in word.split("-"))
-        if 2 < len(word) and (longest <= 14 or word.endswith(("dóttir", "dottir", "sson"))) and (_rare_everywhere(word, _RARE_ZIPF) or _known_and_uncommon(word, _KNOWN_ZIPF)):
+        short = max(len(p) for p in word.split("-")) <= 14 or word.endswith(("dóttir", "dottir", "sson"))
+        if 2 < len(word) and short and (_rare_everywhere(word, _RARE_ZIPF) or _known_and_uncommon(word, _KNOWN_ZIPF)):
             return "PERSON", m.start(), m.end(), 0.45
 
     def warm():
@@ -583,8 +613,8 @@ def _rare_word_recognizer():
             zipf_frequency("the", lang)
 
     # Finnish and Estonian double names go on in lower case after the hyphen: "Hauta-aho"
-    return _regex_recognizer("RareWordRecognizer", ["PERSON"], rf"(?<![\w'’\-/.@<_]){_NAME}(?:-(?P<tail>\p{{Ll}}{{2,}}))?(?![\w'’\-/@>_])",
-                             hit, warm)
+    pattern = rf"(?<![\w'’\-/.@<_]){_NAME}(?:-(?P<tail>\p{{Ll}}{{2,}}))?(?![\w'’\-/@>_])"
+    return _regex_recognizer("RareWordRecognizer", ["PERSON"], pattern, hit, warm)
 
 
 # An identifier introduced by its name is personal data whether or not its checksum holds (a
@@ -669,6 +699,7 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
         _group_recognizer("STREET_ADDRESS", _MILITARY, 0.8, "MilitaryAddressRecognizer"),
         _group_recognizer("STREET_ADDRESS", _STREET_AND_NUMBER, 0.5, "StreetNumberRecognizer"),
         _cued_address_recognizer(),
+        _street_number_place_recognizer(),
         _group_recognizer("PERSON", _CUED_NAME, 0.7, "CuedNameRecognizer"),
         _group_recognizer("PERSON", _NAME_THEN_CUE, 0.6, "NameBeforeCueRecognizer"),
         _group_recognizer("PERSON", _TITLED_NAME, 0.7, "TitledNameRecognizer"),
@@ -688,6 +719,7 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
         _group_recognizer("IBAN_CODE", _IBAN_SHAPE, 0.5, "IbanShapeRecognizer"),
         _cued_id_recognizer(),
         _group_recognizer("PHONE_NUMBER", _PHONE_THEN_CUE, 0.5, "PhoneBeforeCueRecognizer"),
+        _group_recognizer("PHONE_NUMBER", _PAIRED_DIGITS, 0.45, "PairedDigitsPhoneRecognizer"),
         *checksum_recognizers(),
     ]
     found += [PatternRecognizer(supported_entity=c.entity, patterns=[Pattern(f"custom_{i}", c.regex, c.score)],
@@ -802,12 +834,12 @@ def _name_word(word: str) -> bool:
 
 
 _MID_SENTENCE = regex.compile(r"(?:\p{Ll}|,)[ \t]+$")
-# after a lower-case word that is no particle of a place: "early [Lange]", not "Ostrów [Mazowiecka]", "am [Harz]"
-_AFTER_LOWER_WORD = regex.compile(rf"(?:(?<![\w'’\-])(?!(?!the|of){_JOIN}[ \t])\p{{Ll}}[\p{{L}}'’\-]*|,)[ \t]+$")
+_AFTER_LOWER_WORD = regex.compile(rf"{_AFTER_LOWER}$")
 _SENTENCE_END = regex.compile(r"[.!?\n][ \t\"“(']*$")
 
 
 def _opens_sentence(text: str, at: int) -> bool:
+    """Whether text[at:] starts a sentence: at the start of the text or after a stop or line break."""
     window = text[max(0, at - 6):at]
     return bool(_SENTENCE_END.search(window)) or at == len(window) and not window.strip(" \t\"“('")
 
@@ -849,7 +881,8 @@ _ADDR_LEFT = regex.compile(rf"(?<![\w'’])(?P<word>{_ADDR_PIECE})[ \t]+$")
 # state) between them goes with it
 _ADDR_NEWLINE = regex.compile(rf"\.?[ \t]*\n[ \t]*(?:,[ \t]*\n)?[ \t,]*(?P<word>{_ADDR_PIECE})(?![\w'’])"
                               rf"(?=(?:[ \t]+(?:\p{{Lu}}\p{{L}}+|\(\p{{Lu}}\p{{L}}+\))){{0,2}}[ \t]*(?:,|\n|$|\d|[?!.;:)]))")
-_ADDR_GAP = regex.compile(r"^[ \t,]*(?:[\p{L}\d'’\-]+\.?[ \t,]+){1,2}$")  # "Trg [revolucije] 95", "563 Professor [gate] 192"
+# "Trg [revolucije] 95", "563 Professor [gate] 192", or nothing but a space: "20 rue" + "de l'Epeule"
+_ADDR_GAP = regex.compile(r"^[ \t,]*(?:[\p{L}\d'’\-]+\.?[ \t,]+){0,2}$")
 _ADDR_ZIPF = 5.0  # a capitalised word this common ("Please", "Thanks") ends an address instead of continuing it
 
 
