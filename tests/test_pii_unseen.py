@@ -249,6 +249,7 @@ def test_country_lines_ships_and_licences_written_every_way_are_masked(analyzer,
     ("Ship it to Trg revolucije 4, Cerkno tomorrow.", "Trg revolucije 4, Cerkno"),
     ("It went to 93 Zeas Pasalimani, Laneia last week.", "93 Zeas Pasalimani, Laneia"),  # number first
     ("Please write to P.O. Box 41, Kingston instead.", "P.O. Box 41, Kingston"),
+    ("Ship it to Na Kopci 1357, Býšt tomorrow.", "Na Kopci 1357, Býšt"),  # "na" (Czech "on") is no word here
     ("Ship it to 20 rue de l'Epeule, ROUEN tomorrow.", "20 rue de l'Epeule, ROUEN"),  # two findings a space apart
 ])
 def test_cards_phones_and_addresses_in_the_shapes_others_write_them(analyzer, text, value):

@@ -209,9 +209,12 @@ _STREET_NUMBER_PLACE_ZIPF = 4.0  # a word this common in English ("Windows 10, O
 def _street_number_place_recognizer():
     from wordfreq import zipf_frequency
 
+    kind = regex.compile(rf"{_JOIN}|{_STREET_WORD}|(?i:via|viale|vicolo|calle|rua|rue|cours|na|pod)")
+
     def hit(m, entities):
         street = m.group("street") or m.group("street2")
-        words = regex.findall(r"\p{L}+", street)  # a place may be a word: "Bath", "Hart"
+        # the place may be a word ("Bath", "Hart"), and so may particles and street kinds ("de", "Via")
+        words = [w for w in regex.findall(r"\p{L}+", street) if not kind.fullmatch(w)]
         if regex.match(_DESIGNATOR, street) or all(
                 zipf_frequency(w.casefold(), "en") < _STREET_NUMBER_PLACE_ZIPF for w in words if len(w) > 1):
             return "STREET_ADDRESS", m.start("v"), m.end("v"), 0.5
