@@ -209,6 +209,8 @@ def test_a_name_inside_a_clause_the_model_tagged_whole_is_kept():
     ("There is no finer record of the era than the late Kempers catalogue.", "Kempers"),
     ("Simonds began painting as a child and never stopped.", "Simonds"),  # before a verb of people
     ("Kuba had given the keys back to the office by noon on Friday.", "Kuba"),  # "kuba" is common in Polish only
+    ("Amber spent the summer at the lab and the school.", "Amber"),  # a word, but before what only people do
+    ("Anders spent a year at the lab and then at the school.", "Anders"),  # "anders" is common in German only
 ])
 def test_names_the_models_find_in_part_or_drop_as_words(analyzer, text, name):
     masked = _masked(analyzer, text)
@@ -219,6 +221,7 @@ def test_names_the_models_find_in_part_or_drop_as_words(analyzer, text, name):
     ("It will also be reported to Codecov from any non-release CI jobs.", ["CI"]),  # "ci": Italian, but capitals
     ("This will install it with Cython-based extensions.", ["Cython-based"]),
     ("Redistributions of source code must retain the notice.", ["Redistributions"]),
+    ("Rich works with Linux, macOS and Windows.", ["Rich"]),  # a name and a word: "works" is no cue
     ("Both the Ostrów Mazowiecka office and the one in Osterode am Harz reopened.", ["Mazowiecka", "Harz"]),  # places
 ])
 def test_words_beside_the_new_name_rules_stay_words(analyzer, text, kept):

@@ -23,7 +23,7 @@ from stdnum.us import ssn
 from tasks.config import PiiConfig
 from tasks.data.gazetteer import LEXICON_LANGS, is_known, known_names
 
-VERSION = "3.5"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.6"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -501,6 +501,8 @@ _PERSON_VERB = (r"(?:said|says|asked|asks|told|tells|wrote|writes|began|begins|s
 _VOCATIVE = rf"(?<=,[ \t])(?P<v>{_NAME})(?=[ \t]?[!?])"
 _NAME_THEN_VERB = (rf"(?<![\w'’\-]){_PLACE_BEFORE}(?P<v>{_NAME})(?= (?:{_PERSON_VERB}|(?P<aux>is|was|has|had|will|would|"
                    r"can|could|did|does))\b)")
+_ONLY_PEOPLE = regex.compile(r" (?:said|says|asked|asks|told|tells|wrote|writes|replied|spent|thinks|thought|believes|"
+                             r"agreed|explained|mentioned|emailed|phoned|promised|complained|decided)\b")
 _SUBJECT_ZIPF = 5.5  # a name this common as a word ("Will", "Even") is more often the word
 
 
@@ -542,7 +544,11 @@ def _subject_name_recognizer():
         # before "is" or "had" a surname only when it is rare as a word: "Bartek had given" but "Java has"
         named = (w in all_given_names() or known and (_rare_everywhere(w, _KNOWN_ZIPF) or _rare_here(w, m.string))
                  if m.group("aux") else known)
-        if named and w not in STOP_WORDS and w not in _NOT_NAMES and _rare_everywhere(w, _SUBJECT_ZIPF):
+        # a first name that is also a word or a place is one before what only people do ("Amber spent",
+        # not "Rich works")
+        listed = w in _NOT_NAMES and not (w in all_given_names() and _ONLY_PEOPLE.match(m.string, m.end("v")))
+        common = not (_rare_everywhere(w, _SUBJECT_ZIPF) or _rare_here(w, m.string, _SUBJECT_ZIPF))
+        if named and w not in STOP_WORDS and not listed and not common:
             return "PERSON", m.start("v"), m.end("v"), 0.45
 
     return _regex_recognizer("SubjectNameRecognizer", ["PERSON"], _NAME_THEN_VERB, hit, warm=known_names)
