@@ -159,10 +159,11 @@ def _per_field(scored: list[dict], found: list[list]) -> dict[str, list[int]]:
 
     out: dict[str, list[int]] = {}
     for rec, results in zip(scored, found):
+        spans = [(r.start, r.end) for r in results]
         for g in rec["spans"]:
             count = out.setdefault(g["field"], [0, 0])
             count[0] += 1
-            count[1] += not covered(rec["text"], g, [(r.start, r.end) for r in results])
+            count[1] += not covered(rec["text"], g, spans)
     return dict(sorted(out.items()))
 
 

@@ -209,7 +209,7 @@ _STREET_NUMBER_PLACE_ZIPF = 4.0  # a word this common in English ("Windows 10, O
 def _street_number_place_recognizer():
     from wordfreq import zipf_frequency
 
-    kind = regex.compile(rf"{_JOIN}|{_STREET_WORD}|(?i:via|viale|vicolo|calle|rua|rue|cours|na|pod)")
+    kind = regex.compile(rf"{_JOIN}|{_STREET_WORD}|(?i:cours|vicolo|na|pod)")  # "via", "rue": _STREET_WORD
 
     def hit(m, entities):
         street = m.group("street") or m.group("street2")
@@ -258,7 +258,7 @@ _IBAN_SHAPE = r"(?<![\w])(?P<v>[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{
 _US_SUFFIX = regex.compile(
     r"(?<!\w)(?:Alley|Bend|Bluffs?|Brooks?|Burgs?|Bypass|Camp|Canyon|Cape|Causeway|Centers?|Centre|Circles?|Cliffs?|"
     r"Commons?|Corners?|Course|Coves?|Creek|Crossing|Dale|Divide|Estates?|Expressway|Extensions?|Falls|Ferry|Fields?|"
-    r"Flats?|Fords?|Forest|Forges?|Forks?|Fort|Freeway|Gateway|Glens?|Greens?|Harbors?|Haven|Heights|Highway|Hills?|"
+    r"Flats?|Fords?|Forest|Forges?|Forks?|Fort|Freeway|Gateway|Glens?|Greens?|Harbors?|Haven|Heights|Hills?|"
     r"Hollow|Inlet|Islands?|Isle|Junctions?|Keys?|Knolls?|Lakes?|Landing|Lights?|Loaf|Locks?|Lodge|Loop|Mall|Manors?|"
     r"Meadows?|Mills?|Mission|Motorway|Mounts?|Mountains?|Neck|Orchard|Oval|Overpass|Parkways?|Pass|Path|Pike|Pines?|"
     r"Plains?|Plaza|Points?|Ports?|Prairie|Radial|Ramp|Ranch|Rapids?|Rest|Ridges?|Rise|River|Route|Shoals?|Shores?|"
@@ -853,23 +853,32 @@ def _opens_sentence(text: str, at: int) -> bool:
     return bool(_SENTENCE_END.search(window)) or at == len(window) and not window.strip(" \t\"“('")
 
 
+def _given_before_name(text: str, word: str, at: int, start: int, initial: bool) -> bool:
+    """A first name at text[at:] right before a name (at start) is part of it even where it is a
+    word too: before an initial ("Mai G Fujimura"), capitalised mid-sentence ("tennis player Else
+    [Lundblad]") or opening a sentence ("Even [Olsen] was"), but not a greeting ("Hi [Anna]")."""
+    w = word.casefold()
+    if w not in all_given_names():
+        return False
+    if initial or _MID_SENTENCE.search(text[max(0, at - 3):at]):
+        return True
+    return (_opens_sentence(text, at) and w not in text_stopwords(text)
+            and not _CUE_BEFORE.search(text[max(0, at - 60):start]))
+
+
 def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
     """A PERSON span grown word by word over titles, initials, degrees and name words on either
     side (at most three steps a side): NER tags the part it knows and a surviving "Mai G" or
     "Lavinia-" still says who it was."""
-    initial = False  # a first name before an initial is one even when it is a word too: "Mai G Fujimura"
+    initial = False  # the step before took an initial
     for _ in range(3):
         left = _GROW_LEFT.search(text[max(0, start - 24):start])
-        word = left and left.group("word")
-        # ... and so is one capitalised mid-sentence or opening a sentence before a name: "tennis player
-        # Else [Lundblad]", "Even [Olsen] was", but not a greeting ("Hi [Anna]")
-        at = start - len(left.group(0)) if left else start
-        given = word and word.casefold() in all_given_names() and (initial or _MID_SENTENCE.search(
-            text[max(0, at - 3):at]) is not None or _opens_sentence(text, at) and word.casefold() not in text_stopwords(text)
-            and not _CUE_BEFORE.search(text[max(0, at - 60):start]))
-        if not left or word and not (_name_word(word) or given):
+        if not left:
             break
-        start -= len(left.group(0))
+        word, at = left.group("word"), start - len(left.group(0))
+        if word and not (_name_word(word) or _given_before_name(text, word, at, start, initial)):
+            break
+        start = at
         initial = regex.fullmatch(r"\p{Lu}\.?\s", left.group(0)) is not None
     for _ in range(3):
         right = _GROW_RIGHT.match(text[end:end + 24])
