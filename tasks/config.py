@@ -75,6 +75,9 @@ class PiiConfig:
     ner_only: StrictBool = True  # load only spaCy's NER component: faster, same entities
     # a second, differently trained spaCy NER whose person names are added ("" = none): it misses other names
     second_ner_model: StrictStr = ""
+    # a word found as (part of) a person's name in one record is a name wherever it is capitalised in
+    # the dataset, unless common in the text's language: catches names the models miss in other contexts
+    dataset_names: StrictBool = True
     n_process: StrictInt = 2  # spaCy worker processes; 1 in constrained sandboxes
     score_threshold: Number = 0.4  # lower catches more, but masks more ordinary words
     batch_size: StrictInt = 128  # texts per NER batch and per worker chunk

@@ -269,6 +269,60 @@ def test_numbers_and_product_versions_beside_the_new_shapes_stay(analyzer, text,
     assert all(k in masked for k in kept), masked
 
 
+@pytest.mark.parametrize("text,value", [
+    ("We moved from 845 137th Avenue, Edmonton last year.", "845 137th Avenue, Edmonton"),  # numbered street
+    ("Please ship it to Berings gate 210, STAVANGER tomorrow.", "Berings gate 210, STAVANGER"),  # Norwegian "gate"
+    ("We moved from Markt 85, Mühlbach last year.", "Markt 85, Mühlbach"),  # the sentence's first words are no street
+    ("Send the invoice to:\nDe Comert 96, Grubbenvorst\nThanks", "De Comert 96, Grubbenvorst"),  # particle first
+    ("My new address is Bem rkp. 97., Szerencs.", "Bem rkp. 97., Szerencs"),  # abbreviated kind after the name
+    ("We moved from 110 Kontomari, Strovolos last year.", "110 Kontomari, Strovolos"),  # one rare word after a number
+    ("Write to Höhenweg 131, Hergiswil bei Willisau please.", "Höhenweg 131, Hergiswil bei Willisau"),
+    # an address line that ends in words no pattern knows, before the next line of the same address
+    ("The restaurant is located at 62316 92 Vasileos Pavlou str\n Suite 587\n Limassol\n Cyprus 54997. Great food.",
+     "62316 92 Vasileos Pavlou str\n Suite 587\n Limassol\n Cyprus 54997"),
+    ("Pfizer Limited\n866 97 Rue Sidi Bou said\n Apt. 468\n Essoumrane\n Tunisia", "866 97 Rue Sidi Bou said\n Apt. 468"),
+    ("Send it to 7674 1783 49th Avenue\nSt Jerome\n, QC\n 09675", "7674 1783 49th Avenue\nSt Jerome\n, QC\n 09675"),
+    ("Change the address to 41114 Bem rkp. 97.\nNeedham, MA 04254?", "41114 Bem rkp. 97.\nNeedham, MA 04254"),
+    # a second street after an address and "and"; a number before a street NER calls a person
+    ("Update it to ul. Kwiatowa 12/3, 00-123 Warszawa and 3 route de Lyon", "3 route de Lyon"),
+    ("How do I change my address to Simone and 93 Zeas Pasalimani for post mail?", "93 Zeas Pasalimani"),
+])
+def test_street_number_place_fields_of_every_country_are_masked_whole(analyzer, text, value):
+    masked = _masked(analyzer, text)
+    assert not any(w in masked for w in regex.findall(r"[\w']+", value) if len(w) > 1), masked
+
+
+@pytest.mark.parametrize("text,kept", [
+    ("Gate 12, Terminal 2 is closed.", ["Gate 12", "Terminal"]),  # a street kind alone is no street
+    ("I bought 2 Apples, Bananas and milk.", ["2 Apples", "Bananas"]),  # one common word after a number
+    ("We need 3 Tickets, Berlin to Paris.", ["3 Tickets"]),
+])
+def test_counted_things_and_gates_beside_street_fields_stay(analyzer, text, kept):
+    masked = _masked(analyzer, text)
+    assert all(k in masked for k in kept), masked
+
+
+@pytest.mark.parametrize("text,name", [
+    ("The name is not correct, please change it to Voleta Mailly", "Voleta Mailly"),  # rare in English, not in French
+    ('As regular commenter Calliope  N Romani points out, "most are horrible".', "Calliope  N Romani"),  # two spaces
+])
+def test_a_name_grows_over_surnames_rare_in_the_texts_language_and_spaced_initials(analyzer, text, name):
+    masked = _masked(analyzer, text)
+    assert name.split()[-1] not in masked and "  N " not in masked, masked
+
+
+def test_a_word_found_as_a_name_in_one_record_is_a_name_in_the_others(analyzer):
+    """"Davies" is a name after "my name is"; in "the Davies novel" no rule says so, the dataset
+    does. A product found as a name once but capitalised often without ("Python") is not spread."""
+    records = [["My name is Davies, I need a new card."], ["Unlike the Davies novel, it is not about ships."],
+               ["Python is fine."], ["Python 3 is installed."], ["My name is Python, I need a new card."],
+               ["Upgrade Python today."]]
+    found = dict(zip(("on", "off"), (anonymize_records(c, records, analyzer)[0] for c in (
+        Config(), config_from_dict({"pii": {"dataset_names": False}})))))
+    assert "Davies" not in found["on"][1][0] and "Davies" in found["off"][1][0], found
+    assert "Python" not in found["on"][4][0] and all("Python" in found["on"][i][0] for i in (2, 3, 5)), found["on"]
+
+
 @pytest.mark.parametrize("text", ["Python is a language that lets you work quickly.", "We deploy it with Flask and Prefect.",
                                   "Personal Info", "print('Hello, World!')"])
 def test_product_names_and_headings_stay_words(analyzer, text):

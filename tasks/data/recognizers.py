@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 
 import regex
@@ -23,7 +24,7 @@ from stdnum.us import ssn
 from tasks.config import PiiConfig
 from tasks.data.gazetteer import LEXICON_LANGS, is_known, known_names
 
-VERSION = "3.6"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.7"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -77,7 +78,7 @@ _DOB = (r"(?i:\bborn(?:\son)?|date\sof\sbirth|\bDOB|birth\s?date|birthday(?:\sis
         rf"urodzon[ya](?:\sdnia)?|date\sde\snaissance)[\s:,.]*(?i:(?:is|was|on|it's|it\sis|am|le)\s)?(?P<v>{_DATE})")
 
 _CAP = r"\p{Lu}[\p{L}'’\-]*"
-_JOIN = (r"(?:am|an|der|den|im|zum|zur|ob|de|du|des|la|le|les|d'|of|the|sur|nad|vor|del|della|delle|dei|degli|di|da|do|"
+_JOIN = (r"(?:am|an|der|den|im|zum|zur|ob|bei|de|du|des|la|le|les|d'|of|the|sur|nad|vor|del|della|delle|dei|degli|di|da|do|"
          r"dalla|dallo|dello|dal|sul|sulla|"
          r"dos|das|las|los|el|van|von|ten|ter|op|aan|het)")
 _CITY = rf"{_CAP}(?:[\s\-](?:{_CAP}|{_JOIN})){{0,4}}"
@@ -106,10 +107,11 @@ _STREET_WORD = (r"(?i:street|st\.?|road|rd\.?|avenue|ave\.?|lane|ln\.?|drive|dr\
                 r"chemin|impasse|allée|quai|via|viale|piazza|corso|calle|avenida|ctra\.|carrer|rua|praça|travessa|út|utca|u\.|"
                 r"kapu|krt\.|körút|rakpart|köz|sor|sétány|fasor|tee|"
                 r"útja|tér|körút|trg|ulice|náměstí|ulitsa)")
+_ORDINAL = r"\d{1,3}(?:st|nd|rd|th)(?![\w])"  # numbered streets: "845 137th Avenue"
 _DESIGNATOR = r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Box|P\.?O\.? Box|PSC|Wohnung|lok\.|m\.)"
 # one word of an address; a dot only ends an abbreviation ("St.", "Str."), so "Berlin. Meine" stops there
 _ADDR_TOKEN = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}[A-Za-z]?|\d{{2}}-\d{{3}}(?!\d)|[A-Z]{{1,2}}\d[A-Z\d]?\s\d[A-Z]{{2}}|"
-               rf"\d{{1,5}}[A-Za-z]?(?:/\d{{1,4}}[A-Za-z]?)?|\p{{Lu}}[\p{{L}}'’\-]{{0,3}}\.|\p{{Lu}}[\p{{L}}'’\-]*|{_JOIN}|"
+               rf"{_ORDINAL}|\d{{1,5}}[A-Za-z]?(?:/\d{{1,4}}[A-Za-z]?)?|\p{{Lu}}[\p{{L}}'’\-]{{0,3}}\.|\p{{Lu}}[\p{{L}}'’\-]*|{_JOIN}|"
                rf"{_STREET_WORD}|z|ze|C/|d'\p{{Lu}}[\p{{L}}]*|\(\p{{Lu}}[\p{{L}}]*\)|\d{{1,4}}\.)")
 _ADDRESS_BLOCK = (rf"(?<![\w.,/-])(?P<v>(?:{_DESIGNATOR}\s|{_KIND}\s(?:{_ADDR_TOKEN}\s){{1,4}})?\d{{1,5}}[A-Za-z]?(?:(?:,?[ \t]+|(?:,?[ \t]*\n){{1,2}},?[ \t]*|,)"
                   rf"{_ADDR_TOKEN}){{2,14}})(?![\w])")
@@ -199,25 +201,41 @@ def _regex_recognizer(name: str, entities: list[str], pattern: str, hit, warm=No
 # A street and house number (either order) before a comma and a place, as address fields are
 # joined: "Grote Baan 484, Herent", "Trg revolucije 4, Cerkno", "93 Zeas Pasalimani, Laneia",
 # "P.O. Box 41, Kingston" (no NER tag needed).
-_STREET_NUMBER_PLACE = (rf"(?<![\w'’.,])(?P<v>(?:(?P<street>(?:{_DESIGNATOR}|\p{{Lu}}[\p{{L}}'’\-/]*\.?(?:[ \t]+(?:\p{{Lu}}[\p{{L}}'’\-]*\.?|"
-                        rf"\p{{Ll}}+)){{0,3}}))[ \t]+\d{{1,5}}[A-Za-z]?\.?|\d{{1,5}}[A-Za-z]?[ \t]+(?P<street2>\p{{Lu}}[\p{{L}}'’\-]*"
-                        rf"(?:[ \t]+\p{{Lu}}[\p{{L}}'’\-]*){{1,3}})),[ \t]*(?P<place>\p{{Lu}}[\p{{L}}'’\-]+"
-                        rf"(?:[ \t\-](?:{_JOIN}[ \t])?\p{{Lu}}[\p{{L}}'’\-]+){{0,2}}))(?![\w'’])")
+_SNP_WORD = r"(?:\p{Lu}[\p{L}'’\-]*\.?|\p{Ll}[\p{L}'’\-]*\.?)"  # "Bem rkp.", "Avenue d'Ouchy", "N. Stadion"
+_STREET_NUMBER_PLACE = (rf"(?<![\w'’.,])(?P<v>(?:(?P<street>(?:{_DESIGNATOR}|(?:\p{{Lu}}\.){{2,3}}|\p{{Lu}}[\p{{L}}'’\-/]*\.?)"
+                        rf"(?:[ \t]+{_SNP_WORD}){{0,5}})[ \t]+\d{{1,5}}[A-Za-z]?\.?|\d{{1,5}}[A-Za-z]?[ \t]+"
+                        rf"(?P<street2>(?:{_KIND}[ \t]+)?(?:\p{{Lu}}[\p{{L}}'’\-]*\.?|{_ORDINAL})(?:[ \t]+{_SNP_WORD}){{0,3}})),[ \t]*"
+                        rf"(?P<place>\p{{Lu}}[\p{{L}}'’\-]+(?:(?:[ \t\-/]|[ \t]-[ \t])(?:{_JOIN}[ \t])?\p{{Lu}}[\p{{L}}'’\-]+){{0,2}}))"
+                        rf"(?![\w'’])")
 _STREET_NUMBER_PLACE_ZIPF = 4.0  # a word this common in English ("Windows 10, Office", "Room 12, Building") is no street
 
 
 def _street_number_place_recognizer():
     from wordfreq import zipf_frequency
 
-    kind = regex.compile(rf"{_JOIN}|{_STREET_WORD}|(?i:cours|vicolo|na|pod)")  # "via", "rue": _STREET_WORD
+    # street kinds and particles ("via", "Al.", "De", "Im", "Saint") are not judged as English words
+    kind = regex.compile(rf"{_JOIN}|{_STREET_WORD}|(?i:cours|vicolo|na|pod|saint|sainte|san|santa)")
+    tail_kind = regex.compile(r"(?i:gate|gaten)")  # Norwegian "Berings gate", never the first word ("Gate 12")
+
+    def street_like(street: str, zipf: float = _STREET_NUMBER_PLACE_ZIPF) -> bool:
+        # the place may be a word ("Bath", "Hart"); the street's words must not be common English words
+        words = regex.findall(rf"{_ORDINAL}|\p{{L}}+\.?", street)
+        judged = [w.rstrip(".") for i, w in enumerate(words)
+                  if not kind.fullmatch(w.casefold()) and not (i and tail_kind.fullmatch(w))]
+        return all(regex.fullmatch(_ORDINAL, w) or len(w) < 2 or zipf_frequency(w.casefold(), "en") < zipf
+                   for w in judged)
 
     def hit(m, entities):
-        street = m.group("street") or m.group("street2")
-        # the place may be a word ("Bath", "Hart"), and so may particles and street kinds ("de", "Via")
-        words = [w for w in regex.findall(r"\p{L}+", street) if not kind.fullmatch(w)]
-        if regex.match(_DESIGNATOR, street) or all(
-                zipf_frequency(w.casefold(), "en") < _STREET_NUMBER_PLACE_ZIPF for w in words if len(w) > 1):
-            return "STREET_ADDRESS", m.start("v"), m.end("v"), 0.5
+        street = m.group("street2")
+        if street is not None:  # "110 Kontomari, Strovolos": one word after a number must be rarer ("2 Apples, Pears")
+            start = m.start("v") if street_like(street, _STREET_NUMBER_PLACE_ZIPF if " " in street else 2.5) else None
+        elif regex.match(_DESIGNATOR, m.group("street")):
+            start = m.start("v")
+        else:  # the pattern starts at a sentence's first word: "We moved from Markt 85, Mühlbach"
+            starts = [m.start("street") + w.start() for w in regex.finditer(r"(?<![\w'’\-])\p{Lu}", m.group("street"))]
+            start = next((a for a in starts if street_like(m.string[a:m.end("street")])), None)
+        if start is not None:
+            return "STREET_ADDRESS", start, m.end("v"), 0.5
 
     return _regex_recognizer("StreetNumberPlaceRecognizer", ["STREET_ADDRESS"], _STREET_NUMBER_PLACE, hit)
 
@@ -487,8 +505,11 @@ _SALUTATIONS = frozenset("""sir madam dear damen herren ladies gentlemen państw
 customer customers everyone all sehr geehrte geehrter geehrten liebe lieber szanowni szanowny szanowna cher chère chers
 madame monsieur estimado estimada estimados gentile gentili geachte beste""".split())
 # A lone capitalised word that is a known first name: "Martin has...", "They had 6: Julian, Ellen".
-_PLACE_BEFORE = (r"(?<!\b(?:East|West|North|South|Lake|Port|Mount|Saint|Sainte|St\.|San|Santa|New|Fort|Bad|Our|our|"
-                 r"Upper|Lower|Great|Little|Old)\s)")  # "East Timothy", "Lake Kayla": Faker and real-world places
+_PLACE_WORD = (r"(?:East|West|North|South|Lake|Port|Mount|Saint|Sainte|St\.|San|Santa|New|Fort|Bad|Our|our|Upper|Lower|"
+               r"Great|Little|Old)")
+_PLACE_BEFORE = rf"(?<!\b{_PLACE_WORD}\s)"  # "East Timothy", "Lake Kayla": Faker and real-world places
+_IS_PLACE_WORD = regex.compile(rf"^{_PLACE_WORD}$")
+_NOT_AFTER_PLACE_WORD = regex.compile(_PLACE_BEFORE)
 _GIVEN_ALONE = rf"(?<![\w'’\-]){_PLACE_BEFORE}(?P<v>{_NAME})(?![\w'’\-])"
 
 
@@ -827,7 +848,7 @@ def widen_names(text: str, results: list) -> list:
 # part of a hyphenated name, another name word ("Mai G Fujimura" where NER took only "Fujimura")
 _GROW_LEFT = regex.compile(rf"(?:(?<!\w){_TITLE}\s|(?<![\w.])\p{{Lu}}\.?\s|(?<![\w'’])\p{{Lu}}[\p{{L}}'’]*\.?-|"
                            rf"(?<![\w'’\-])(?P<word>{_NAME})\s|(?<![\w'’\-])(?i:{_PARTICLE})\s)$")
-_GROW_RIGHT = regex.compile(rf"^(?:,?\s{_SUFFIX}(?!\w)|-\p{{Lu}}\p{{Ll}}[\p{{L}}'’]*|\s\p{{Lu}}\.?(?=\s(?:\p{{Lu}}|{_PARTICLE}\s\S))|"
+_GROW_RIGHT = regex.compile(rf"^(?:,?\s{_SUFFIX}(?!\w)|-\p{{Lu}}\p{{Ll}}[\p{{L}}'’]*|[ \t]{{1,2}}\p{{Lu}}\.?(?=[ \t]{{1,2}}(?:\p{{Lu}}|{_PARTICLE}\s\S))|"
                             rf"(?:\s{_PARTICLE}){{1,2}}\s\p{{Lu}}[\p{{L}}'’]+(?![\w'’\-])|\s(?P<word>{_NAME})(?![\w'’\-]))")
 _NAME_WORD_ZIPF = 3.0  # a capitalised neighbour rarer than this in every language is taken as part of the name
 # ... and a known first name or surname below these (everywhere, in English): "Teodata [Boni]",
@@ -866,6 +887,9 @@ def _given_before_name(text: str, word: str, at: int, start: int, initial: bool)
             and not _CUE_BEFORE.search(text[max(0, at - 60):start]))
 
 
+_ARTICLE_BEFORE = regex.compile(r"\b(?i:the|a|an|our|your|their)[ \t]+$")
+
+
 def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
     """A PERSON span grown word by word over titles, initials, degrees and name words on either
     side (at most three steps a side): NER tags the part it knows and a surviving "Mai G" or
@@ -882,7 +906,11 @@ def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
         initial = regex.fullmatch(r"\p{Lu}\.?\s", left.group(0)) is not None
     for _ in range(3):
         right = _GROW_RIGHT.match(text[end:end + 24])
-        if not right or (right.group("word") and not _name_word(right.group("word"))):
+        # a surname rare in the text's own languages: "Voleta [Mailly]" in English ("mailly" is French);
+        # not after an article: "the Ostrów Mazowiecka office" is a place
+        if not right or (right.group("word") and not _name_word(right.group("word")) and not (
+                _rare_here(right.group("word").strip("'’").casefold(), text, _NAME_WORD_ZIPF)
+                and not _ARTICLE_BEFORE.search(text, max(0, start - 8), start))):
             break
         end += len(right.group(0))
     return start, end
@@ -890,9 +918,10 @@ def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
 
 # one word of an address grown from a detected one: number, capitalised word, code, particle
 # ("∆", the increment sign, stands for a Greek capital delta in data typed on some keyboards)
-_ADDR_PIECE = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}|\d{{1,6}}[A-Za-z]?\.?|[\p{{Lu}}∆][\p{{L}}∆'’\-]*\.?|{_JOIN}|"
+_ADDR_PIECE = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}|{_ORDINAL}|\d{{1,6}}[A-Za-z]?\.?|[\p{{Lu}}∆][\p{{L}}∆'’\-]*\.?|{_JOIN}|"
                rf"\(\p{{Lu}}[\p{{L}}]*\)|\p{{Ll}}{{1,4}}\.|\p{{Ll}}[\p{{L}}\-]{{2,15}})")
-_ADDR_RIGHT = regex.compile(rf"(?:(?<=\d)\.)?(?:,?[ \t]+|,)(?P<word>{_ADDR_PIECE})(?![\w'’])")  # "Síp utca 71. Ella Gardens"
+# "Síp utca 71. Ella Gardens", "Bem rkp. 97.": a dot after a number or a short lower-case abbreviation
+_ADDR_RIGHT = regex.compile(rf"(?:(?<=\d|(?<![\w'’])\p{{Ll}}{{1,4}})\.)?(?:,?[ \t]+|,)(?P<word>{_ADDR_PIECE})(?![\w'’])")
 _ADDR_LEFT = regex.compile(rf"(?<![\w'’])(?P<word>{_ADDR_PIECE})[ \t]+$")
 # the next line goes on with the address when it starts like a place line: "Hvalsø, SJ", "Hungary 92633",
 # or a country line: "Czech Republic 15775", "Cyprus (Greek)"; a line holding only a comma (an empty
@@ -901,6 +930,9 @@ _ADDR_NEWLINE = regex.compile(rf"\.?[ \t]*\n[ \t]*(?:,[ \t]*\n)?[ \t,]*(?P<word>
                               rf"(?=(?:[ \t]+(?:\p{{Lu}}\p{{L}}+|\(\p{{Lu}}\p{{L}}+\))){{0,2}}[ \t]*(?:,|\n|$|\d|[?!.;:)]))")
 # "Trg [revolucije] 95", "563 Professor [gate] 192", or nothing but a space: "20 rue" + "de l'Epeule"
 _ADDR_GAP = regex.compile(r"^[ \t,]*(?:[\p{L}\d'’\-]+\.?[ \t,]+){0,2}$")
+# an address's line ends in words no pattern knows, and the next line goes on with it: "Vasileos
+# Pavlou [str]\n Suite 587", "Rue Sidi Bou [said]\n Apt. 468"
+_ADDR_LINE_GAP = regex.compile(r"^(?:[ \t,]*[\p{L}\d'’\-]+\.?){0,2}[ \t,]*\n[ \t,]*$")
 _ADDR_ZIPF = 5.0  # a capitalised word this common ("Please", "Thanks") ends an address instead of continuing it
 
 
@@ -910,8 +942,8 @@ def _address_word(word: str, text: str) -> bool:
     from wordfreq import zipf_frequency
 
     w, stop = word.strip(".,()").casefold(), text_stopwords(text)
-    # state and region codes ("CA", "SJ"), house numbers, particles ("delle", "de")
-    if regex.fullmatch(r"\p{Lu}{1,3}\.?", word) or regex.match(r"\d", w) or regex.fullmatch(_JOIN, w):
+    # state and region codes ("CA", "SJ"), house numbers, particles ("delle", "de"), kinds ("route", "rue")
+    if regex.fullmatch(r"\p{Lu}{1,3}\.?", word) or regex.match(r"\d", w) or regex.fullmatch(rf"{_JOIN}|{_KIND}", w):
         return True
     if word[:1].islower():  # "Tas vezér u.", "fejedelem útja": abbreviations and rare words only
         return word.endswith(".") and len(w) <= 4 or w not in stop and zipf_frequency(w, "en") < _NAME_WORD_ZIPF
@@ -958,12 +990,15 @@ _CONJUNCTION = regex.compile(r"\b(?:and|or|und|oder|i|et|ou|y|e)\b")  # two addr
 
 
 def _runs(text: str, results: list) -> list[list]:
-    """Findings chained by gaps of one or two words on one line ("Trg [revolucije] 95")."""
+    """Findings chained by gaps of one or two words on one line ("Trg [revolucije] 95"), and two
+    addresses' findings by the last words of a line before the next line's."""
     runs: list[list] = []
     end = -1  # where the current run ends
     for r in sorted(results, key=lambda r: (r.start, -r.end)):
         gap = text[end:r.start]
-        if runs and (r.start <= end or _ADDR_GAP.match(gap) and not _CONJUNCTION.search(gap)):
+        lines = r.entity_type == "STREET_ADDRESS" and runs and any(o.entity_type == "STREET_ADDRESS" for o in runs[-1])
+        if runs and (r.start <= end or (_ADDR_GAP.match(gap) or lines and _ADDR_LINE_GAP.match(gap))
+                     and not _CONJUNCTION.search(gap)):
             runs[-1].append(r)
             end = max(end, r.end)
         else:
@@ -1005,11 +1040,52 @@ def _numbered_streets(text: str, results: list) -> list:
     return results + [RecognizerResult("STREET_ADDRESS", r.start, m.end(), 0.5) for r, m in numbered if m]
 
 
+# a second street after an address and a conjunction: "<address> and 93 Zeas Pasalimani for post mail",
+# "<address> and Via Santa Teresa degli Scalzi 71"
+_STREET_WORDS = rf"(?:{_ADDR_PIECE})(?:[ \t]+(?:{_ADDR_PIECE})){{0,4}}"
+_AND_STREET = regex.compile(rf"[ \t]*,?[ \t]+(?:and|or|und|oder|i|oraz|et|ou|y|e)[ \t]+(?P<v>\d{{1,5}}[A-Za-z]?[ \t]+{_STREET_WORDS}"
+                            rf"|{_STREET_WORDS}[ \t]+\d{{1,5}}[A-Za-z]?\.?)(?![\w'’])")
+
+
+def _streets_after_addresses(text: str, results: list) -> list:
+    """A street with its number right after an address and "and" is an address too, when its words
+    are address words: the pair reads as two addresses, and the second has no place to be found by."""
+    from presidio_analyzer import RecognizerResult
+
+    added = []
+    for r in (r for r in results if r.entity_type == "STREET_ADDRESS"):
+        m = _AND_STREET.match(text, r.end)
+        words = list(regex.finditer(r"\S+", m.group("v"))) if m else []
+        while len(words) > 2 and not _address_word(words[-1].group(), text):  # "93 Zeas Pasalimani [for post]"
+            words.pop()
+        if len(words) >= 2 and all(_address_word(w.group(), text) for w in words):
+            added.append(RecognizerResult("STREET_ADDRESS", m.start("v"), m.start("v") + words[-1].end(), 0.5))
+    return results + added
+
+
+_NUMBER_BEFORE = regex.compile(r"(?:^|(?<=[\s,:]))\d{1,5}[A-Za-z]?[ \t]+$")
+_SPEAKS_OF_ADDRESS = regex.compile(rf"{_ADDRESS_CUE}|\b(?i:address(?:es)?|Adresse|adres|street)\b")
+
+
+def _numbers_before_streets(text: str, results: list) -> list:
+    """In a text that speaks of an address, a house number right before a name or place found is
+    the start of a street: "my address to Simone and [93] Zeas Pasalimani" (NER tags the street as a
+    person, the number would survive)."""
+    from presidio_analyzer import RecognizerResult
+
+    if not _SPEAKS_OF_ADDRESS.search(text):
+        return results
+    numbered = ((r, _NUMBER_BEFORE.search(text, max(0, r.start - 12), r.start)) for r in results
+                if r.entity_type in ("PERSON", "LOCATION"))
+    return results + [RecognizerResult("STREET_ADDRESS", m.start(), r.end, 0.5) for r, m in numbered if m]
+
+
 def widen_addresses(text: str, results: list) -> list:
     """A STREET_ADDRESS span grown over the words a chain of findings around it leaves between
     them (names and places inside an address included) and then over its neighbouring address
     words."""
-    results = _numbered_streets(text, _streets_before_places(text, results))
+    results = _streets_after_addresses(text, _numbers_before_streets(text, _numbered_streets(
+        text, _streets_before_places(text, results))))
     for run in _runs(text, results):
         for r in (r for r in run if r.entity_type == "STREET_ADDRESS"):
             r.start, r.end = _grow_address(text, min(o.start for o in run), max(o.end for o in run))
@@ -1056,6 +1132,49 @@ def name_parts(value: str) -> list[str]:
     stop = _stopwords()
     return [w for w in words if len(words) > 1 and w.casefold() not in stop and w.casefold() not in _NOT_NAMES
             and not _IS_PARTICLE.match(w)]
+
+
+def name_words(value: str) -> set[str]:
+    """The words of a detected name that could name the person on their own elsewhere: capitalised,
+    3+ letters, no title, particle, function word or word _NOT_NAMES lists ("Dr. Kuba" -> Kuba)."""
+    words = regex.findall(r"\p{Lu}[\p{L}'’\-]{2,}", bare_name(value))
+    return {w for w in (regex.sub(r"['’]s$", "", w) for w in words) if w.casefold() not in _stopwords()
+            and w.casefold() not in _NOT_NAMES and w.casefold() not in _SALUTATIONS and not _IS_PARTICLE.match(w)
+            and not _IS_PLACE_WORD.match(w)}
+
+
+_DATASET_NAME_ZIPF = 4.5  # a name word this common in the text's languages ("West", "Hill", "Even") stays a word
+_DATASET_NAME_SHARE = 0.3  # found as a name in fewer of the texts where it is capitalised: a product ("Python", "Git")
+_CAP_WORD = regex.compile(r"(?<![\w'’\-])(?P<w>\p{Lu}[\p{L}'’\-]*\p{L})(?:['’]s)?(?![\w'’\-])")
+_NAME_SHAPE = regex.compile(rf"^{_NAME_WORD}$")  # "Kuba", "McKay", not "API", "NumPy"
+
+
+def capitalised_words(text: str) -> set[str]:
+    return {m.group("w") for m in _CAP_WORD.finditer(text)}
+
+
+def dataset_names(named: Counter, seen: Counter) -> frozenset[str]:
+    """Of the words found in persons' names (texts they were found in: named), those shaped like a
+    name and found as one in a fair share of the texts where they are capitalised (seen)."""
+    return frozenset(w for w, n in named.items() if _NAME_SHAPE.match(w) and n >= _DATASET_NAME_SHARE * seen[w])
+
+
+def named_elsewhere(text: str, results: list, names: frozenset[str]) -> list:
+    """Capitalised words of text, not yet found, that were found as (part of) a person's name in
+    some record of the same dataset: a model that saw "Kuba" after "my name is" misses it in "Kuba
+    had given"; the dataset's other mention says what the word is. Words common in the text's
+    languages are left to the context rules, and so are words after a place's first word."""
+    from presidio_analyzer import RecognizerResult
+    from wordfreq import zipf_frequency
+
+    out = []
+    for m in _CAP_WORD.finditer(text):
+        w = m.group("w")
+        if (w in names and not any(r.start < m.end("w") and m.start() < r.end for r in results)
+                and _NOT_AFTER_PLACE_WORD.match(text, m.start())  # "Our Hervé office", "North Nathan"
+                and max(zipf_frequency(w, lang) for lang in text_languages(text)) < _DATASET_NAME_ZIPF):
+            out.append(RecognizerResult("PERSON", m.start(), m.end("w"), 0.45))
+    return out
 
 
 _ITEM = r"\p{Lu}[\p{L}'’\-]+(?: \p{Lu}\.?(?= ))?(?: \p{Lu}[\p{L}'’\-]+)?(?![\w'’\-])"
