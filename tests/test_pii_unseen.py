@@ -305,10 +305,19 @@ def test_counted_things_and_gates_beside_street_fields_stay(analyzer, text, kept
 @pytest.mark.parametrize("text,name", [
     ("The name is not correct, please change it to Voleta Mailly", "Voleta Mailly"),  # rare in English, not in French
     ('As regular commenter Calliope  N Romani points out, "most are horrible".', "Calliope  N Romani"),  # two spaces
+    ("So Bartek just walked out of the meeting.", "Bartek"),  # after a sentence-opening function word
 ])
 def test_a_name_grows_over_surnames_rare_in_the_texts_language_and_spaced_initials(analyzer, text, name):
     masked = _masked(analyzer, text)
     assert name.split()[-1] not in masked and "  N " not in masked, masked
+
+
+def test_a_short_text_is_read_as_english_when_its_few_function_words_say_so_first():
+    from tasks.data.recognizers import text_languages
+
+    assert text_languages("So Bartek just walked out of the meeting.") == ("en",)
+    assert len(text_languages("Bartek Nowak, 12.03.2021")) > 2  # nothing to tell by: every language we serve
+    assert "de" in text_languages("Bitte rufen Sie mich morgen an, ich bin nicht zu Hause.")
 
 
 def test_a_word_found_as_a_name_in_one_record_is_a_name_in_the_others(analyzer):

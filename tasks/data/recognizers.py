@@ -24,7 +24,7 @@ from stdnum.us import ssn
 from tasks.config import PiiConfig
 from tasks.data.gazetteer import LEXICON_LANGS, is_known, known_names
 
-VERSION = "3.7"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.8"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -436,7 +436,9 @@ def text_languages(text: str) -> tuple[str, ...]:
     shared = {w: sum(w in stop for stop in lists.values()) for w in set(words)}
     counts = {lang: sum(1 / shared[w] for w in words if w in stop) for lang, stop in lists.items()}
     best = max(counts.values(), default=0)
-    return tuple(lang for lang, n in counts.items() if best < 2 or n >= 0.6 * best)
+    if best < 2:  # too few function words to tell: English (the NER's language) when they point there first
+        return ("en",) if best > 0 and counts["en"] == best else tuple(lists)
+    return tuple(lang for lang, n in counts.items() if n >= 0.6 * best)
 
 
 @functools.lru_cache(maxsize=512)
@@ -616,6 +618,16 @@ def _rare_here(word: str, text: str, zipf: float = _RARE_HERE_ZIPF) -> bool:
     return top < zipf or top < _KNOWN_ZIPF and is_known(word)
 
 
+_OPENING_WORD = regex.compile(r"(?:^|[.!?\n][ \t\"“(']*)(?P<w>\p{Lu}\p{Ll}*)[ \t]+$")
+
+
+def _after_opening_function_word(text: str, at: int) -> bool:
+    """Whether text[at:] follows a sentence's first word when that is a function word of the text
+    ("So Bartek just left", "Does Marik still work there?"): as good as mid-sentence."""
+    m = _OPENING_WORD.search(text, max(0, at - 16), at)
+    return bool(m) and m.group("w").casefold() in text_stopwords(text)
+
+
 def _rare_word_recognizer():
     """A capitalised word that no language we serve uses commonly (wordfreq's frequency lists,
     which also count names and places) is a proper noun: a rare surname, first name or small place.
@@ -630,7 +642,8 @@ def _rare_word_recognizer():
             return None
         # capitalised mid-sentence, a word need only be rare in the text's own languages: "early Lange"
         # in English text ("lange" is common German), "the Witteman novel" ("witteman": Dutch)
-        if _AFTER_LOWER_WORD.search(m.string, max(0, m.start() - 40), m.start()) and _rare_here(word, m.string):
+        if (_AFTER_LOWER_WORD.search(m.string, max(0, m.start() - 40), m.start()) or _after_opening_function_word(
+                m.string, m.start())) and _rare_here(word, m.string):
             return "PERSON", m.start(), m.end(), 0.45
         # a word of 15+ letters is an English derivation ("Redistributions") unless an Icelandic patronym
         short = max(len(p) for p in word.split("-")) <= 14 or word.endswith(("dóttir", "dottir", "sson"))
