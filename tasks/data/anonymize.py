@@ -317,12 +317,13 @@ def detect(cfg: Config, records: list[list[str]], analyzer) -> Iterator[list[lis
     list of names added, words found as names anywhere in the dataset found as names everywhere
     (params' pii.dataset_names), and values found anywhere in the record found everywhere in it."""
     found, wanted = _analyze(cfg, analyzer, [t for texts in records for t in texts]), set(detected_entities(cfg))
-    # lists before addresses: "Quadra" in "to Lo and Quadra 104" is a name only once the list says so
-    widened = [[widen_addresses(t, complete_lists(t, widen_names(t, next(found)))) for t in texts] for texts in records]
-    names = _dataset_names(records, widened) if cfg.pii.dataset_names and "PERSON" in wanted else frozenset()
-    for texts, results in zip(records, widened):
-        results = [res + named_elsewhere(t, res, names) for t, res in zip(texts, results)] if names else results
-        yield _propagate(texts, [[r for r in res if r.entity_type in wanted] for res in results])
+    # each record's own steps run while the workers analyse the next chunks; lists before addresses:
+    # "Quadra" in "to Lo and Quadra 104" is a name only once the list says so
+    per_record = [_propagate(texts, [[r for r in widen_addresses(t, complete_lists(t, widen_names(t, next(found))))
+                                      if r.entity_type in wanted] for t in texts]) for texts in records]
+    names = _dataset_names(records, per_record) if cfg.pii.dataset_names and "PERSON" in wanted else frozenset()
+    for texts, results in zip(records, per_record):
+        yield [res + named_elsewhere(t, res, names) for t, res in zip(texts, results)] if names else results
 
 
 def _dataset_names(records: list[list[str]], found: list[list[list]]) -> frozenset[str]:

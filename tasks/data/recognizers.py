@@ -24,7 +24,7 @@ from stdnum.us import ssn
 from tasks.config import PiiConfig
 from tasks.data.gazetteer import LEXICON_LANGS, is_known, known_names
 
-VERSION = "3.8"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.9"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -974,6 +974,9 @@ def _whole_words(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+_DUTCH_ARTICLE = regex.compile(r"(?:^|(?<=[\s,:(]))['’]?(?:s-|t[ \t])$")
+
+
 def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
     """A STREET_ADDRESS span grown over the address words beside it (numbers, capitalised words,
     state codes, particles; four left, eight right), on into the next line when it starts like a
@@ -982,6 +985,10 @@ def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
     word ("ΟΡΜΙ" of "ΟΡΜΙ∆ΕΙΑ", cut at a sign that is no letter) takes the whole word first."""
     start, end = _whole_words(text, start, end)
     for _ in range(4):
+        article = _DUTCH_ARTICLE.search(text, max(0, start - 4), start)
+        if article:  # "'s-Gravendamseweg", "'t Goylaan" (the apostrophe is often lost)
+            start = article.start()
+            continue
         left = _ADDR_LEFT.search(text[max(0, start - 40):start])
         if not left or not _address_word(left.group("word"), text):
             break
@@ -1002,6 +1009,18 @@ def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
 _CONJUNCTION = regex.compile(r"\b(?:and|or|und|oder|i|et|ou|y|e)\b")  # two addresses, not one
 
 
+_NAMED_NUMBER_GAP = regex.compile(r"^[ \t]+(?:e|y)[ \t]+(?:\p{Lu}\p{Ll}+[ \t]+)?$")  # "Vinte [e Cinco] de Setembro"
+
+
+def _inside_street_name(text: str, end: int, start: int) -> bool:
+    """A Portuguese or Spanish "e"/"y" between two parts of one street's name ("Rua Vinte e Cinco de
+    Setembro", "Treinta y Tres 5747"), not between two addresses: the left part ends in a
+    capitalised word that is no street kind, the right one starts with a letter."""
+    before = regex.search(r"(\p{Lu}\p{Ll}+)$", text[max(0, end - 30):end])
+    return bool(_NAMED_NUMBER_GAP.match(text[end:start]) and before and not regex.fullmatch(_STREET_WORD, before.group(1))
+                and text[start:start + 1].isalpha())
+
+
 def _runs(text: str, results: list) -> list[list]:
     """Findings chained by gaps of one or two words on one line ("Trg [revolucije] 95"), and two
     addresses' findings by the last words of a line before the next line's."""
@@ -1011,7 +1030,7 @@ def _runs(text: str, results: list) -> list[list]:
         gap = text[end:r.start]
         lines = r.entity_type == "STREET_ADDRESS" and runs and any(o.entity_type == "STREET_ADDRESS" for o in runs[-1])
         if runs and (r.start <= end or (_ADDR_GAP.match(gap) or lines and _ADDR_LINE_GAP.match(gap))
-                     and not _CONJUNCTION.search(gap)):
+                     and (not _CONJUNCTION.search(gap) or lines and _inside_street_name(text, end, r.start))):
             runs[-1].append(r)
             end = max(end, r.end)
         else:
