@@ -24,7 +24,7 @@ from stdnum.us import ssn
 from tasks.config import PiiConfig
 from tasks.data.gazetteer import LEXICON_LANGS, is_known, known_names
 
-VERSION = "3.9"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.10"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -432,7 +432,8 @@ def text_languages(text: str) -> tuple[str, ...]:
     """The languages a text is written in: those whose function words cover at least 0.6 of what
     the best one's cover (a word shared by n lists counting 1/n); all we serve for a text too short to tell."""
     lists = _stopwords_by_language()
-    words = [w for w in regex.findall(r"\p{Ll}+", text) if w in _stopwords()]
+    # whole lower-case words: "Call" holds no "all"; a capitalised "I" or "A" would count as Polish or Spanish
+    words = [w for w in regex.findall(r"(?<!\p{L})\p{Ll}+(?!\p{L})", text) if w in _stopwords()]
     shared = {w: sum(w in stop for stop in lists.values()) for w in set(words)}
     counts = {lang: sum(1 / shared[w] for w in words if w in stop) for lang, stop in lists.items()}
     best = max(counts.values(), default=0)
@@ -1006,7 +1007,8 @@ def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-_CONJUNCTION = regex.compile(r"\b(?:and|or|und|oder|i|et|ou|y|e)\b")  # two addresses, not one
+_AND = r"(?:and|or|und|oder|i|oraz|et|ou|y|e)"
+_CONJUNCTION = regex.compile(rf"\b{_AND}\b")  # two addresses, not one
 
 
 _NAMED_NUMBER_GAP = regex.compile(r"^[ \t]+(?:e|y)[ \t]+(?:\p{Lu}\p{Ll}+[ \t]+)?$")  # "Vinte [e Cinco] de Setembro"
@@ -1075,7 +1077,7 @@ def _numbered_streets(text: str, results: list) -> list:
 # a second street after an address and a conjunction: "<address> and 93 Zeas Pasalimani for post mail",
 # "<address> and Via Santa Teresa degli Scalzi 71"
 _STREET_WORDS = rf"(?:{_ADDR_PIECE})(?:[ \t]+(?:{_ADDR_PIECE})){{0,4}}"
-_AND_STREET = regex.compile(rf"[ \t]*,?[ \t]+(?:and|or|und|oder|i|oraz|et|ou|y|e)[ \t]+(?P<v>\d{{1,5}}[A-Za-z]?[ \t]+{_STREET_WORDS}"
+_AND_STREET = regex.compile(rf"[ \t]*,?[ \t]+{_AND}[ \t]+(?P<v>\d{{1,5}}[A-Za-z]?[ \t]+{_STREET_WORDS}"
                             rf"|{_STREET_WORDS}[ \t]+\d{{1,5}}[A-Za-z]?\.?)(?![\w'’])")
 
 
@@ -1157,22 +1159,24 @@ def bare_name(value: str) -> str:
     return _TITLES_AND_SUFFIXES.sub("", value)
 
 
+def _standalone(words: list[str]) -> list[str]:
+    """Of a name's capitalised words, those no function word, particle or word _NOT_NAMES lists."""
+    stop = _stopwords()
+    return [w for w in words if w.casefold() not in stop and w.casefold() not in _NOT_NAMES and not _IS_PARTICLE.match(w)]
+
+
 def name_parts(value: str) -> list[str]:
     """The words of a detected full name that stand for the person alone: capitalised, 3+ letters,
     no title, particle or function word ("Dr. Anna van Dijk" -> Anna, Dijk)."""
     words = regex.findall(r"\p{Lu}[\p{L}'’\-]{2,}", bare_name(value))
-    stop = _stopwords()
-    return [w for w in words if len(words) > 1 and w.casefold() not in stop and w.casefold() not in _NOT_NAMES
-            and not _IS_PARTICLE.match(w)]
+    return _standalone(words) if len(words) > 1 else []
 
 
 def name_words(value: str) -> set[str]:
-    """The words of a detected name that could name the person on their own elsewhere: capitalised,
-    3+ letters, no title, particle, function word or word _NOT_NAMES lists ("Dr. Kuba" -> Kuba)."""
-    words = regex.findall(r"\p{Lu}[\p{L}'’\-]{2,}", bare_name(value))
-    return {w for w in (regex.sub(r"['’]s$", "", w) for w in words) if w.casefold() not in _stopwords()
-            and w.casefold() not in _NOT_NAMES and w.casefold() not in _SALUTATIONS and not _IS_PARTICLE.match(w)
-            and not _IS_PLACE_WORD.match(w)}
+    """The words of a detected name (one word or more) that could name the person on their own
+    elsewhere: name_parts' words, possessive "'s" off, no salutation nor a place's first word."""
+    words = [regex.sub(r"['’]s$", "", w) for w in regex.findall(r"\p{Lu}[\p{L}'’\-]{2,}", bare_name(value))]
+    return {w for w in _standalone(words) if w.casefold() not in _SALUTATIONS and not _IS_PLACE_WORD.match(w)}
 
 
 _DATASET_NAME_ZIPF = 4.5  # a name word this common in the text's languages ("West", "Hill", "Even") stays a word
