@@ -328,14 +328,17 @@ def test_a_short_text_is_read_as_english_when_its_few_function_words_say_so_firs
 
 def test_a_word_found_as_a_name_in_one_record_is_a_name_in_the_others(analyzer):
     """"Davies" is a name after "my name is"; in "the Davies novel" no rule says so, the dataset
-    does. A product found as a name once but capitalised often without ("Python") is not spread."""
+    does; so for a first name that is also a word ("Ruby"). A product found as a name once but
+    capitalised often without ("Python") is not spread."""
     records = [["My name is Davies, I need a new card."], ["Unlike the Davies novel, it is not about ships."],
+               ["Please say hi to my daughter Ruby."], ["The true gender of Ruby has been under debate."],
                ["Python is fine."], ["Python 3 is installed."], ["My name is Python, I need a new card."],
                ["Upgrade Python today."]]
     found = dict(zip(("on", "off"), (anonymize_records(c, records, analyzer)[0] for c in (
         Config(), config_from_dict({"pii": {"dataset_names": False}})))))
     assert "Davies" not in found["on"][1][0] and "Davies" in found["off"][1][0], found
-    assert "Python" not in found["on"][4][0] and all("Python" in found["on"][i][0] for i in (2, 3, 5)), found["on"]
+    assert "Ruby" not in found["on"][3][0] and "Ruby" in found["off"][3][0], found  # a first name kept as a word
+    assert "Python" not in found["on"][6][0] and all("Python" in found["on"][i][0] for i in (4, 5, 7)), found["on"]
 
 
 @pytest.mark.parametrize("text", ["Python is a language that lets you work quickly.", "We deploy it with Flask and Prefect.",

@@ -24,7 +24,7 @@ from stdnum.us import ssn
 from tasks.config import PiiConfig
 from tasks.data.gazetteer import LEXICON_LANGS, is_known, known_names
 
-VERSION = "3.10"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.11"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -1174,9 +1174,12 @@ def name_parts(value: str) -> list[str]:
 
 def name_words(value: str) -> set[str]:
     """The words of a detected name (one word or more) that could name the person on their own
-    elsewhere: name_parts' words, possessive "'s" off, no salutation nor a place's first word."""
+    elsewhere: name_parts' words and first names kept as words, possessive "'s" off, no salutation
+    nor a place's first word."""
     words = [regex.sub(r"['’]s$", "", w) for w in regex.findall(r"\p{Lu}[\p{L}'’\-]{2,}", bare_name(value))]
-    return {w for w in _standalone(words) if w.casefold() not in _SALUTATIONS and not _IS_PLACE_WORD.match(w)}
+    # a first name kept as a word elsewhere ("Milan", "Amber") is a name where the dataset says so
+    given = [w for w in words if w.casefold() in _NOT_NAMES and w.casefold() in all_given_names()]
+    return {w for w in _standalone(words) + given if w.casefold() not in _SALUTATIONS and not _IS_PLACE_WORD.match(w)}
 
 
 _DATASET_NAME_ZIPF = 4.5  # a name word this common in the text's languages ("West", "Hill", "Even") stays a word
