@@ -38,7 +38,7 @@ from tasks.orchestration import stage_main
 from tasks.data.pii_guard import findings, residual_scan
 from tasks.data.recognizers import VERSION as RECOGNIZERS_VERSION
 from tasks.data.recognizers import (CustomPattern, bare_name, complete_lists, loragate_recognizers, name_parts, name_runs,
-                                    capitalised_words, dataset_names, name_words, named_elsewhere, widen_addresses, widen_names)
+                                    dataset_names, named_elsewhere, widen_addresses, widen_names)
 
 SECOND_NER_SCORE = 0.5  # above params' default threshold: the second model's names are masked
 NER_COMPONENTS = ("ner",)  # presidio reads entities and tokens; tagger/parser/lemmatizer only cost time
@@ -321,19 +321,11 @@ def detect(cfg: Config, records: list[list[str]], analyzer) -> Iterator[list[lis
     # "Quadra" in "to Lo and Quadra 104" is a name only once the list says so
     per_record = [_propagate(texts, [[r for r in widen_addresses(t, complete_lists(t, widen_names(t, next(found))))
                                       if r.entity_type in wanted] for t in texts]) for texts in records]
-    names = _dataset_names(records, per_record) if cfg.pii.dataset_names and "PERSON" in wanted else frozenset()
+    # the dataset's name words are kept in memory for this run only
+    names = (dataset_names((t, res) for texts, per_text in zip(records, per_record) for t, res in zip(texts, per_text))
+             if cfg.pii.dataset_names and "PERSON" in wanted else frozenset())
     for texts, results in zip(records, per_record):
         yield [res + named_elsewhere(t, res, names) for t, res in zip(texts, results)] if names else results
-
-
-def _dataset_names(records: list[list[str]], found: list[list[list]]) -> frozenset[str]:
-    """The words of the persons' names found in the dataset (kept in memory for this run only)."""
-    named, seen = Counter(), Counter()
-    for texts, per_text in zip(records, found):
-        for text, results in zip(texts, per_text):
-            named.update({w for r in results if r.entity_type == "PERSON" for w in name_words(text[r.start:r.end])})
-            seen.update(capitalised_words(text))
-    return dataset_names(named, seen)
 
 
 def anonymize_records(cfg: Config, records: list[list[str]], analyzer=None

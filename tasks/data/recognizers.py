@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import regex
@@ -518,15 +519,16 @@ _GIVEN_ALONE = rf"(?<![\w'’\-]){_PLACE_BEFORE}(?P<v>{_NAME})(?![\w'’\-])"
 
 # A known name as the subject of what people do: "Carvajal began writing", "Sara is a very...". Any
 # known name before a verb of people; a first name also before "is", "was", "has" ("Python is": no).
-_PERSON_VERB = (r"(?:said|says|asked|asks|told|tells|wrote|writes|began|begins|spent|spends|replied|thinks|thought|"
-                r"believes|wants|wanted|likes|liked|loves|loved|lives|lived|works|worked|joined|met|visited|studied|"
-                r"agreed|explained|mentioned|emailed|phoned|signed|promised|complained|decided|arrived|left)")
+# ... of which these only people do ("Amber spent", not "Rich works")
+_PEOPLE_ONLY_VERB = (r"(?:said|says|asked|asks|told|tells|wrote|writes|replied|spent|thinks|thought|believes|agreed|"
+                     r"explained|mentioned|emailed|phoned|promised|complained|decided)")
+_PERSON_VERB = (rf"(?:{_PEOPLE_ONLY_VERB}|began|begins|spends|wants|wanted|likes|liked|loves|loved|lives|lived|works|"
+                r"worked|joined|met|visited|studied|signed|arrived|left)")
 # A first name called out at the end of a sentence: "Don't go to town, Elke!", "Thanks, Anna?"
 _VOCATIVE = rf"(?<=,[ \t])(?P<v>{_NAME})(?=[ \t]?[!?])"
 _NAME_THEN_VERB = (rf"(?<![\w'’\-]){_PLACE_BEFORE}(?P<v>{_NAME})(?= (?:{_PERSON_VERB}|(?P<aux>is|was|has|had|will|would|"
                    r"can|could|did|does))\b)")
-_ONLY_PEOPLE = regex.compile(r" (?:said|says|asked|asks|told|tells|wrote|writes|replied|spent|thinks|thought|believes|"
-                             r"agreed|explained|mentioned|emailed|phoned|promised|complained|decided)\b")
+_ONLY_PEOPLE = regex.compile(rf" {_PEOPLE_ONLY_VERB}\b")
 _SUBJECT_ZIPF = 5.5  # a name this common as a word ("Will", "Even") is more often the word
 
 
@@ -1188,13 +1190,13 @@ _CAP_WORD = regex.compile(r"(?<![\w'’\-])(?P<w>\p{Lu}[\p{L}'’\-]*\p{L})(?:['
 _NAME_SHAPE = regex.compile(rf"^{_NAME_WORD}$")  # "Kuba", "McKay", not "API", "NumPy"
 
 
-def capitalised_words(text: str) -> set[str]:
-    return {m.group("w") for m in _CAP_WORD.finditer(text)}
-
-
-def dataset_names(named: Counter, seen: Counter) -> frozenset[str]:
-    """Of the words found in persons' names (texts they were found in: named), those shaped like a
-    name and found as one in a fair share of the texts where they are capitalised (seen)."""
+def dataset_names(found: Iterable[tuple[str, list]]) -> frozenset[str]:
+    """Of the words found in persons' names across a dataset's (text, findings), those shaped like
+    a name and found as one in a fair share of the texts where they are capitalised."""
+    named, seen = Counter(), Counter()  # texts a word was found in as a name; texts it is capitalised in
+    for text, results in found:
+        named.update({w for r in results if r.entity_type == "PERSON" for w in name_words(text[r.start:r.end])})
+        seen.update({m.group("w") for m in _CAP_WORD.finditer(text)})
     return frozenset(w for w, n in named.items() if _NAME_SHAPE.match(w) and n >= _DATASET_NAME_SHARE * seen[w])
 
 
