@@ -78,6 +78,10 @@ class PiiConfig:
     # a word found as (part of) a person's name in one record is a name wherever it is capitalised in
     # the dataset, unless common in the text's language: catches names the models miss in other contexts
     dataset_names: StrictBool = True
+    # a sentence frame (two tokens either side) where the dataset's other records name people or
+    # give addresses is one here too: catches names that are words ("Jordan") and address parts
+    # no pattern knows, where a dataset repeats its frames (forms, support replies, templates)
+    dataset_slots: StrictBool = True
     n_process: StrictInt = 2  # spaCy worker processes; 1 in constrained sandboxes
     score_threshold: Number = 0.4  # lower catches more, but masks more ordinary words
     batch_size: StrictInt = 128  # texts per NER batch and per worker chunk

