@@ -559,3 +559,20 @@ def test_what_stands_where_other_records_give_an_address_is_masked_whole(analyze
     assert "Porto" in off[3] and "Pécs" in off[4], off
     assert on[3] == on[4] == "Please send the parcel to <STREET_ADDRESS_1> before Friday.", on
     assert "Order 66 left the depot on Monday" in on[-1], on
+
+
+@pytest.mark.parametrize("text,number", [
+    ("She grew up on Hjortebakken 4 until the war.", " 4 "),  # a word like no name, then a number mid-sentence
+    ("The courier left it at Brekkeløkka 31 yesterday.", " 31 "),
+    ("Ship to | Bråvannsløkka 70 | Phone", " 70 "),  # a table cell ends the street
+])
+def test_a_street_shaped_word_takes_the_number_after_it_mid_sentence(analyzer, text, number):
+    masked = _masked(analyzer, text)
+    assert number not in masked and "<STREET_ADDRESS_1>" in masked, masked
+
+
+@pytest.mark.parametrize("text,kept", [("Read the Python 3 tutorial first.", "Python 3 tutorial"),
+                                       ("Use Kubernetes 1 node only.", "Kubernetes 1 node"),
+                                       ("Marta 3 times a week", "3 times")])
+def test_counts_and_versions_after_words_and_names_stay(analyzer, text, kept):
+    assert kept in _masked(analyzer, text)

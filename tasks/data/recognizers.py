@@ -25,7 +25,7 @@ from stdnum.us import ssn
 from tasks.config import PiiConfig
 from tasks.data.gazetteer import LEXICON_LANGS, is_known, known_names
 
-VERSION = "3.12"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.13"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -170,7 +170,7 @@ _STREET_AND_NUMBER = (r"(?<![\w'’])(?P<v>(?:\p{Lu}\p{Ll}+(?:vej|gade|gata|gata
                       r"\s\d{1,4}[a-zA-Z]?(?:/\d{1,4})?)(?![\w'’])")
 
 # US military post: "USNS Vogel\nFPO AA 51439", "PSC 0889, Box 9579\nAPO AE 30595"
-_MILITARY = (r"(?<!\w)(?P<v>(?:(?:USNS|USS|USNV|USCGC)\s[\ufeff\u200b]?(?:(?:van|de|der|den|von)\s)*\p{Lu}[\p{L}'’\-]+|(?:PSC|Unit)\s\d{4},?\sBox\s\d{4}),?\s+"
+_MILITARY = (r"(?<!\w)(?P<v>(?:(?:USNS|USS|USNV|USCGC)\s[\ufeff\u200b]?(?:(?:van|de|der|den|von|ten|ter|te|la|le|du|da|di|del|dos)\s)*\p{Lu}[\p{L}'’\-]+|(?:PSC|Unit)\s\d{4},?\sBox\s\d{4}),?\s+"
              r"(?:APO|FPO|DPO)\sA[AEP]\s\d{5})(?!\w)")
 _BLOCK_END = regex.compile(r"(?:\b\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}|\d{2}-\d{3})$")
 
@@ -1063,18 +1063,39 @@ def _streets_before_places(text: str, results: list) -> list:
 
 # a house number closing a street name, or a postcode a place: "... Koidu 31?", "Frauentaler Strasse 85 for
 # this card", "Hungary 47153"
-_HOUSE_NUMBER = regex.compile(rf"(?P<gap>(?:[ \t](?:{_STREET_WORD}|{_JOIN}|\p{{L}}[\p{{L}}\-]{{1,15}}\.?)(?![\w'’])){{0,2}})[ \t]\d{{1,5}}[A-Za-z]?(?:[/-]\d{{1,4}})?\.?(?=[ \t]*(?:[,;?!)\n]|\.(?:\s|$)|$|[ \t](?:and|or|for|in|on|"
+_NUMBER_AFTER = rf"(?P<gap>(?:[ \t](?:{_STREET_WORD}|{_JOIN}|\p{{L}}[\p{{L}}\-]{{1,15}}\.?)(?![\w'’])){{0,2}})[ \t]\d{{1,5}}[A-Za-z]?(?:[/-]\d{{1,4}})?"
+_HOUSE_NUMBER = regex.compile(rf"{_NUMBER_AFTER}\.?(?=[ \t]*(?:[,;?!)\n|\"”'’]|\.(?:\s|$)|$|[ \t](?:and|or|for|in|on|"
                               r"please|und|i|et|y)\b))")
+
+
+# mid-sentence, a number after a name is a count as often ("Anna 24 years", "Python 3 tutorial"): only
+# a word shaped like no name or a street's name is a street before it ("mentioned Finnestadgeilen 24 twice")
+_COUNTED = (r"(?:times?|years?|yrs|months?|weeks?|days?|hours?|hrs|minutes?|mins?|seconds?|secs?|points?|pts|goals?|"
+            r"games?|matches|people|persons?|kids|children|items?|pages?|percent|per|kg|km|miles?|euros?|dollars?|pounds?|"
+            r"units?|nodes?|cores?|steps?|stars?|votes?|lines?|words?|x)\b")
+_NUMBER_MID_SENTENCE = regex.compile(rf"{_NUMBER_AFTER}(?=[ \t]+(?!{_COUNTED})\p{{Ll}})")
 
 
 def _numbered_streets(text: str, results: list) -> list:
     """A name or place found right before a lone house number that ends a clause or a line is a
-    street: NER tags "Koidu" in "... to Koidu 31?" as a person and the number would survive."""
+    street: NER tags "Koidu" in "... to Koidu 31?" as a person and the number would survive; so
+    is a street-shaped one before a number mid-sentence."""
     from presidio_analyzer import RecognizerResult
 
-    numbered = ((r, _HOUSE_NUMBER.match(text, r.end)) for r in results if r.entity_type in ("PERSON", "LOCATION"))
-    return results + [RecognizerResult("STREET_ADDRESS", r.start, m.end(), 0.5) for r, m in numbered
-                      if m and all(_street_gap_word(w, text) for w in m.group("gap").split())]
+    added = []
+    for r in (r for r in results if r.entity_type in ("PERSON", "LOCATION")):
+        m = _HOUSE_NUMBER.match(text, r.end) or _street_shaped(text[r.start:r.end]) and _NUMBER_MID_SENTENCE.match(text, r.end)
+        if m and all(_street_gap_word(w, text) for w in m.group("gap").split()):
+            added.append(RecognizerResult("STREET_ADDRESS", r.start, m.end(), 0.5))
+    return results + added
+
+
+def _street_shaped(value: str) -> bool:
+    """Words no known first name, the last ending like a street's name ("Ørbækvej", "Grüne
+    Auerstrasse") or rare in every language we serve ("Finnestadgeilen", "Λεωφόρος Πανεπιστημίου")."""
+    words = [w.strip("'’.").casefold() for w in value.split()]
+    return (bool(words) and not any(is_given(w) for w in words)
+            and bool(regex.fullmatch(_STREET_WORD, words[-1]) or _rare_everywhere(words[-1], _RARE_ZIPF)))
 
 
 def _street_gap_word(word: str, text: str) -> bool:
