@@ -576,3 +576,13 @@ def test_a_street_shaped_word_takes_the_number_after_it_mid_sentence(analyzer, t
                                        ("Marta 3 times a week", "3 times")])
 def test_counts_and_versions_after_words_and_names_stay(analyzer, text, kept):
     assert kept in _masked(analyzer, text)
+
+
+@pytest.mark.parametrize("text,masked_as", [
+    ("Leave it at Brzezinski Landing.", "Leave it at <STREET_ADDRESS_1>."),  # a street suffix after a found surname
+    ("We met at Ostrowski Crossing yesterday.", "We met at <STREET_ADDRESS_1> yesterday."),
+    ("699 92 route de Lyon\n Apt. 236\n ILLKIRCH\n France 61845", "<STREET_ADDRESS_1>"),  # the line before a flat
+    ("1) 88 route de Genas\n Suite 4\n Bron\n France 69500", "1) <STREET_ADDRESS_1>"),
+])
+def test_street_suffixes_after_names_and_street_lines_before_a_flat_are_the_address(analyzer, text, masked_as):
+    assert _masked(analyzer, text) == masked_as

@@ -25,7 +25,7 @@ from stdnum.us import ssn
 from tasks.config import PiiConfig
 from tasks.data.gazetteer import LEXICON_LANGS, is_known, known_names
 
-VERSION = "3.13"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.14"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -999,6 +999,7 @@ def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
         if regex.fullmatch(_JOIN, left.group("word")) and not _ADDR_LEFT.search(text[max(0, before - 40):before]):
             break  # a particle only between address words: "sent to the <address>" keeps its "the"
         start = before
+    start = _street_line_before(text, start)
     for _ in range(8):
         step = _ADDR_RIGHT.match(text, end, end + 40) or _ADDR_NEWLINE.match(text, end, end + 40)
         if not step or not _address_word(step.group("word"), text):
@@ -1007,6 +1008,19 @@ def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
     while end > start and text[end - 1] in " \t,":
         end -= 1
     return start, end
+
+
+_LINE_BEFORE = regex.compile(r"(?:^|(?<=\n))[ \t]*(?:[\d\p{L}][.)][ \t]+)?(?P<line>[^\n]{3,60}?)[ \t]*\n[ \t]*$")  # "1) "
+_DESIGNATOR_FIRST = regex.compile(rf"{_DESIGNATOR}\s\d")
+
+
+def _street_line_before(text: str, start: int) -> int:
+    """An address that starts a line with a flat or suite ("Apt. 236") starts on the line before
+    when that holds a number and address words only ("699 92 route de Lyon")."""
+    m = _LINE_BEFORE.search(text, max(0, start - 80), start)
+    if not m or not _DESIGNATOR_FIRST.match(text, start) or not regex.search(r"\d", m.group("line")):
+        return start
+    return m.start("line") if all(_street_gap_word(w, text) for w in m.group("line").split()) else start
 
 
 _AND = r"(?:and|or|und|oder|i|oraz|et|ou|y|e)"
@@ -1090,6 +1104,27 @@ def _numbered_streets(text: str, results: list) -> list:
     return results + added
 
 
+# street suffixes of the US postal list that no street pattern above takes, after a name: "Beauchemin
+# [Landing]", "Alexandrov [Points]" (the name was found, the suffix would survive)
+_SUFFIX_AFTER = regex.compile(r"[ \t](?:Landing|Points?|Land|Canyon|Crossing|Vista|Villages?|Manors?|Oval|Viaduct|Turnpike|"
+                              r"Underpass|Overpass|Knolls?|Ridges?|Springs?|Trail|Trace|Harbor|Heights|Junction|Meadows?|"
+                              r"Mills?|Orchard|Pike|Pines?|Plains?|Plaza|Prairie|Ranch|Rapids|Shoals?|Shores?|Skyway|Spur|"
+                              r"Stravenue|Summit|Throughway|Tunnel|Views?|Ville|Walks?|Wells?|Branch|Brooks?|Burg|Bypass|"
+                              r"Causeway|Cliffs?|Corners?|Cove|Creek|Crest|Curve|Dale|Divide|Estates?|Expressway|Falls|"
+                              r"Ferry|Fields?|Flats?|Ford|Forge|Forks?|Freeway|Gateway|Glens?|Haven|Hollow|Inlet|Isle|Loop|"
+                              r"Lodge|Locks?|Motorway|Parkway|Radial|Ramp|Rest|Run|Squares?|Stream|Valleys?)(?![\w'’\-])")
+
+
+def _suffixed_streets(text: str, results: list) -> list:
+    """A name found right before a street suffix is a street ("the corner of X and Beauchemin
+    Landing"), when it is one word and no known first name ("Tiegan Hill" stays a person)."""
+    from presidio_analyzer import RecognizerResult
+
+    suffixed = ((r, _SUFFIX_AFTER.match(text, r.end)) for r in results if r.entity_type in ("PERSON", "LOCATION"))
+    return results + [RecognizerResult("STREET_ADDRESS", r.start, m.end(), 0.5) for r, m in suffixed
+                      if m and len(text[r.start:r.end].split()) == 1 and not is_given(text[r.start:r.end])]
+
+
 def _street_shaped(value: str) -> bool:
     """Words no known first name, the last ending like a street's name ("Ørbækvej", "Grüne
     Auerstrasse") or rare in every language we serve ("Finnestadgeilen", "Λεωφόρος Πανεπιστημίου")."""
@@ -1149,7 +1184,7 @@ def widen_addresses(text: str, results: list) -> list:
     them (names and places inside an address included) and then over its neighbouring address
     words."""
     results = _streets_after_addresses(text, _numbers_before_streets(text, _numbered_streets(
-        text, _streets_before_places(text, results))))
+        text, _suffixed_streets(text, _streets_before_places(text, results)))))
     for run in _runs(text, results):
         for r in (r for r in run if r.entity_type == "STREET_ADDRESS"):
             r.start, r.end = _grow_address(text, min(o.start for o in run), max(o.end for o in run))
