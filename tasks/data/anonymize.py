@@ -37,8 +37,9 @@ from tasks.io import read_jsonl, write_json, write_jsonl
 from tasks.orchestration import stage_main
 from tasks.data.pii_guard import findings, residual_scan
 from tasks.data.recognizers import VERSION as RECOGNIZERS_VERSION
-from tasks.data.recognizers import (CustomPattern, bare_name, complete_lists, loragate_recognizers, name_parts, name_runs,
-                                    address_slots, dataset_names, in_address_slots, in_name_slots, name_slots, named_elsewhere, widen_addresses, widen_names)
+from tasks.data.recognizers import (CustomPattern, address_slots, bare_name, complete_lists, dataset_names, in_address_slots,
+                                    in_name_slots, loragate_recognizers, name_parts, name_runs, name_slots, named_elsewhere,
+                                    widen_addresses, widen_names)
 
 SECOND_NER_SCORE = 0.5  # above params' default threshold: the second model's names are masked
 NER_COMPONENTS = ("ner",)  # presidio reads entities and tokens; tagger/parser/lemmatizer only cost time

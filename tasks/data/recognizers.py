@@ -1090,18 +1090,21 @@ _COUNTED = (r"(?:times?|years?|yrs|months?|weeks?|days?|hours?|hrs|minutes?|mins
 _NUMBER_MID_SENTENCE = regex.compile(rf"{_NUMBER_AFTER}(?=[ \t]+(?!{_COUNTED})\p{{Ll}})")
 
 
-def _numbered_streets(text: str, results: list) -> list:
+def _found_before(text: str, results: list, end_of_street) -> list:
+    """results plus a STREET_ADDRESS from each name or place found to where end_of_street(text,
+    finding) says the street it begins goes on to (None: it begins none)."""
+    from presidio_analyzer import RecognizerResult
+
+    ends = ((r, end_of_street(text, r)) for r in results if r.entity_type in ("PERSON", "LOCATION"))
+    return results + [RecognizerResult("STREET_ADDRESS", r.start, end, 0.5) for r, end in ends if end]
+
+
+def _house_number_end(text: str, r) -> int | None:
     """A name or place found right before a lone house number that ends a clause or a line is a
     street: NER tags "Koidu" in "... to Koidu 31?" as a person and the number would survive; so
     is a street-shaped one before a number mid-sentence."""
-    from presidio_analyzer import RecognizerResult
-
-    added = []
-    for r in (r for r in results if r.entity_type in ("PERSON", "LOCATION")):
-        m = _HOUSE_NUMBER.match(text, r.end) or _street_shaped(text[r.start:r.end]) and _NUMBER_MID_SENTENCE.match(text, r.end)
-        if m and all(_street_gap_word(w, text) for w in m.group("gap").split()):
-            added.append(RecognizerResult("STREET_ADDRESS", r.start, m.end(), 0.5))
-    return results + added
+    m = _HOUSE_NUMBER.match(text, r.end) or _street_shaped(text[r.start:r.end]) and _NUMBER_MID_SENTENCE.match(text, r.end)
+    return m.end() if m and all(_street_gap_word(w, text) for w in m.group("gap").split()) else None
 
 
 # street suffixes of the US postal list that no street pattern above takes, after a name: "Beauchemin
@@ -1115,14 +1118,12 @@ _SUFFIX_AFTER = regex.compile(r"[ \t](?:Landing|Points?|Land|Canyon|Crossing|Vis
                               r"Lodge|Locks?|Motorway|Parkway|Radial|Ramp|Rest|Run|Squares?|Stream|Valleys?)(?![\w'’\-])")
 
 
-def _suffixed_streets(text: str, results: list) -> list:
+def _suffix_end(text: str, r) -> int | None:
     """A name found right before a street suffix is a street ("the corner of X and Beauchemin
     Landing"), when it is one word and no known first name ("Tiegan Hill" stays a person)."""
-    from presidio_analyzer import RecognizerResult
-
-    suffixed = ((r, _SUFFIX_AFTER.match(text, r.end)) for r in results if r.entity_type in ("PERSON", "LOCATION"))
-    return results + [RecognizerResult("STREET_ADDRESS", r.start, m.end(), 0.5) for r, m in suffixed
-                      if m and len(text[r.start:r.end].split()) == 1 and not is_given(text[r.start:r.end])]
+    m = _SUFFIX_AFTER.match(text, r.end)
+    value = text[r.start:r.end]
+    return m.end() if m and len(value.split()) == 1 and not is_given(value) else None
 
 
 def _street_shaped(value: str) -> bool:
@@ -1183,8 +1184,8 @@ def widen_addresses(text: str, results: list) -> list:
     """A STREET_ADDRESS span grown over the words a chain of findings around it leaves between
     them (names and places inside an address included) and then over its neighbouring address
     words."""
-    results = _streets_after_addresses(text, _numbers_before_streets(text, _numbered_streets(
-        text, _suffixed_streets(text, _streets_before_places(text, results)))))
+    results = _found_before(text, _found_before(text, _streets_before_places(text, results), _suffix_end), _house_number_end)
+    results = _streets_after_addresses(text, _numbers_before_streets(text, results))
     for run in _runs(text, results):
         for r in (r for r in run if r.entity_type == "STREET_ADDRESS"):
             r.start, r.end = _grow_address(text, min(o.start for o in run), max(o.end for o in run))
@@ -1391,8 +1392,8 @@ def in_address_slots(text: str, results: list, slots: dict[str, list]) -> list:
 
 def _mostly_found(text: str, a: int, b: int, results: list) -> bool:
     """Findings cover at least half of text[a:b]'s letters and digits, no one of them all of it,
-    and the words they leave are address words (no sentence after the address: "... The parcel
-    was", "... for this card: <card>")."""
+    and the words they leave could be an address's (no sentence after the address: "... The
+    parcel was", "... for this card: <card>")."""
     inside = [r for r in results if r.start < b and a < r.end]
     if any(r.start <= a and b <= r.end for r in inside):
         return False
