@@ -586,3 +586,9 @@ def test_counts_and_versions_after_words_and_names_stay(analyzer, text, kept):
 ])
 def test_street_suffixes_after_names_and_street_lines_before_a_flat_are_the_address(analyzer, text, masked_as):
     assert _masked(analyzer, text) == masked_as
+
+
+@pytest.mark.parametrize("text", ['Address: 12 ul. Marszałka Józefa Wybickiego "ZORZA" 4\n Kraków\n 30-001',
+                                  "Address: 88 Travessa BR-12-C 410 Suite 5, Sobral, Brazil"])
+def test_a_quoted_or_hyphenated_piece_between_two_parts_of_an_address_is_masked_with_them(analyzer, text):
+    assert _masked(analyzer, text) == "Address: <STREET_ADDRESS_1>"

@@ -25,7 +25,7 @@ from stdnum.us import ssn
 from tasks.config import PiiConfig
 from tasks.data.gazetteer import LEXICON_LANGS, is_known, known_names
 
-VERSION = "3.14"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.15"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -945,7 +945,7 @@ _ADDR_LEFT = regex.compile(rf"(?<![\w'’])(?P<word>{_ADDR_PIECE})[ \t]+$")
 _ADDR_NEWLINE = regex.compile(rf"\.?[ \t]*\n[ \t]*(?:,[ \t]*\n)?[ \t,]*(?P<word>{_ADDR_PIECE})(?![\w'’])"
                               rf"(?=(?:[ \t]+(?:\p{{Lu}}\p{{L}}+|\(\p{{Lu}}\p{{L}}+\))){{0,2}}[ \t]*(?:,|\n|$|\d|[?!.;:)]))")
 # "Trg [revolucije] 95", "563 Professor [gate] 192", or nothing but a space: "20 rue" + "de l'Epeule"
-_ADDR_GAP = regex.compile(r"^[ \t,]*(?:[\p{L}\d'’\-]+\.?[ \t,]+){0,2}$")
+_ADDR_GAP = regex.compile(r"^[ \t,]*(?:[\p{L}\d'’\-\"“”]+\.?(?:[ \t,]+|$)){0,2}$")  # also '"NILA"', "WE[-07-]A"
 # an address's line ends in words no pattern knows, and the next line goes on with it: "Vasileos
 # Pavlou [str]\n Suite 587", "Rue Sidi Bou [said]\n Apt. 468"
 _ADDR_LINE_GAP = regex.compile(r"^(?:[ \t,]*[\p{L}\d'’\-]+\.?){0,2}[ \t,]*\n[ \t,]*$")
