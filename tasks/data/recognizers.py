@@ -170,7 +170,8 @@ _STREET_AND_NUMBER = (r"(?<![\w'’])(?P<v>(?:\p{Lu}\p{Ll}+(?:vej|gade|gata|gata
                       r"\s\d{1,4}[a-zA-Z]?(?:/\d{1,4})?)(?![\w'’])")
 
 # US military post: "USNS Vogel\nFPO AA 51439", "PSC 0889, Box 9579\nAPO AE 30595"
-_MILITARY = (r"(?<!\w)(?P<v>(?:(?:USNS|USS|USNV|USCGC)\s[\ufeff\u200b]?(?:(?:van|de|der|den|von|ten|ter|te|la|le|du|da|di|del|dos)\s)*\p{Lu}[\p{L}'’\-]+|(?:PSC|Unit)\s\d{4},?\sBox\s\d{4}),?\s+"
+_MILITARY = (rf"(?<!\w)(?P<v>(?:(?:USNS|USS|USNV|USCGC)\s[\ufeff\u200b]?(?:(?:{_PARTICLE}|te)\s)*\p{{Lu}}[\p{{L}}'’\-]+|"
+             r"(?:PSC|Unit)\s\d{4},?\sBox\s\d{4}),?\s+"
              r"(?:APO|FPO|DPO)\sA[AEP]\s\d{5})(?!\w)")
 _BLOCK_END = regex.compile(r"(?:\b\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}|\d{2}-\d{3})$")
 
@@ -1273,7 +1274,7 @@ def named_elsewhere(text: str, results: list, names: frozenset[str]) -> list:
     from wordfreq import zipf_frequency
 
     out = []
-    for m in _CAP_WORD.finditer(text):
+    for m in _CAP_WORD.finditer(text) if names else ():
         w = m.group("w")
         if (w in names and not any(r.start < m.end("w") and m.start() < r.end for r in results)
                 and _NOT_AFTER_PLACE_WORD.match(text, m.start())  # "Our Hervé office", "North Nathan"
@@ -1345,7 +1346,7 @@ def in_name_slots(text: str, results: list, slots: frozenset) -> list:
         w = text[a:b].casefold()
         return w in _SALUTATIONS or w in text_stopwords(text) and _opens_sentence(text, a)
 
-    return [RecognizerResult("PERSON", a, b, 0.45) for a, b in _free_runs(text, results)
+    return [RecognizerResult("PERSON", a, b, 0.45) for a, b in (_free_runs(text, results) if slots else ())
             if _slot(text, a, b) in slots and not word(a, b)]
 
 
