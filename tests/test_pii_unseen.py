@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import pytest
 import regex
@@ -592,3 +593,45 @@ def test_street_suffixes_after_names_and_street_lines_before_a_flat_are_the_addr
                                   "Address: 88 Travessa BR-12-C 410 Suite 5, Sobral, Brazil"])
 def test_a_quoted_or_hyphenated_piece_between_two_parts_of_an_address_is_masked_with_them(analyzer, text):
     assert _masked(analyzer, text) == "Address: <STREET_ADDRESS_1>"
+
+
+@pytest.mark.parametrize("text,street", [
+    ("Please post it to C/ Almendros 14 by Monday.", "C/ Almendros 14"),  # a kind before the name
+    ("We moved to Avda. de la Paz 88 last spring.", "Avda. de la Paz 88"),
+    ("Send it to Al. Jana Pawła 12 please.", "Al. Jana Pawła 12"),
+    ("He lives at Za Mlýnem 1203 now.", "Za Mlýnem 1203"),  # a preposition opens the name
+    ("The shop at Kirsten Flagstads gate 41 closed.", "Kirsten Flagstads gate 41"),  # a kind after the name
+    ("Her office: Grazer Strasse 17 | Graz", "Grazer Strasse 17"),
+    ("Send it to P.O. Box 733 instead.", "P.O. Box 733"),
+    ("Her office: Sládkova 42 | Brno", "Sládkova 42"),  # a name shaped like no word nor person
+    ("Ship it to 7302 Unterer Graben 12\nThanks", "7302 Unterer Graben 12"),  # house numbers round a rare name
+])
+def test_a_street_with_its_number_is_masked_whole_where_no_model_tags_it(analyzer, text, street):
+    masked = _masked(analyzer, text)
+    assert "<STREET_ADDRESS_1>" in masked and not any(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", masked)
+                                                      for w in street.split()[1:]), masked
+
+
+@pytest.mark.parametrize("text,gone", [
+    # the lines of a postal address, down to its postcode line, past the phone lines of a signature
+    ("Tomasz\nAcme Sp. z o.o.\n3310 Brzozowa 60\nBraga\n, BR\n Portugal 47150\n0912 126 001 office",
+     ["Brzozowa", "Braga", "47150"]),
+    ("It's in 41 rue des quatre vents Dubois\n Apt. 8\n LYON\n France 69003", ["quatre", "vents", "Dubois"]),
+    ("It's in 70 cours Jean Moulin\n Suite 3\n NANTES\n France", ["cours", "Moulin", "NANTES"]),
+    ("I moved to 7 rue de la Fontaine aux Loups, Paris", ["aux", "Loups"]),
+    ("Return it to 9 Hold rkp. 3.\n Suite 8\n Szeged\n Hungary 67011", ["Hold", "rkp", "Szeged"]),
+    ("Update my address to 812 Cuarenta y Dos 4410 Suite 12, Salto, Uruguay", ["Cuarenta", " y ", "Dos"]),
+    ("The branch: 5 Calle Olmo\n Pinar - Las Rosas\n Uruguay 11300", ["Pinar", "Las Rosas"]),
+    ("Ship to USS De Vries\nFPO AE 12345", ["Vries", "12345"]),
+    ("Meet me at the corner of Halvorsens gate 12 and Petrov Islands", ["gate", "Islands"]),
+])
+def test_every_piece_of_an_address_written_in_its_own_country_is_masked(analyzer, text, gone):
+    masked = _masked(analyzer, text)
+    assert not any(w in masked for w in gone), masked
+
+
+@pytest.mark.parametrize("text,kept", [("GraphQL-core 3 is used here.", "GraphQL-core 3"),
+                                       ("It was designed at the PyCon 2022 sprints.", "PyCon 2022"),
+                                       ("We bought 2 Windows 10 laptops.", "2 Windows 10 laptops")])
+def test_product_versions_events_and_counts_stay_beside_the_new_street_rules(analyzer, text, kept):
+    assert kept in _masked(analyzer, text)

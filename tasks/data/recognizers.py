@@ -25,7 +25,7 @@ from stdnum.us import ssn
 from tasks.config import PiiConfig
 from tasks.data.gazetteer import LEXICON_LANGS, is_known, known_names
 
-VERSION = "3.15"  # bump when a pattern changes: reports name it, so scores stay traceable
+VERSION = "3.16"  # bump when a pattern changes: reports name it, so scores stay traceable
 FLAGS = regex.DOTALL | regex.MULTILINE  # presidio's default adds IGNORECASE; ours need case
 PHONE_REGIONS = PiiConfig().phone_regions  # params' default, for callers without a config
 
@@ -81,7 +81,7 @@ _DOB = (r"(?i:\bborn(?:\son)?|date\sof\sbirth|\bDOB|birth\s?date|birthday(?:\sis
 _CAP = r"\p{Lu}[\p{L}'’\-]*"
 _JOIN = (r"(?:am|an|der|den|im|zum|zur|ob|bei|de|du|des|la|le|les|d'|of|the|sur|nad|vor|del|della|delle|dei|degli|di|da|do|"
          r"dalla|dallo|dello|dal|sul|sulla|"
-         r"dos|das|las|los|el|van|von|ten|ter|op|aan|het)")
+         r"dos|das|las|los|el|van|von|ten|ter|op|aan|het|aux|au|à|l')")
 _CITY = rf"{_CAP}(?:[\s\-](?:{_CAP}|{_JOIN})){{0,4}}"
 _POSTCODE = r"(?:[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}|\d{2}-\d{3}|\d{5}(?:-\d{4})?)"
 _NUMBER = r"\d{1,5}[A-Za-z]?(?:\s?[/-]\s?\d{1,4}[A-Za-z]?)?(?:\s(?:m\.|lok\.|Whg\.|Apt\.?|Flat)\s?\d{1,4})?"
@@ -105,15 +105,16 @@ _STREET_WORD = (r"(?i:street|st\.?|road|rd\.?|avenue|ave\.?|lane|ln\.?|drive|dr\
                 r"sq\.?|terrace|crescent|close|parade|row|walk|boulevard|blvd\.?|highway|hwy\.?|gardens|grove|mews|"
                 r"\w*stra(?:ß|ss)e|\w*str\.|\w*weg|\w*gasse|\w*platz|\w*allee|\w*straat|\w*laan|\w*gracht|\w*vej|"
                 r"\w*gade|\w*vägen|\w*gatan|\w*vei(?:en)?|\w*veg(?:en)?|\w*gata|\w*katu|\w*tie|ulica|ul\.|aleja|al\.|plac|osiedle|os\.|rue|"
-                r"chemin|impasse|allée|quai|via|viale|piazza|corso|calle|avenida|ctra\.|carrer|rua|praça|travessa|út|utca|u\.|"
+                r"chemin|impasse|allée|quai|cours|route|via|viale|piazza|corso|calle|avenida|avda\.|av\.|ctra\.|crta\.|carrer|rua|rúa|"
+                r"praça|travessa|gränd|aqq\.|str|út|utca|u\.|rkp\.|"
                 r"kapu|krt\.|körút|rakpart|köz|sor|sétány|fasor|tee|"
                 r"útja|tér|körút|trg|ulice|náměstí|ulitsa)")
 _ORDINAL = r"\d{1,3}(?:st|nd|rd|th)(?![\w])"  # numbered streets: "845 137th Avenue"
 _DESIGNATOR = r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Box|P\.?O\.? Box|PSC|Wohnung|lok\.|m\.)"
 # one word of an address; a dot only ends an abbreviation ("St.", "Str."), so "Berlin. Meine" stops there
 _ADDR_TOKEN = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}[A-Za-z]?|\d{{2}}-\d{{3}}(?!\d)|[A-Z]{{1,2}}\d[A-Z\d]?\s\d[A-Z]{{2}}|"
-               rf"{_ORDINAL}|\d{{1,5}}[A-Za-z]?(?:/\d{{1,4}}[A-Za-z]?)?|\p{{Lu}}[\p{{L}}'’\-]{{0,3}}\.|\p{{Lu}}[\p{{L}}'’\-]*|{_JOIN}|"
-               rf"{_STREET_WORD}|z|ze|C/|d'\p{{Lu}}[\p{{L}}]*|\(\p{{Lu}}[\p{{L}}]*\)|\d{{1,4}}\.)")
+               rf"{_ORDINAL}|\d{{1,4}}\.(?=[ \t]*\n|[ \t]+{_DESIGNATOR}\s)|\d{{1,5}}[A-Za-z]?(?:/\d{{1,4}}[A-Za-z]?)?|\p{{Lu}}[\p{{L}}'’\-]{{0,3}}\.|\p{{Lu}}[\p{{L}}'’\-]*|{_JOIN}|"
+               rf"{_STREET_WORD}|z|ze|C/|(?:\p{{Lu}}\.){{2,3}}|[dl]'\p{{Lu}}[\p{{L}}]*|\(\p{{Lu}}[\p{{L}}]*\)|\d{{1,4}}\.)")
 _ADDRESS_BLOCK = (rf"(?<![\w.,/-])(?P<v>(?:{_DESIGNATOR}\s|{_KIND}\s(?:{_ADDR_TOKEN}\s){{1,4}})?\d{{1,5}}[A-Za-z]?(?:(?:,?[ \t]+|(?:,?[ \t]*\n){{1,2}},?[ \t]*|,)"
                   rf"{_ADDR_TOKEN}){{2,14}})(?![\w])")
 # An address introduced as one: "the corner of Arenales 9462 and Panna Ways", "Address: Salambek and 1678 Dorp St".
@@ -163,17 +164,28 @@ _PHONE_THEN_CUE = (r"(?<![\w+])(?P<v>\+?\d[\d \-().]{5,18}\d)[ \t]?[-(]?[ \t]?"
 # no region in params may know the plan, and no date or amount is written so.
 _PAIRED_DIGITS = r"(?<![\d+.,:/\-] ?)(?<!\w)(?P<v>\d{2}(?: \d{2}){2,4})(?! ?[.,:/\-]?\d)(?!\w)"
 
-# A street and its house number alone: "Magrethevej 224", "Via Solfatara 21", "Rue des Lilas 4".
-_STREET_AND_NUMBER = (r"(?<![\w'’])(?P<v>(?:\p{Lu}\p{Ll}+(?:vej|gade|gata|gatan|vägen|weg|straße|strasse|str\.|gasse|platz|"
-                      r"allee|straat|laan|gracht|katu|tie|veien|vei|veg|utca|chaussee|damm|ufer|steig|pfad|hof|braut|vegur)|(?:Via|Viale|Rue|Calle|Avenida|Rua|Piazza|Corso|"
-                      rf"Carrer|Travessa|Trg|Ulica|Plac|Aleja|ul\.|al\.|pl\.|os\.)(?:\s(?:{_JOIN}|\p{{Lu}}[\p{{L}}'’\-]*)){{1,3}})"
-                      r"\s\d{1,4}[a-zA-Z]?(?:/\d{1,4})?)(?![\w'’])")
+# A street and its house number alone: "Magrethevej 224", "Via Solfatara 21", "Rue des Lilas 4", "Grazer
+# Strasse 10", "Olav Duuns gate 134", "Bem rkp. 93", "Za Školou 1348"; or a post-office box.
+_GLUED_KIND = (r"vej|gade|gata|gatan|vägen|weg|straße|strasse|str\.|gasse|platz|allee|straat|laan|gracht|katu|tie|veien|"
+               r"vei|veg|utca|chaussee|damm|ufer|steig|pfad|hof|braut|vegur")
+_FIRST_KIND = (r"Via|Viale|Rue|Calle|Avenida|Rua|Piazza|Corso|Carrer|Travessa|Trg|Ulica|Plac|Aleja|ul\.|al\.|pl\.|os\.|Ul\.|Al\.|Pl\.|Os\.|Avda\.|"
+               r"Av\.|C/|Ctra\.|Crta\.|Rúa|Praça|Largo|Chemin|Allée|Quai|Impasse|Boulevard|Cours|"
+               r"V|Za|Na|Nad|Pod|Im|Am|An|Auf|Zum|Zur|De|Het|Op")  # prepositions that open Czech, German, Dutch names
+_LAST_KIND = (r"gate|gata|gaten|plass|allé|vej|gade|rakpart|rkp\.|utca|u\.|út|útja|körút|krt\.|tér|köz|kapu|sor|aqq\.|"
+              r"Strasse|Straße|Str\.|Weg|Gasse|Platz|Allee|Ring|Damm|Ufer|Laan|Straat|Vej|Gade|Allé|Plads|Gata|Gatan|Vägen|"
+              r"Väg|Gränd|Vei|Veien|Gate|Plass|Aqq\.")
+_STREET_AND_NUMBER = (rf"(?<![\w'’])(?P<v>(?:\p{{Lu}}\p{{Ll}}+(?:{_GLUED_KIND})|"
+                      rf"(?:{_FIRST_KIND})(?:\s(?:{_JOIN}|\p{{Lu}}[\p{{L}}'’\-]*)){{1,5}}|"
+                      rf"\p{{Lu}}[\p{{L}}'’\-]+(?:\s\p{{Lu}}[\p{{L}}'’\-]+){{0,2}}\s(?:{_LAST_KIND}))"
+                      r"\s\d{1,4}[a-zA-Z]?(?:/\d{1,4})?|P\.[ \t]?O\.[ \t]?Box\s\d{1,6})(?![\w'’])")
 
 # US military post: "USNS Vogel\nFPO AA 51439", "PSC 0889, Box 9579\nAPO AE 30595"
-_MILITARY = (rf"(?<!\w)(?P<v>(?:(?:USNS|USS|USNV|USCGC)\s[\ufeff\u200b]?(?:(?:{_PARTICLE}|te)\s)*\p{{Lu}}[\p{{L}}'’\-]+|"
+_MILITARY = (rf"(?<!\w)(?P<v>(?:(?:USNS|USS|USNV|USCGC)\s[\ufeff\u200b]?(?:(?i:{_PARTICLE}|te)\s)*\p{{Lu}}[\p{{L}}'’\-]+|"
              r"(?:PSC|Unit)\s\d{4},?\sBox\s\d{4}),?\s+"
              r"(?:APO|FPO|DPO)\sA[AEP]\s\d{5})(?!\w)")
-_BLOCK_END = regex.compile(r"(?:\b\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}|\d{2}-\d{3})$")
+_POSTCODE_END = r"(?:\b\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}|\d{2}-\d{3})"
+_BLOCK_END = regex.compile(rf"{_POSTCODE_END}$")
+_POSTCODE_LINE_END = regex.compile(rf"{_POSTCODE_END}(?=[ \t]*\n)")
 
 
 # A full date whose year lies 16+ years back is most likely someone's birth date in support data.
@@ -242,6 +254,26 @@ def _street_number_place_recognizer():
     return _regex_recognizer("StreetNumberPlaceRecognizer", ["STREET_ADDRESS"], _STREET_NUMBER_PLACE, hit)
 
 
+# title-case words right before a number that is no recent year, for _street_before_number to judge
+# ("GraphQL-core 3", "PyCon 2022" are no streets)
+_TITLE_WORD = r"\p{Lu}\p{Ll}+(?:-\p{Lu}\p{Ll}+)*"
+_RUN_BEFORE_NUMBER = (rf"(?<![\w'’\-])(?P<v>{_TITLE_WORD}(?:[ \t](?:{_JOIN}[ \t])?{_TITLE_WORD}){{0,2}})"
+                      r"(?=[ \t](?!(?:19[5-9]|20[0-3])\d\b)\d)")
+
+
+def _street_before_number_recognizer():
+    """A street no model tags, shaped like one, before its house number: "grew up on [Parmova 109]
+    and", "| Tylova 42 |" (the rule _house_number_end applies to names and places found)."""
+    from types import SimpleNamespace
+
+    def hit(m, entities):
+        end = _street_shaped(m.group("v")) and _house_number_end(m.string, SimpleNamespace(start=m.start("v"), end=m.end("v")))
+        if end:
+            return "STREET_ADDRESS", m.start("v"), end, 0.5
+
+    return _regex_recognizer("StreetBeforeNumberRecognizer", ["STREET_ADDRESS"], _RUN_BEFORE_NUMBER, hit)
+
+
 def _cued_address_recognizer():
     """Words after an address cue, kept when they hold a number or a street word; ends at the
     last capitalised word or number (never on "and")."""
@@ -249,7 +281,7 @@ def _cued_address_recognizer():
 
     def hit(m, entities):
         value = regex.sub(r"(?:[\s,]+(?:and|y|und|i|et))+$", "", m.group("v"))
-        if regex.search(r"\d", value) or street.search(value):
+        if regex.search(r"\d", value) or street.search(value) or _US_SUFFIX.search(value):
             return "STREET_ADDRESS", m.start("v"), m.start("v") + len(value), 0.55
 
     return _regex_recognizer("CuedAddressRecognizer", ["STREET_ADDRESS"], _CUED_ADDRESS, hit)
@@ -276,7 +308,8 @@ _IBAN_SHAPE = r"(?<![\w])(?P<v>[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{
 # the street suffixes of US addresses (USPS Publication 28) beyond _STREET_WORD's, capitalised
 # only: "82 Glenoaks Rise", "417 Lombardi Center"; lower case they are words ("3 points")
 _US_SUFFIX = regex.compile(
-    r"(?<!\w)(?:Alley|Bend|Bluffs?|Brooks?|Burgs?|Bypass|Camp|Canyon|Cape|Causeway|Centers?|Centre|Circles?|Cliffs?|"
+    r"(?<!\w)(?:Alley|Bend|Bluffs?|Branch|Bridge|Club|Courts|Crest|Crossroad|Curve|Dam|Drives|Fall|Garden|Groves|Parks|"
+    r"Passage|Roads|Run|Squares|Wall|Ways|Brooks?|Burgs?|Bypass|Camp|Canyon|Cape|Causeway|Centers?|Centre|Circles?|Cliffs?|"
     r"Commons?|Corners?|Course|Coves?|Creek|Crossing|Dale|Divide|Estates?|Expressway|Extensions?|Falls|Ferry|Fields?|"
     r"Flats?|Fords?|Forest|Forges?|Forks?|Fort|Freeway|Gateway|Glens?|Greens?|Harbors?|Haven|Heights|Hills?|"
     r"Hollow|Inlet|Islands?|Isle|Junctions?|Keys?|Knolls?|Lakes?|Landing|Lights?|Loaf|Locks?|Lodge|Loop|Mall|Manors?|"
@@ -284,6 +317,19 @@ _US_SUFFIX = regex.compile(
     r"Plains?|Plaza|Points?|Ports?|Prairie|Radial|Ramp|Ranch|Rapids?|Rest|Ridges?|Rise|River|Route|Shoals?|Shores?|"
     r"Skyway|Springs?|Spurs?|Stations?|Stravenue|Streams?|Streets|Summit|Throughway|Trace|Track|Trafficway|Trail|"
     r"Trailer|Tunnel|Turnpike|Underpass|Unions?|Valleys?|Viaduct|Views?|Villages?|Ville|Vista|Walks|Wells?)(?!\w)")
+
+
+_NUMBERED_STREET = regex.compile(r"\d{1,5}[A-Za-z]?[ \t]+(?P<name>(?:\p{L}[\p{L}'’\-]*\.?[ \t]+){1,3})\d{1,4}[A-Za-z]?(?![\w])")
+
+
+def _rare_street_word(word: str) -> bool:
+    """A word of a street's name that is no English word nor a first name ("Graben", "Guipúzcoa";
+    not "Windows" in "2 Windows 10 laptops")."""
+    from wordfreq import zipf_frequency
+
+    w = word.strip(".").casefold()
+    return len(w) < 2 or regex.fullmatch(_JOIN, w) is not None or (
+        zipf_frequency(w, "en") < _NAME_WORD_ZIPF and not is_given(word.strip(".")))
 
 
 def _address_block_recognizer():
@@ -296,6 +342,13 @@ def _address_block_recognizer():
         value = m.group("v")[: m.group("v").rfind(words[-1]) + len(words[-1])] if words else ""
         if value and (street.search(value) or _US_SUFFIX.search(value) or designator.search(value) or _BLOCK_END.search(value)):
             return "STREET_ADDRESS", m.start("v"), m.start("v") + len(value), 0.6
+        # the lines of a postal address run on into the next block's ("... Portugal 26559\n09122 12 60 01 office")
+        line_end = list(_POSTCODE_LINE_END.finditer(value))
+        if line_end:
+            return "STREET_ADDRESS", m.start("v"), m.start("v") + line_end[-1].end(), 0.6
+        numbered = _NUMBERED_STREET.match(value)  # "8572 Gewerbepark 45": house numbers round a rare name
+        if numbered and all(_rare_street_word(w) for w in numbered.group("name").split()):
+            return "STREET_ADDRESS", m.start("v"), m.start("v") + numbered.end(), 0.5
 
     return _regex_recognizer("AddressBlockRecognizer", ["STREET_ADDRESS"], _ADDRESS_BLOCK, hit)
 
@@ -746,6 +799,7 @@ def loragate_recognizers(custom: tuple[CustomPattern, ...] = (), phone_regions: 
         _group_recognizer("STREET_ADDRESS", _MILITARY, 0.8, "MilitaryAddressRecognizer"),
         _group_recognizer("STREET_ADDRESS", _STREET_AND_NUMBER, 0.5, "StreetNumberRecognizer"),
         _cued_address_recognizer(),
+        _street_before_number_recognizer(),
         _street_number_place_recognizer(),
         _group_recognizer("PERSON", _CUED_NAME, 0.7, "CuedNameRecognizer"),
         _group_recognizer("PERSON", _NAME_THEN_CUE, 0.6, "NameBeforeCueRecognizer"),
@@ -938,7 +992,7 @@ def _grow_name(text: str, start: int, end: int) -> tuple[int, int]:
 _ADDR_PIECE = (rf"(?:{_DESIGNATOR}\s\d{{1,5}}|{_ORDINAL}|\d{{1,6}}[A-Za-z]?\.?|[\p{{Lu}}∆][\p{{L}}∆'’\-]*\.?|{_JOIN}|"
                rf"\(\p{{Lu}}[\p{{L}}]*\)|\p{{Ll}}{{1,4}}\.|\p{{Ll}}[\p{{L}}\-]{{2,15}})")
 # "Síp utca 71. Ella Gardens", "Bem rkp. 97.": a dot after a number or a short lower-case abbreviation
-_ADDR_RIGHT = regex.compile(rf"(?:(?<=\d|(?<![\w'’])\p{{Ll}}{{1,4}})\.)?(?:,?[ \t]+|,)(?P<word>{_ADDR_PIECE})(?![\w'’])")
+_ADDR_RIGHT = regex.compile(rf"(?:(?<=\d|(?<![\w'’])\p{{Ll}}{{1,4}})\.)?(?:[ \t]+[-–][ \t]+|,?[ \t]+|,)(?P<word>{_ADDR_PIECE})(?![\w'’])")
 _ADDR_LEFT = regex.compile(rf"(?<![\w'’])(?P<word>{_ADDR_PIECE})[ \t]+$")
 # the next line goes on with the address when it starts like a place line: "Hvalsø, SJ", "Hungary 92633",
 # or a country line: "Czech Republic 15775", "Cyprus (Greek)"; a line holding only a comma (an empty
@@ -950,6 +1004,7 @@ _ADDR_GAP = regex.compile(r"^[ \t,]*(?:[\p{L}\d'’\-\"“”]+\.?(?:[ \t,]+|$))
 # an address's line ends in words no pattern knows, and the next line goes on with it: "Vasileos
 # Pavlou [str]\n Suite 587", "Rue Sidi Bou [said]\n Apt. 468"
 _ADDR_LINE_GAP = regex.compile(r"^(?:[ \t,]*[\p{L}\d'’\-]+\.?){0,2}[ \t,]*\n[ \t,]*$")
+_COMPASS = regex.compile(r"North|South|East|West|New|United|Upper|Lower")
 _ADDR_ZIPF = 5.0  # a capitalised word this common ("Please", "Thanks") ends an address instead of continuing it
 
 
@@ -961,6 +1016,8 @@ def _address_word(word: str, text: str) -> bool:
     w, stop = word.strip(".,()").casefold(), text_stopwords(text)
     # state and region codes ("CA", "SJ"), house numbers, particles ("delle", "de"), kinds ("route", "rue")
     if regex.fullmatch(r"\p{Lu}{1,3}\.?", word) or regex.match(r"\d", w) or regex.fullmatch(rf"{_JOIN}|{_KIND}", w):
+        return True
+    if _COMPASS.fullmatch(word) or _US_SUFFIX.fullmatch(word):  # "South Africa 42245", "Johansen Ways"
         return True
     if word[:1].islower():  # "Tas vezér u.", "fejedelem útja": abbreviations and rare words only
         return word.endswith(".") and len(w) <= 4 or w not in stop and zipf_frequency(w, "en") < _NAME_WORD_ZIPF
@@ -978,6 +1035,7 @@ def _whole_words(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+_NAME_BEFORE_CONJUNCTION = regex.compile(r"(?<![\w'’])(?P<name>\p{Lu}\p{Ll}+)[ \t]+(?:e|y)[ \t]+$")
 _DUTCH_ARTICLE = regex.compile(r"(?:^|(?<=[\s,:(]))['’]?(?:s-|t[ \t])$")
 
 
@@ -992,6 +1050,10 @@ def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
         article = _DUTCH_ARTICLE.search(text, max(0, start - 4), start)
         if article:  # "'s-Gravendamseweg", "'t Goylaan" (the apostrophe is often lost)
             start = article.start()
+            continue
+        inside = _NAME_BEFORE_CONJUNCTION.search(text, max(0, start - 40), start)
+        if inside and _inside_street_name(text, inside.end("name"), start):  # "549 [Treinta y] Tres 5747"
+            start = inside.start("name")
             continue
         left = _ADDR_LEFT.search(text[max(0, start - 40):start])
         if not left or not _address_word(left.group("word"), text):
@@ -1011,17 +1073,31 @@ def _grow_address(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-_LINE_BEFORE = regex.compile(r"(?:^|(?<=\n))[ \t]*(?:[\d\p{L}][.)][ \t]+)?(?P<line>[^\n]{3,60}?)[ \t]*\n[ \t]*$")  # "1) "
+_LINE_BEFORE = regex.compile(r"(?:^|(?<=\n))[ \t]*(?:[\d\p{L}][.)][ \t]+)?(?P<line>[^\n]{3,150}?)[ \t]*\n[ \t]*$")  # "1) "
 _DESIGNATOR_FIRST = regex.compile(rf"{_DESIGNATOR}\s\d")
+_NUMBER_FIRST = regex.compile(r"(?<!\S)\d{1,5}[A-Za-z]?[ \t]")
 
 
 def _street_line_before(text: str, start: int) -> int:
     """An address that starts a line with a flat or suite ("Apt. 236") starts on the line before
-    when that holds a number and address words only ("699 92 route de Lyon")."""
-    m = _LINE_BEFORE.search(text, max(0, start - 80), start)
+    when that holds a number and address words only ("699 92 route de Lyon"), or from a house
+    number on ("It's in [54815 97 cours Franklin Roosevelt]\n Apt. 056")."""
+    m = _LINE_BEFORE.search(text, max(0, start - 160), start)
     if not m or not _DESIGNATOR_FIRST.match(text, start) or not regex.search(r"\d", m.group("line")):
         return start
-    return m.start("line") if all(_street_gap_word(w, text) for w in m.group("line").split()) else start
+    line = m.group("line")
+    for at in [0] + [n.start() for n in _NUMBER_FIRST.finditer(line)]:
+        if _street_words(line[at:].split(), text):
+            return m.start("line") + at
+    return start
+
+
+def _street_words(words: list[str], text: str) -> bool:
+    """Every word could be a street's, lower-case ones after a street kind too ("93 rue des [six
+    frères] Ruellan")."""
+    kinds = [i for i, w in enumerate(words) if regex.fullmatch(_KIND, w.casefold())]
+    return bool(words) and all(_street_gap_word(w, text) or (kinds and kinds[0] < i and w.islower())
+                               for i, w in enumerate(words))
 
 
 _AND = r"(?:and|or|und|oder|i|oraz|et|ou|y|e)"
@@ -1047,9 +1123,10 @@ def _runs(text: str, results: list) -> list[list]:
     end = -1  # where the current run ends
     for r in sorted(results, key=lambda r: (r.start, -r.end)):
         gap = text[end:r.start]
-        lines = r.entity_type == "STREET_ADDRESS" and runs and any(o.entity_type == "STREET_ADDRESS" for o in runs[-1])
+        after_address = bool(runs) and any(o.entity_type == "STREET_ADDRESS" for o in runs[-1])
+        lines = r.entity_type == "STREET_ADDRESS" and after_address
         if runs and (r.start <= end or (_ADDR_GAP.match(gap) or lines and _ADDR_LINE_GAP.match(gap))
-                     and (not _CONJUNCTION.search(gap) or lines and _inside_street_name(text, end, r.start))):
+                     and (not _CONJUNCTION.search(gap) or after_address and _inside_street_name(text, end, r.start))):
             runs[-1].append(r)
             end = max(end, r.end)
         else:
@@ -1145,7 +1222,7 @@ def _street_gap_word(word: str, text: str) -> bool:
 # "<address> and Via Santa Teresa degli Scalzi 71"
 _STREET_WORDS = rf"(?:{_ADDR_PIECE})(?:[ \t]+(?:{_ADDR_PIECE})){{0,4}}"
 _AND_STREET = regex.compile(rf"[ \t]*,?[ \t]+{_AND}[ \t]+(?P<v>\d{{1,5}}[A-Za-z]?[ \t]+{_STREET_WORDS}"
-                            rf"|{_STREET_WORDS}[ \t]+\d{{1,5}}[A-Za-z]?\.?)(?![\w'’])")
+                            rf"|{_STREET_WORDS}[ \t]+\d{{1,5}}[A-Za-z]?\.?|(?:\p{{Lu}}[\p{{L}}'’\-]+[ \t]){{1,2}}{_US_SUFFIX.pattern})(?![\w'’])")
 
 
 def _streets_after_addresses(text: str, results: list) -> list:
