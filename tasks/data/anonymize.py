@@ -12,6 +12,7 @@ is switched off before presidio is imported.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import importlib
 import hmac
@@ -302,6 +303,9 @@ def _analyze(cfg: Config, analyzer, texts: list[str]) -> Iterator[list]:
     chunks = [texts[i:i + cfg.pii.batch_size] for i in range(0, len(texts), cfg.pii.batch_size)]
     _WORKER.update(analyzer=analyzer, kwargs=kwargs, second=cfg.pii.second_ner_model)
     workers = min(cfg.pii.n_process, len(chunks))
+    # what exists now (models, gazetteers, the records) lives as long as the run: frozen out of the
+    # collector, which would otherwise walk it on every full pass, in each worker and here
+    gc.freeze()
     pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_blas_thread) if workers > 1 else None
     try:
         with tqdm(total=len(texts), desc="detect personal data", unit="text") as bar:
@@ -311,6 +315,7 @@ def _analyze(cfg: Config, analyzer, texts: list[str]) -> Iterator[list]:
     finally:
         if pool:
             pool.terminate()
+        gc.unfreeze()
 
 
 def detect(cfg: Config, records: list[list[str]], analyzer) -> Iterator[list[list]]:
