@@ -171,9 +171,9 @@ _GLUED_KIND = (r"vej|gade|gata|gatan|vägen|weg|straße|strasse|str\.|gasse|plat
 _FIRST_KIND = (r"Via|Viale|Rue|Calle|Avenida|Rua|Piazza|Corso|Carrer|Travessa|Trg|Ulica|Plac|Aleja|ul\.|al\.|pl\.|os\.|Ul\.|Al\.|Pl\.|Os\.|Avda\.|"
                r"Av\.|C/|Ctra\.|Crta\.|Rúa|Praça|Largo|Chemin|Allée|Quai|Impasse|Boulevard|Cours|"
                r"V|Za|Na|Nad|Pod|Im|Am|An|Auf|Zum|Zur|De|Het|Op")  # prepositions that open Czech, German, Dutch names
-_LAST_KIND = (r"gate|gata|gaten|plass|allé|vej|gade|rakpart|rkp\.|utca|u\.|út|útja|körút|krt\.|tér|köz|kapu|sor|aqq\.|"
-              r"Strasse|Straße|Str\.|Weg|Gasse|Platz|Allee|Ring|Damm|Ufer|Laan|Straat|Vej|Gade|Allé|Plads|Gata|Gatan|Vägen|"
-              r"Väg|Gränd|Vei|Veien|Gate|Plass|Aqq\.")
+_LAST_KIND = (r"[Gg]ate|[Gg]ata|gaten|[Pp]lass|[Aa]llé|[Vv]ej|[Gg]ade|[Aa]qq\.|rakpart|rkp\.|utca|u\.|út|útja|körút|krt\.|tér|köz|"
+              r"kapu|sor|Strasse|Straße|Str\.|Weg|Gasse|Platz|Allee|Ring|Damm|Ufer|Laan|Straat|Plads|Gatan|Vägen|Väg|Gränd|"
+              r"Vei|Veien")
 _STREET_AND_NUMBER = (rf"(?<![\w'’])(?P<v>(?:\p{{Lu}}\p{{Ll}}+(?:{_GLUED_KIND})|"
                       rf"(?:{_FIRST_KIND})(?:\s(?:{_JOIN}|\p{{Lu}}[\p{{L}}'’\-]*)){{1,5}}|"
                       rf"\p{{Lu}}[\p{{L}}'’\-]+(?:\s\p{{Lu}}[\p{{L}}'’\-]+){{0,2}}\s(?:{_LAST_KIND}))"
@@ -264,10 +264,8 @@ _RUN_BEFORE_NUMBER = (rf"(?<![\w'’\-])(?P<v>{_TITLE_WORD}(?:[ \t](?:{_JOIN}[ \
 def _street_before_number_recognizer():
     """A street no model tags, shaped like one, before its house number: "grew up on [Parmova 109]
     and", "| Tylova 42 |" (the rule _house_number_end applies to names and places found)."""
-    from types import SimpleNamespace
-
     def hit(m, entities):
-        end = _street_shaped(m.group("v")) and _house_number_end(m.string, SimpleNamespace(start=m.start("v"), end=m.end("v")))
+        end = _street_shaped(m.group("v")) and _house_number_at(m.string, m.end("v"), lambda: True)
         if end:
             return "STREET_ADDRESS", m.start("v"), end, 0.5
 
@@ -1082,8 +1080,10 @@ def _street_line_before(text: str, start: int) -> int:
     """An address that starts a line with a flat or suite ("Apt. 236") starts on the line before
     when that holds a number and address words only ("699 92 route de Lyon"), or from a house
     number on ("It's in [54815 97 cours Franklin Roosevelt]\n Apt. 056")."""
+    if not _DESIGNATOR_FIRST.match(text, start):  # before the line search, which is the costly part
+        return start
     m = _LINE_BEFORE.search(text, max(0, start - 160), start)
-    if not m or not _DESIGNATOR_FIRST.match(text, start) or not regex.search(r"\d", m.group("line")):
+    if not m or not regex.search(r"\d", m.group("line")):
         return start
     line = m.group("line")
     for at in [0] + [n.start() for n in _NUMBER_FIRST.finditer(line)]:
@@ -1181,7 +1181,13 @@ def _house_number_end(text: str, r) -> int | None:
     """A name or place found right before a lone house number that ends a clause or a line is a
     street: NER tags "Koidu" in "... to Koidu 31?" as a person and the number would survive; so
     is a street-shaped one before a number mid-sentence."""
-    m = _HOUSE_NUMBER.match(text, r.end) or _street_shaped(text[r.start:r.end]) and _NUMBER_MID_SENTENCE.match(text, r.end)
+    return _house_number_at(text, r.end, lambda: _street_shaped(text[r.start:r.end]))
+
+
+def _house_number_at(text: str, end: int, shaped) -> int | None:
+    """Where the house number after a street's name ending at `end` ends: a lone number closing a
+    clause or a line, or one mid-sentence when shaped() says the name looks like a street's."""
+    m = _HOUSE_NUMBER.match(text, end) or shaped() and _NUMBER_MID_SENTENCE.match(text, end)
     return m.end() if m and all(_street_gap_word(w, text) for w in m.group("gap").split()) else None
 
 
