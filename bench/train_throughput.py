@@ -9,8 +9,9 @@ Models are random-init from an architecture written below (no hub), quantized to
 (a) the recipe: transformers Trainer + prepare_model_for_kbit_training + peft, nf4 double-quant, bf16,
     gradient checkpointing, paged_adamw_8bit, r=16 alpha=32, rows padded to max_length;
 (b) loragate: tasks.training.train.make_trainer (trl SFTTrainer) with params' defaults: padding-free bfd
-    packing, flex attention, Liger kernels, fused LoRA, fused AdamW, the
-    micro-batch/recompute/offload that train.memory_budget_gib picks (m<GiB> variants set the budget);
+    packing, flex attention, Liger kernels, the adapter before the base product, fused AdamW, the
+    micro-batch/recompute/offload/host table that train.memory_budget_gib picks (m<GiB> variants set
+    the budget);
 (c) Unsloth 2026.10 (unsloth-* cases): FastLanguageModel 4-bit, its gradient checkpointing (host
     offload), its patched SFTTrainer with packing; the defaults it rewrites set to (b)'s values.
 Peak GPU memory is what PyTorch allocated; host_peak_gib is the process's peak RSS (Unsloth's
@@ -289,7 +290,7 @@ def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | Non
 def _loragate_params(path: str, variants: set[str], a) -> dict:
     """train params for a loragate/lean case: params' defaults less what a variant turns off."""
     extra = {"liger_kernels": "noliger" not in variants, "packing": False if "nopack" in variants else "auto",
-             "dropout": 0.05 if "drop" in variants else None, "fused_lora": "unfused" not in variants,
+             "dropout": 0.05 if "drop" in variants else None, "fused_lora": "fused" in variants,
              "fp8_base": "fp8" in variants,
              "sft": {"torch_compile": True} if "compile" in variants else {}}
     budget = next((float(v[1:]) for v in variants if v[0] == "m" and v[1:].replace(".", "").isdigit()), None)
@@ -302,11 +303,12 @@ def _loragate_params(path: str, variants: set[str], a) -> dict:
 def run_case(case: str, a) -> dict:
     """case = <path>-<data>[-<variant>...]: path recipe|loragate|lean|unsloth, data fixed|var.
     recipe: the common recipe; variants qkvo (targets), nodrop (LoRA dropout 0), b<N> (rows a step).
-    loragate: params' defaults (memory budget auto, Liger, fused LoRA, packing, flex attention) less what
-    a variant turns off: ckpt (no budget: every layer recomputed, as before budgets), noliger, drop
-    (dropout 0.05), unfused, sdpa, nopack; or sets: m<GiB> (memory budget), b<N> (rows a step), fp8
-    (FP8 base products), compile, offload. lean: loragate under --lean-gib. unsloth: Unsloth's
-    path on the same rows (needs its packages: --unsloth-site)."""
+    loragate: params' defaults (memory budget auto, Liger, adapter first, packing, flex attention) less
+    what a variant turns off: ckpt (no budget: every layer recomputed, as before budgets), noliger, drop
+    (dropout 0.05), peftorder (peft's base-first LoRA forward), sdpa, nopack; or sets: m<GiB> (memory
+    budget), b<N> (rows a step), fused (fused LoRA), fp8 (FP8 base products), compile, offload.
+    lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
+    --unsloth-site)."""
     from tasks.training.train import attention
 
     parts = case.split("-")
@@ -328,6 +330,9 @@ def run_case(case: str, a) -> dict:
                 trainer = recipe_trainer(model, data, targets, batch, steps, a.max_len, vocab - 1, out,
                                          dropout=0.0 if "nodrop" in variants else 0.05)
             else:
+                if "peftorder" in variants:  # the lever off: make_trainer leaves peft's forward in place
+                    import tasks.training.train as train_module
+                    train_module.adapter_first = lambda model: 0
                 trainer = loragate_trainer(model, tokenizer_for(vocab), data, targets, batch, steps, a.max_len, out,
                                            **_loragate_params(path, variants, a))
         if torch.cuda.is_available():

@@ -174,6 +174,89 @@ def test_fused_lora_equals_peft(tiny_model, quantized, dropout):
         assert not torch.allclose(fused(input_ids=ids).logits, logits_f, atol=1e-3)
 
 
+def _checkpointed_step(model, ids):
+    """One forward/backward under non-reentrant gradient checkpointing; the logits, the adapter's
+    gradients, and how often each projection's base product ran."""
+    import collections
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    calls = collections.Counter()
+    for name, module in model.named_modules():
+        if name.endswith("base_layer"):
+            module.register_forward_hook(lambda *_, kind=name.split(".")[-2]: calls.update([kind]))
+    model.train()
+    torch.manual_seed(3)  # the same dropout masks in every run
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, calls
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_adapter_first_equals_peft_and_skips_the_last_base_product_of_a_recompute(tiny_model, dropout):
+    from tasks.training.adapter_first import adapter_first
+
+    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(1))
+    ref = _checkpointed_step(_lora_model(tiny_model, True, dropout), ids)
+    first = _lora_model(tiny_model, True, dropout)
+    assert adapter_first(first) == 7 * 2 and adapter_first(first) == 0  # 4-bit layers only; idempotent
+    assert adapter_first(_lora_model(tiny_model, False, dropout)) == 0  # full-precision LoRA keeps peft's
+    got = _checkpointed_step(first, ids)
+    assert torch.equal(ref[0], got[0])  # same arithmetic; gradients differ only by fp32 summation order
+    assert ref[1].keys() == got[1].keys() and all(torch.allclose(ref[1][n], got[1][n], rtol=1e-5, atol=1e-7)
+                                                  for n in ref[1])
+    # forward + recompute for every projection of the 2 layers, but the recompute stops before down_proj's
+    assert ref[2] == {k: 4 for k in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
+    assert got[2] == ref[2] | {"down_proj": 2}
+
+
+@pytest.fixture
+def untied_model(tiny_model, tmp_path) -> str:
+    """The tiny model with a head of its own, so its input table may leave the GPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(5)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, tie_word_embeddings=False)
+    model.save_pretrained(tmp_path / "untied")
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "untied")
+    return str(tmp_path / "untied")
+
+
+def test_host_embedding_gives_the_same_step_and_leaves_a_shared_table(tiny_model, untied_model):
+    from tasks.training.host_embedding import HostEmbedding, embedding_on_host
+
+    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(1))
+    ref = _checkpointed_step(_lora_model(untied_model, False, 0.0), ids)
+    moved = _lora_model(untied_model, False, 0.0)
+    moved.enable_input_require_grads()  # hooked before the move, as the trainer does: the hook must follow
+    table = moved.get_input_embeddings().weight.numel()
+    embedding_on_host(moved)
+    host = moved.get_input_embeddings()
+    assert isinstance(host, HostEmbedding) and host.table.numel() == table
+    assert not any(p is host.table for p in moved.parameters()) and len(host._forward_hooks) == 1
+    got = _checkpointed_step(moved, ids)
+    assert torch.equal(ref[0], got[0]) and all(torch.equal(ref[1][n], got[1][n]) for n in ref[1])
+    tied = _lora_model(tiny_model, False, 0.0)
+    assert embedding_on_host(tied) == 0 and isinstance(tied.get_input_embeddings(), torch.nn.Embedding)
+
+
+def test_a_plan_with_the_table_on_host_trains(tmp_path, untied_model, train_file, monkeypatch):
+    from tasks.training import budget
+    from tasks.training.host_embedding import HostEmbedding
+
+    on_host = budget.Plan(4, 1, 2, False, 1.0, 1.0, embedding_on_host=True)
+    monkeypatch.setattr(budget, "plan_for", lambda cfg, model: on_host)
+    cfg = config_from_dict(tiny_params(untied_model, train={"max_steps": 2}))
+    trainer = build_trainer(cfg, untied_model, train_file, tmp_path / "h")
+    assert isinstance(trainer.model.get_input_embeddings(), HostEmbedding)
+    report = train(cfg, untied_model, train_file, tmp_path / "h", trainer=trainer)
+    assert report.steps == 2 and report.plan["embedding_on_host"] is True
+    from transformers import AutoModelForCausalLM
+
+    base = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(untied_model).parameters())
+    assert report.total_params == base + report.trainable_params  # the table on the host still counts
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "flex_attention"])
 def test_packed_rows_do_not_attend_to_each_other(tiny_model, attn):
     """Two rows packed into one bin (positions restart at 0) give the logits each gets alone."""
@@ -241,7 +324,7 @@ def test_rows_over_max_length_are_counted_or_refuse_the_run(tmp_path, tiny_model
 
 
 QWEN_7B = dict(layers=28, hidden=3584, intermediate=18944, quantized_params=6_530_000_000,
-               other_params=1_090_000_000, lora_params=40_370_176)
+               other_params=1_090_000_000, lora_params=40_370_176, embedding_params=544_997_376)
 
 
 def test_memory_plan_fits_the_budget_fastest_first():
@@ -253,6 +336,11 @@ def test_memory_plan_fits_the_budget_fastest_first():
     assert 0 < plans[1].recomputed_layers < 28 and not plans[1].offload  # spends the room it has
     assert plans[2].recomputed_layers == 28 and plans[2].micro_batch == 16
     assert plans[3].micro_batch * plans[3].grad_accum == 16 and (plans[3].offload or plans[3].micro_batch < 16)
+    # 7.6 GiB: the whole batch still fits with the input table (~1 GiB) in host memory; 9.3 GiB keeps it
+    assert plans[3].embedding_on_host and plans[3].micro_batch == 16 and not plans[2].embedding_on_host
+    freed = estimate_bytes(s, 8192, 28, True) - estimate_bytes(s, 8192, 28, True, host_table=True)
+    assert freed == 2 * QWEN_7B["embedding_params"]
+    assert not plan(dataclasses.replace(s, embedding_params=0), 16, 512, 7.6).embedding_on_host  # a tied table stays
     assert plans[4].micro_batch < plans[3].micro_batch or (plans[4].offload and not plans[3].offload)
     for p, gib in zip(plans, (73.0, 30.0, 9.3, 7.6, 6.4)):
         assert p.estimate_gib <= gib and p.micro_batch * p.grad_accum == 16

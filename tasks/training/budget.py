@@ -4,7 +4,9 @@ inputs kept for the backward go to host memory, so that the estimated peak stays
 
 Preference, fastest first: the whole batch in one micro-batch with as few recomputed layers as fit
 (a recomputed layer costs a third more compute); then every layer recomputed with its kept inputs
-offloaded to host memory (copies overlap compute); then smaller micro-batches (divisors of the
+offloaded to host memory (copies overlap compute); then the input-embedding table in host memory
+too (tasks/training/host_embedding.py: ~1 GiB on a 7B, a step copies its rows over); then smaller
+micro-batches (divisors of the
 batch) with more gradient accumulation, which measured 0.6x the speed on a 7B: the host needs
 ~0.74 s to issue each pass of its layers, so the GPU idles between two passes. The effective batch
 (rows per optimizer step) never changes. The estimate's coefficients were fitted to peak-allocated
@@ -40,6 +42,7 @@ class Shape:
     quantized_params: int  # in 4-bit layers (half a byte each, plus their block scales)
     other_params: int  # embeddings, head, norms: 2 bytes each
     lora_params: int  # fp32 weights, gradients, two Adam moments and autocast's bf16 copies: ~21 bytes each
+    embedding_params: int = 0  # of an input embedding the head does not share (it can live in host memory)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Plan:
     offload: bool
     estimate_gib: float
     budget_gib: float
+    embedding_on_host: bool = False
 
 
 def shape_of(model, lora_r: int, targets: list[str]) -> Shape:
@@ -59,12 +63,16 @@ def shape_of(model, lora_r: int, targets: list[str]) -> Shape:
     other = sum(p.numel() for p in model.parameters() if p.dtype != torch.uint8)
     lora = sum(lora_r * (m.in_features + m.out_features) for n, m in model.named_modules()
                if n.split(".")[-1] in targets and hasattr(m, "in_features"))
-    return Shape(c.num_hidden_layers, c.hidden_size, c.intermediate_size, quantized, other, lora)
+    table, head = model.get_input_embeddings(), model.get_output_embeddings()
+    own_table = isinstance(table, torch.nn.Embedding) and (head is None or head.weight is not table.weight)
+    return Shape(c.num_hidden_layers, c.hidden_size, c.intermediate_size, quantized, other, lora,
+                 table.weight.numel() if own_table else 0)
 
 
-def estimate_bytes(s: Shape, tokens: int, recomputed: int, offload: bool) -> float:
+def estimate_bytes(s: Shape, tokens: int, recomputed: int, offload: bool, host_table: bool = False) -> float:
     """Peak allocated bytes of one training step with `tokens` tokens per micro-batch."""
-    static = s.quantized_params * 0.5156 + s.other_params * 2 + s.lora_params * 21  # nf4 + 8-bit block scales
+    other = s.other_params - (s.embedding_params if host_table else 0)
+    static = s.quantized_params * 0.5156 + other * 2 + s.lora_params * 21  # nf4 + 8-bit block scales
     layer = tokens * (ACT_HIDDEN * s.hidden + ACT_MLP * s.intermediate)  # one layer's kept activations
     kept_inputs = tokens * s.hidden * 2 * (min(recomputed, OFFLOAD_STASH) if offload else recomputed)
     # a bf16 + fp8 copy of the largest weight, and the chunked loss's hidden-state gradient
@@ -72,21 +80,23 @@ def estimate_bytes(s: Shape, tokens: int, recomputed: int, offload: bool) -> flo
     return static + kept_inputs + layer * (1 + KEPT * (s.layers - recomputed)) + workspace
 
 
-def _candidates(batch: int, layers: int):
-    """(micro_batch, recomputed, offload), fastest first; micro-batches divide the batch."""
+def _candidates(batch: int, s: Shape):
+    """(micro_batch, recomputed, offload, host_table), fastest first; micro-batches divide the batch."""
     for micro in (d for d in range(batch, 0, -1) if batch % d == 0):
-        for recomputed in range(layers + 1):
-            yield micro, recomputed, False
-        yield micro, layers, True
+        for recomputed in range(s.layers + 1):
+            yield micro, recomputed, False, False
+        yield micro, s.layers, True, False
+        if s.embedding_params:
+            yield micro, s.layers, True, True
 
 
 def plan(s: Shape, batch: int, max_length: int, budget_gib: float) -> Plan:
     """The fastest settings whose estimate fits `budget_gib`; ConfigError when none does."""
-    for micro, recomputed, offload in _candidates(batch, s.layers):
-        need = estimate_bytes(s, micro * max_length, recomputed, offload) / GIB
+    for micro, recomputed, offload, host in _candidates(batch, s):
+        need = estimate_bytes(s, micro * max_length, recomputed, offload, host) / GIB
         if need <= budget_gib:
-            return Plan(micro, batch // micro, recomputed, offload, round(need, 2), round(budget_gib, 2))
-    least = estimate_bytes(s, max_length, s.layers, True) / GIB
+            return Plan(micro, batch // micro, recomputed, offload, round(need, 2), round(budget_gib, 2), host)
+    least = estimate_bytes(s, max_length, s.layers, True, bool(s.embedding_params)) / GIB
     raise ConfigError(f"params: train.memory_budget_gib: {budget_gib:.1f} GiB cannot train this model "
                       f"(at least {least:.1f} GiB with one row per micro-batch, every layer recomputed and offloaded)")
 

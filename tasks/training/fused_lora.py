@@ -26,13 +26,19 @@ def _plain(layer, name: str) -> bool:
             and isinstance(layer.lora_A[name], torch.nn.Linear))
 
 
+def single_plain_adapter(layer, kwargs: dict) -> str | None:
+    """The one active vanilla adapter of a LoRA layer in plain use (not merged or disabled, no
+    per-row adapters); None where peft's own forward must run."""
+    adapters = [n for n in layer.active_adapters if n in layer.lora_A]
+    usable = (not layer.disable_adapters and not layer.merged and "adapter_names" not in kwargs
+              and len(adapters) == 1 and _plain(layer, adapters[0]))
+    return adapters[0] if usable else None
+
+
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    adapters = [n for n in self.active_adapters if n in self.lora_A]
-    fusable = (not self.disable_adapters and not self.merged and "adapter_names" not in kwargs
-               and len(adapters) == 1 and _plain(self, adapters[0]))
-    name = adapters[0] if fusable else None
+    name = single_plain_adapter(self, kwargs)
     # without autocast peft casts between dtypes; that case keeps peft's own path
-    if not fusable or (not torch.is_autocast_enabled(x.device.type) and x.dtype != self.lora_A[name].weight.dtype):
+    if name is None or (not torch.is_autocast_enabled(x.device.type) and x.dtype != self.lora_A[name].weight.dtype):
         return self._peft_forward(x, *args, **kwargs)
     result = self.base_layer(x, *args, **kwargs)
     a = self.lora_A[name](self.lora_dropout[name](x))

@@ -23,9 +23,11 @@ import torch
 
 from tasks.config import Config, ConfigError, QuantizationConfig
 from tasks.training import budget
+from tasks.training.adapter_first import adapter_first
 from tasks.training.fp8_base import supported as fp8_supported
 from tasks.training.fp8_base import use_fp8_base
 from tasks.training.fused_lora import fuse_lora
+from tasks.training.host_embedding import HostEmbedding, embedding_on_host
 from tasks.io import atomic_path, file_sha256, read_json, read_jsonl, write_json
 from tasks.orchestration import stage_task
 
@@ -206,8 +208,13 @@ def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **
     fp32_adapter(trainer.model)
     if plan and 0 < plan.recomputed_layers < model.config.num_hidden_layers:
         trainer.add_callback(budget.partial_recompute_callback(plan.recomputed_layers))
+    if plan and plan.embedding_on_host:
+        embedding_on_host(trainer.model)
+        torch.cuda.empty_cache()
     if cfg.train.fused_lora:
         fuse_lora(trainer.model)
+    else:  # peft's arithmetic with the adapter first: a recomputed layer stops before its last base product
+        adapter_first(trainer.model)
     trainer.fp8_base_layers = use_fp8_base(trainer.model) if fp8_base(cfg) else 0
     trainer.memory_plan = plan
     return trainer
@@ -311,6 +318,7 @@ def train(cfg: Config, model_dir: str, train_path: str | Path, out_dir: str | Pa
     history = trainer.state.log_history
     write_json(out_dir / "log_history.json", history)
     trainable, total = trainer.model.get_nb_trainable_parameters()
+    total += sum(m.table.numel() for m in trainer.model.modules() if isinstance(m, HostEmbedding))
     tokens = max([float(e.get("num_tokens", 0)) for e in history] + [0.0])
     plan = getattr(trainer, "memory_plan", None)
     return TrainReport(trainer.state.global_step, round(result.training_loss, 4), trainable, total,
