@@ -4,7 +4,7 @@ the recipe pads every row to max_length; loragate's path (tasks.training.train.m
 rows padding-free with per-sequence positions and scores only the answer tokens in chunks.
 
     python bench/train_equivalence.py [--steps 12]     # CPU is enough; writes bench/results/train_equivalence.json
-    python bench/train_equivalence.py --gpu --steps 40 # QLoRA on a GPU, FP8 base products as a second case
+    python bench/train_equivalence.py --gpu --steps 40 # QLoRA on a GPU, then one lever switched at a time
 """
 from __future__ import annotations
 
@@ -58,6 +58,13 @@ def _loragate(cfg_dict: dict, load, tokenizer, data: list[dict], out: str) -> li
     return losses(trainer)
 
 
+def _with_lever(lever: str, cfg: dict, load, tokenizer, data: list[dict], out: str) -> tuple[str, list[float]]:
+    """loragate's losses with one lever switched: fp8_base on, any other train param off."""
+    on = lever == "fp8_base"
+    name = "loragate_fp8" if on else f"no_{lever}"
+    return name, _loragate(cfg | {"train": cfg["train"] | {lever: on}}, load, tokenizer, data, out)
+
+
 def _diffs(base: list[float], other: list[float]) -> dict:
     diff = [abs(x - y) for x, y in zip(base, other)]
     return {"max_abs_diff": max(diff), "mean_abs_diff": sum(diff) / len(diff),
@@ -79,6 +86,8 @@ def main() -> None:
                    "flex attention, fused LoRA) and with FP8 base products, against the recipe; noise = the "
                    "recipe with another LoRA init")
     p.add_argument("--qlora", action="store_true", help="4-bit base on the CPU too (fp32 compute)")
+    p.add_argument("--levers", default="fp8_base,liger_kernels,fused_lora",
+                   help="--gpu: loragate with each of these train params switched (fp8_base on, the others off)")
     p.add_argument("--out", default=str(ROOT / "bench/results"))
     a = p.parse_args()
     model_dir = resolve_model("smollm2-135m-instruct", "~/.cache/loragate/models")
@@ -108,13 +117,9 @@ def main() -> None:
         if a.gpu:
             result["recipe_other_init_losses"] = other = recipe(1)
             result["noise"] = _diffs(base, other)
-            result["loragate_fp8_losses"] = fp8 = _loragate(
-                cfg | {"train": cfg["train"] | {"fp8_base": True}}, load, tokenizer, data, out)
-            result["fp8"] = _diffs(base, fp8)
-            for lever in ("liger_kernels", "fused_lora"):  # each GPU lever off in turn: which one moves the curve
-                result[f"no_{lever}_losses"] = off = _loragate(
-                    cfg | {"train": cfg["train"] | {lever: False}}, load, tokenizer, data, out)
-                result[f"no_{lever}"] = _diffs(base, off)
+            for lever in a.levers.split(","):  # one lever switched at a time: which one moves the curve
+                name, curve = _with_lever(lever, cfg, load, tokenizer, data, out)
+                result[f"{name}_losses"], result[name] = curve, _diffs(base, curve)
         result["loragate_losses"] = ours = _loragate(cfg, load, tokenizer, data, out)
         result |= _diffs(base, ours)
     name = "train_equivalence-gpu.json" if a.gpu else "train_equivalence.json"
