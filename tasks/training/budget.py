@@ -5,10 +5,10 @@ inputs kept for the backward go to host memory, so that the estimated peak stays
 Preference, fastest first: the whole batch in one micro-batch with as few recomputed layers as fit
 (a recomputed layer costs a third more compute); then every layer recomputed with its kept inputs
 offloaded to host memory (copies overlap compute); then the input-embedding table in host memory
-too (tasks/training/host_embedding.py: ~1 GiB on a 7B, a step copies its rows over); then smaller
-micro-batches (divisors of the
-batch) with more gradient accumulation, which measured 0.6x the speed on a 7B: the host needs
-~0.74 s to issue each pass of its layers, so the GPU idles between two passes. The effective batch
+too (tasks/training/host_embedding.py: ~1 GiB on a 7B, a step copies its rows over; 0.5% slower);
+then smaller micro-batches (divisors of the batch) with more gradient accumulation, which measured
+0.6x the speed on a 7B: the host needs ~0.74 s to issue each pass of its layers, so the GPU idles
+between two passes. The effective batch
 (rows per optimizer step) never changes. The estimate's coefficients were fitted to peak-allocated
 memory measured on an H100 (Qwen2.5-7B, bench/results/train_throughput-*.json): within 3% of every
 measured case, erring high.
