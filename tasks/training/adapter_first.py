@@ -7,15 +7,14 @@ of a decoder layer's last projection (down_proj) is needed by nothing: the backw
 the output gradient by the dequantized weight and never reads the product. peft computes it first
 and the adapter after, so the recompute runs it to reach the adapter's saved inputs. With the
 adapter first, the recompute stops before it: one dequantization and about a third of the MLP's
-products less per recomputed layer. Passes over each output go too: peft's defensive copy of the
-base output (the sum is out of place), and its scaling of the adapter's product, forward and
-backward, which here scales the rank-r intermediate (tokens x r) instead. With a power-of-two
-scaling (lora.alpha / lora.r = 2 by default) that is peft's arithmetic bit for bit, a product
-times two being exact wherever it is taken; another scaling rounds at another point. On an H100
-(Qwen2.5-7B, every layer recomputed): +8% tokens/s for the order, +5% more for leaving the
-output's scaling pass; SmolLM2's GPU loss curve identical to peft's over 40 steps
-(bench/results/train_equivalence-gpu-adapter-first.json). On by default wherever
-`train.fused_lora` is off.
+products less per recomputed layer. Two passes over each output go too: peft's defensive copy of
+the base output (the sum is out of place), and its separate scaling of the adapter's product,
+which torch.add's alpha does inside the sum. With a power-of-two scaling (lora.alpha / lora.r = 2
+by default) that is peft's arithmetic bit for bit, the product times two being exact; another
+scaling rounds once where peft rounds twice. On an H100 (Qwen2.5-7B, every layer recomputed):
++8% tokens/s for the order, +5% more for the single pass; SmolLM2's GPU loss curve identical to
+peft's over 40 steps (bench/results/train_equivalence-gpu-adapter-first.json). On by default
+wherever `train.fused_lora` is off.
 
     python -m pytest -q tests/test_train.py -k adapter_first
 """
@@ -35,9 +34,9 @@ def _adapter_first_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tens
     # the dtype handling of peft's 4-bit LoRA layer: without autocast, cast in and the result back
     autocast = torch.is_autocast_enabled()
     inner = x if autocast else x.to(self.lora_A[name].weight.dtype)
-    delta = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](inner)) * self.scaling[name])
+    delta = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](inner)))
     result = self.base_layer(x, *args, **kwargs)
-    return result + (delta if autocast else delta.to(result.dtype))
+    return torch.add(result, delta if autocast else delta.to(result.dtype), alpha=self.scaling[name])
 
 
 def adapter_first(model) -> int:
