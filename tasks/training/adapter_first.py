@@ -20,11 +20,9 @@ wherever `train.fused_lora` is off.
 """
 from __future__ import annotations
 
-import types
-
 import torch
 
-from tasks.training.fused_lora import single_plain_adapter
+from tasks.training.fused_lora import replace_forward, single_plain_adapter
 
 
 def _adapter_first_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -44,10 +42,4 @@ def adapter_first(model) -> int:
     from peft.tuners.lora import bnb
 
     four_bit = getattr(bnb, "Linear4bit", None)  # peft defines it only where bitsandbytes imports
-    count = 0
-    for module in model.modules():
-        if four_bit and isinstance(module, four_bit) and not hasattr(module, "_peft_forward"):
-            module._peft_forward = module.forward
-            module.forward = types.MethodType(_adapter_first_forward, module)
-            count += 1
-    return count
+    return replace_forward(model, four_bit, _adapter_first_forward) if four_bit else 0

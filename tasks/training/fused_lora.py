@@ -47,14 +47,20 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return flat.view(result.shape).to(result.dtype)
 
 
+def replace_forward(model, kind, forward) -> int:
+    """Give every module of `kind` in `model` `forward`, keeping peft's as _peft_forward for the
+    cases it does not take; a layer replaced once is left alone. Returns how many."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, kind) and not hasattr(module, "_peft_forward") and hasattr(module, "base_layer"):
+            module._peft_forward = module.forward
+            module.forward = types.MethodType(forward, module)
+            count += 1
+    return count
+
+
 def fuse_lora(model) -> int:
     """Swap the forward of every LoRA layer of `model` for the fused one; returns how many."""
     from peft.tuners.lora import LoraLayer
 
-    count = 0
-    for module in model.modules():
-        if isinstance(module, LoraLayer) and not hasattr(module, "_peft_forward") and hasattr(module, "base_layer"):
-            module._peft_forward = module.forward
-            module.forward = types.MethodType(_fused_forward, module)
-            count += 1
-    return count
+    return replace_forward(model, LoraLayer, _fused_forward)
