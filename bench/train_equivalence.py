@@ -59,9 +59,11 @@ def _loragate(cfg_dict: dict, load, tokenizer, data: list[dict], out: str) -> li
 
 
 def _with_lever(lever: str, cfg: dict, load, tokenizer, data: list[dict], out: str) -> tuple[str, list[float]]:
-    """loragate's losses with one lever switched: fp8_base on, any other train param off."""
-    on = lever == "fp8_base"
-    name = "loragate_fp8" if on else f"no_{lever}"
+    """loragate's losses with one train param switched from its default (fp8_base on, liger off, ...)."""
+    from tasks.config import config_from_dict
+
+    on = not getattr(config_from_dict(cfg).train, lever)
+    name = f"with_{lever}" if on else f"no_{lever}"
     return name, _loragate(cfg | {"train": cfg["train"] | {lever: on}}, load, tokenizer, data, out)
 
 
@@ -87,7 +89,7 @@ def main() -> None:
                    "recipe with another LoRA init")
     p.add_argument("--qlora", action="store_true", help="4-bit base on the CPU too (fp32 compute)")
     p.add_argument("--levers", default="fp8_base,liger_kernels,fused_lora",
-                   help="--gpu: loragate with each of these train params switched (fp8_base on, the others off)")
+                   help="--gpu: loragate with each of these train params switched from its default")
     p.add_argument("--out", default=str(ROOT / "bench/results"))
     a = p.parse_args()
     model_dir = resolve_model("smollm2-135m-instruct", "~/.cache/loragate/models")

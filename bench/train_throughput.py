@@ -127,7 +127,8 @@ def make_clock():
 
 KERNEL_KINDS = [("dequant", ("dequantize", "kdequant")), ("gemm", ("gemm", "nvjet", "cutlass", "sm90_x", "cublas")),
                 ("attention", ("flash", "fmha", "attention", "sdpa")), ("triton", ("triton", "liger")),
-                ("optimizer", ("adam", "foreach", "multi_tensor")), ("copy/cast", ("copy", "cast", "to_copy"))]
+                ("optimizer", ("adam", "foreach", "multi_tensor")), ("copy/cast", ("copy", "cast", "to_copy")),
+                ("memcpy", ("memcpy",))]
 
 
 def kernel_kinds(events) -> dict[str, float]:
@@ -141,6 +142,38 @@ def kernel_kinds(events) -> dict[str, float]:
         kind = next((k for k, keys in KERNEL_KINDS if any(w in name for w in keys)), "other")
         out[kind] = round(out.get(kind, 0.0) + ms, 1)
     return out
+
+
+def stream_gaps(events, steps: int, top: int = 12) -> dict:
+    """Idle time between kernels on the busiest GPU stream, per step: late = the host had not yet
+    launched the next kernel (launch-bound), waiting = it had (a dependency: another stream, a copy)."""
+    gpu = [e for e in events if e.device_type() == torch.autograd.DeviceType.CUDA and e.duration_ns() > 0]
+    launched = {e.correlation_id(): e.end_ns() for e in events
+                if e.device_type() == torch.autograd.DeviceType.CPU and "launch" in e.name().lower()}
+    busy: dict[int, int] = {}
+    for e in gpu:
+        busy[e.device_resource_id()] = busy.get(e.device_resource_id(), 0) + e.duration_ns()
+    compute: dict[int, int] = {}
+    for e in gpu:
+        if not e.name().startswith(("Memcpy", "Memset")):
+            compute[e.device_resource_id()] = compute.get(e.device_resource_id(), 0) + e.duration_ns()
+    main = max(compute, key=compute.get)
+    kernels = sorted((e for e in gpu if e.device_resource_id() == main), key=lambda e: e.start_ns())
+    late = waiting = 0
+    gaps = []
+    for prev, nxt in zip(kernels, kernels[1:]):
+        gap = nxt.start_ns() - prev.end_ns()
+        if gap <= 0:
+            continue
+        host = min(gap, max(0, launched.get(nxt.correlation_id(), 0) - prev.end_ns()))
+        late, waiting = late + host, waiting + gap - host
+        gaps.append((gap, host, prev.name()[:50], nxt.name()[:50]))
+    gaps.sort(reverse=True)
+    ms = lambda ns: round(ns / 1e6 / steps, 1)  # noqa: E731
+    return {"streams_busy_ms": {str(k): ms(v) for k, v in busy.items()}, "main_idle_late_ms": ms(late),
+            "main_idle_waiting_ms": ms(waiting), "gaps_over_50us": sum(g > 50_000 for g, *_ in gaps) / steps,
+            "largest_gaps": [{"us": round(g / 1e3), "late_us": round(h / 1e3), "after": a, "before": b}
+                             for g, h, a, b in gaps[:top]]}
 
 
 def make_profiler(start: int, steps: int, path: Path):
@@ -168,6 +201,10 @@ def make_profiler(start: int, steps: int, path: Path):
                 kinds = {k: round(v / steps, 1) for k, v in kernel_kinds(events).items()}
                 self.summary.update(wall_ms_per_step=round(wall, 1), gpu_ms_per_step=kinds,
                                     gpu_busy=round(sum(kinds.values()) / wall, 3))
+                try:  # the timeline's gaps; a profiler without them must not lose the case's numbers
+                    self.summary["gaps"] = stream_gaps(self.prof.profiler.kineto_results.events(), steps)
+                except Exception as e:  # noqa: BLE001
+                    self.summary["gaps"] = f"not read: {type(e).__name__}: {e}"
                 path.write_text(json.dumps(self.summary) + "\n" + events.table(
                     sort_by="device_time_total", row_limit=45, max_name_column_width=90))
 

@@ -1,15 +1,27 @@
-"""LoRA forward with the adapter folded into one GEMM: out = base(x) + s * (drop(x) A^T) B^T.
+"""LoRA with its sums inside the GEMMs: out = base(x) + s * (x A^T) B^T in one output buffer, and
+the input gradient g W + s (g B) A in one input-gradient buffer (`train.fused_lora`).
 
-peft computes the adapter as separate tensors: a defensive clone of the base output, B's output,
-the scaled copy, then the sum: five passes over an output as large as the layer's, in the forward,
-again in the recompute under gradient checkpointing, and their mirrors in the backward. With
-torch.addmm(base, a, B^T, alpha=s) the GEMM epilogue adds the scaled product to the base output
-in one read and one write, and autograd hands the gradient to the base output untouched. Same
-math, same parameters, same checkpoints: a speed lever only (`train.fused_lora`, off by default:
-equal to peft on the CPU, but on an H100 in bf16 SmolLM2's loss curve drifted from the recipe's,
-bench/results/train_equivalence-gpu.json).
+peft (and adapter_first.py, which only reorders peft's arithmetic) builds the adapter's term as
+separate tensors and adds it to the base output: a pass over an output as large as the layer's in
+the forward and again in the recompute under gradient checkpointing; in the backward autograd
+scales the output gradient (another pass) and adds the adapter's input gradient to the base's
+(another). Here two autograd functions do the same products with the sums in the GEMM epilogues
+(cuBLAS's beta = 1), and the scaling on rank-r tensors only:
 
-    python -m pytest -q tests/test_train.py -k fused     # equal outputs and gradients to peft's
+- _AdapterIn: a = x A^T. It saves x, the one activation the adapter needs, and hands back A's
+  gradient only; x's whole gradient comes from the next function.
+- _BaseAndAdapterOut: out = x W^T + b, then out += s a B^T (addmm_). It keeps the small a (rows x r)
+  itself and saves nothing through autograd's saved-tensor hooks, so a recomputed layer (non-
+  reentrant checkpoint, early stop) still stops before its last base product, as adapter_first's
+  order does. Backward: g_a = s g B; B's gradient s g^T a; x's gradient g W, then += g_a A (addmm_).
+
+Same parameters, same products; the two sums round once (fp32 epilogue) where peft rounds twice, so
+results match peft's to bf16 rounding, not bit for bit. Taken only where it is exact in intent:
+autocast on with the input in its dtype, one plain adapter, no dropout (dropout's mask would sit
+between the two shares of x's gradient), a 4-bit or plain Linear base not routed through FP8;
+elsewhere the layer runs adapter first (4-bit) or peft's forward.
+
+    python -m pytest -q tests/test_train.py -k fused     # same outputs and gradients as peft's, to bf16 rounding
 """
 from __future__ import annotations
 
@@ -35,32 +47,99 @@ def single_plain_adapter(layer, kwargs: dict) -> str | None:
     return adapters[0] if usable else None
 
 
-def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    name = single_plain_adapter(self, kwargs)
-    # without autocast peft casts between dtypes; that case keeps peft's own path
-    if name is None or (not torch.is_autocast_enabled(x.device.type) and x.dtype != self.lora_A[name].weight.dtype):
-        return self._peft_forward(x, *args, **kwargs)
-    result = self.base_layer(x, *args, **kwargs)
-    a = self.lora_A[name](self.lora_dropout[name](x))
-    flat = torch.addmm(result.reshape(-1, result.shape[-1]).to(a.dtype), a.reshape(-1, a.shape[-1]),
-                       self.lora_B[name].weight.t().to(a.dtype), alpha=self.scaling[name])
-    return flat.view(result.shape).to(result.dtype)
-
-
-def replace_forward(model, kind, forward) -> int:
-    """Give every module of `kind` in `model` `forward`, keeping peft's as _peft_forward for the
-    cases it does not take; a layer replaced once is left alone. Returns how many."""
+def replace_forward(model, kind, forward, keep: str = "_peft_forward") -> int:
+    """Give every LoRA module of `kind` in `model` `forward`, keeping the one it had under `keep`
+    for the cases the new one does not take; a layer replaced once is left alone. Returns how many."""
     count = 0
     for module in model.modules():
-        if isinstance(module, kind) and not hasattr(module, "_peft_forward") and hasattr(module, "base_layer"):
-            module._peft_forward = module.forward
+        if isinstance(module, kind) and not hasattr(module, keep) and hasattr(module, "base_layer"):
+            setattr(module, keep, module.forward)
             module.forward = types.MethodType(forward, module)
             count += 1
     return count
 
 
+def base_weight(base, dtype: torch.dtype) -> torch.Tensor:
+    """The frozen base weight (out, in) in `dtype`: dequantized where it is 4-bit, as bitsandbytes'
+    own product does for large inputs."""
+    weight = base.weight
+    if getattr(weight, "quant_state", None) is not None:
+        import bitsandbytes.functional as F
+
+        return F.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
+    return weight.to(dtype)
+
+
+def _known_base(base) -> bool:
+    """A 4-bit base with its quantization state, or a plain Linear (not 8-bit, not routed through FP8)."""
+    weight = getattr(base, "weight", None)
+    four_bit = getattr(weight, "quant_state", None) is not None
+    plain = type(weight) is torch.nn.Parameter and weight.is_floating_point()
+    return isinstance(base, torch.nn.Linear) and (four_bit or plain) and not hasattr(base, "_bnb_forward")
+
+
+class _AdapterIn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a_weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.a_dtype = a_weight.dtype
+        return x @ a_weight.to(x.dtype).t()
+
+    @staticmethod
+    def backward(ctx, grad_a: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return None, (grad_a.t() @ x).to(ctx.a_dtype)
+
+
+class _BaseAndAdapterOut(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, b_weight: torch.Tensor, layer, name: str) -> torch.Tensor:
+        base, scaling = layer.base_layer, layer.scaling[name]
+        bias = None if base.bias is None else base.bias.to(x.dtype)
+        out = torch.nn.functional.linear(x, base_weight(base, x.dtype), bias)
+        out.addmm_(a, b_weight.to(x.dtype).t(), alpha=scaling)
+        # held, not saved: a is rows x r, and the saved-tensor hooks must not see this function
+        ctx.a, ctx.b_weight, ctx.layer, ctx.name = a, b_weight, layer, name
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        layer, scaling = ctx.layer, ctx.layer.scaling[ctx.name]
+        b = ctx.b_weight.to(grad.dtype)
+        grad_a = (grad @ b).mul_(scaling)
+        grad_b = (grad.t() @ ctx.a).mul_(scaling).to(ctx.b_weight.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad @ base_weight(layer.base_layer, grad.dtype)
+            grad_x.addmm_(grad_a, layer.lora_A[ctx.name].weight.to(grad.dtype))
+        return grad_x, grad_a, grad_b, None, None
+
+
+def _fusable(layer, name: str, x: torch.Tensor) -> bool:
+    """Autocast on with x in its dtype (the GPU training path), no dropout mask, a base whose
+    product this module knows (4-bit or plain Linear, not routed through FP8)."""
+    dropout = layer.lora_dropout[name]
+    no_mask = isinstance(dropout, torch.nn.Identity) or not dropout.training or dropout.p == 0
+    autocast = torch.is_autocast_enabled(x.device.type) and x.dtype == torch.get_autocast_dtype(x.device.type)
+    return no_mask and autocast and _known_base(layer.base_layer)
+
+
+def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    name = single_plain_adapter(self, kwargs)
+    if name is None or args or kwargs or not _fusable(self, name, x):
+        return self._unfused_forward(x, *args, **kwargs)
+    flat = x.reshape(-1, x.shape[-1])
+    a = _AdapterIn.apply(flat, self.lora_A[name].weight)
+    out = _BaseAndAdapterOut.apply(flat, a, self.lora_B[name].weight, self, name)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
 def fuse_lora(model) -> int:
-    """Swap the forward of every LoRA layer of `model` for the fused one; returns how many."""
+    """Give every LoRA layer of `model` the fused forward (4-bit layers fall back to adapter first,
+    the others to peft's); returns how many."""
     from peft.tuners.lora import LoraLayer
 
-    return replace_forward(model, LoraLayer, _fused_forward)
+    from tasks.training.adapter_first import adapter_first
+
+    adapter_first(model)
+    return replace_forward(model, LoraLayer, _fused_forward, keep="_unfused_forward")
