@@ -46,7 +46,7 @@ ARCHS = {  # architecture configs as published for the open-weight models (rando
 }
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 QKVO = ALL_LINEAR[:4]
-PEAK_FLOPS = 989e12  # H100 SXM dense bf16
+PEAK_FLOPS = 989e12  # H100 and H200 SXM dense bf16 (the same tensor cores)
 
 
 def random_model(arch: str, device: str, attn: str = "sdpa"):
@@ -344,8 +344,10 @@ def run_case(case: str, a) -> dict:
     what a variant turns off: ckpt (no budget: every layer recomputed, as before budgets), noliger, drop
     (dropout 0.05), peftorder (peft's base-first LoRA forward), sdpa, nopack; or sets: m<GiB> (memory
     budget), b<N> (rows a step), fused (fused LoRA), fp8 (FP8 base products), compile, offload.
+    fused variants: nocache (the adapter cast and the block scales un-nested at every product).
     lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
-    --unsloth-site)."""
+    --unsloth-site); variant xf: with xformers on its path (--xformers-site), which Unsloth uses for
+    packed rows where flash-attn is missing."""
     from tasks.training.train import attention
 
     parts = case.split("-")
@@ -370,6 +372,8 @@ def run_case(case: str, a) -> dict:
                 if "peftorder" in variants:  # the lever off: make_trainer leaves peft's forward in place
                     import tasks.training.train as train_module
                     train_module.adapter_first = lambda model: 0
+                if "nocache" in variants:  # fused LoRA casting the adapter and un-nesting the scales at every product
+                    _uncached_fused_lora()
                 trainer = loragate_trainer(model, tokenizer_for(vocab), data, targets, batch, steps, a.max_len, out,
                                            **_loragate_params(path, variants, a))
         if torch.cuda.is_available():
@@ -379,6 +383,18 @@ def run_case(case: str, a) -> dict:
         result = {"case": case, "n_params": n_params, **measure(trainer, a.warmup, a.steps, n_params, profile),
                   **_ran_with(trainer)}
     return result
+
+
+def _uncached_fused_lora() -> None:
+    """The nocache variant: fused LoRA without its per-update bf16 copies and fp32 block scales."""
+    import bitsandbytes.functional as F
+
+    from tasks.training import fused_lora
+
+    fused_lora.compute_copy = lambda param, dtype, scale=1.0: param.to(dtype) * scale if scale != 1.0 else param.to(dtype)
+    fused_lora.base_weight = lambda base, dtype: (F.dequantize_4bit(base.weight.data, base.weight.quant_state).to(dtype)
+                                                  if getattr(base.weight, "quant_state", None) is not None
+                                                  else base.weight.to(dtype))
 
 
 def _ran_with(trainer) -> dict:
@@ -414,13 +430,15 @@ def isolated(case: str, a_) -> dict:
 
     env = dict(os.environ)
     if case.startswith("unsloth"):  # its pinned trl shadows loragate's; set before any import
-        env |= {"PYTHONPATH": os.pathsep.join(filter(None, [a_.unsloth_site, env.get("PYTHONPATH")])),
+        extra = [a_.xformers_site] if "xf" in case.split("-") else []  # packed rows through xformers' kernels
+        env |= {"PYTHONPATH": os.pathsep.join(filter(None, [*extra, a_.unsloth_site, env.get("PYTHONPATH")])),
                 "UNSLOTH_DISABLE_STATISTICS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", case], capture_output=True,
                           text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    Path(a_.out).mkdir(parents=True, exist_ok=True)  # what it said (Unsloth's banner names its kernels)
+    Path(a_.out, f"stderr-{case}.txt").write_text(proc.stderr[-20000:])
     if proc.returncode or not lines:
-        Path(a_.out, f"stderr-{case}.txt").write_text(proc.stderr[-20000:])  # the whole story, for the next try
         errors = [line for line in proc.stderr.splitlines() if "Error" in line] or ["no result (see stderr)"]
         return {"case": case, "error": errors[-1][:500]}
     return json.loads(lines[-1][len("RESULT "):])
@@ -459,6 +477,8 @@ def main() -> None:
     p.add_argument("--recipe-tokens", type=int, default=2048, help="the recipe: tokens a step (4 rows of 512)")
     p.add_argument("--lean-gib", type=float, default=8.1, help="lean: train.memory_budget_gib (peak measured 7.92 GiB)")
     p.add_argument("--unsloth-site", default=str(ROOT / ".gpu-carry/site-uns"), help="folder holding Unsloth")
+    p.add_argument("--xformers-site", default=str(ROOT / ".gpu-carry/site-xf"),
+                   help="folder holding xformers, for unsloth-*-xf cases (its packed-row attention)")
     p.add_argument("--out", default=str(ROOT / "bench/results"))
     p.add_argument("--profile", action="store_true", help="write profile-<case>.txt: top kernels, GPU time by kind")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process, print its JSON

@@ -43,6 +43,7 @@ class Shape:
     other_params: int  # embeddings, head, norms: 2 bytes each
     lora_params: int  # fp32 weights, gradients, two Adam moments and autocast's bf16 copies: ~21 bytes each
     embedding_params: int = 0  # of an input embedding the head does not share (it can live in host memory)
+    fp32_scale_params: int = 0  # 4-bit weights whose 8-bit block scales fused LoRA keeps un-nested in fp32
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Plan:
     embedding_on_host: bool = False
 
 
-def shape_of(model, lora_r: int, targets: list[str]) -> Shape:
+def shape_of(model, lora_r: int, targets: list[str], fused_lora: bool = False) -> Shape:
     """Read the estimate's inputs from a loaded (possibly 4-bit) model before the adapter is attached."""
     c = model.config
     quantized = sum(p.numel() * 2 for p in model.parameters() if p.dtype == torch.uint8)  # 2 weights a byte
@@ -65,14 +66,17 @@ def shape_of(model, lora_r: int, targets: list[str]) -> Shape:
                if n.split(".")[-1] in targets and hasattr(m, "in_features"))
     table, head = model.get_input_embeddings(), model.get_output_embeddings()
     own_table = isinstance(table, torch.nn.Embedding) and (head is None or head.weight is not table.weight)
+    nested = sum(p.numel() * 2 for p in model.parameters()
+                 if p.dtype == torch.uint8 and getattr(getattr(p, "quant_state", None), "nested", False))
     return Shape(c.num_hidden_layers, c.hidden_size, c.intermediate_size, quantized, other, lora,
-                 table.weight.numel() if own_table else 0)
+                 table.weight.numel() if own_table else 0, nested if fused_lora else 0)
 
 
 def estimate_bytes(s: Shape, tokens: int, recomputed: int, offload: bool, host_table: bool = False) -> float:
     """Peak allocated bytes of one training step with `tokens` tokens per micro-batch."""
     other = s.other_params - (s.embedding_params if host_table else 0)
     static = s.quantized_params * 0.5156 + other * 2 + s.lora_params * 21  # nf4 + 8-bit block scales
+    static += s.fp32_scale_params * 4 / 64  # fused LoRA's fp32 copy of them: one per 64-weight block
     layer = tokens * (ACT_HIDDEN * s.hidden + ACT_MLP * s.intermediate)  # one layer's kept activations
     kept_inputs = tokens * s.hidden * 2 * (min(recomputed, OFFLOAD_STASH) if offload else recomputed)
     # a bf16 + fp8 copy of the largest weight, and the chunked loss's hidden-state gradient
@@ -115,7 +119,7 @@ def plan_for(cfg: Config, model, budget: float | None = None) -> Plan | None:
     budget = budget_gib(cfg) if budget is None else budget
     if budget is None:
         return None
-    s = shape_of(model, cfg.lora.r, list(cfg.lora.target_modules))
+    s = shape_of(model, cfg.lora.r, list(cfg.lora.target_modules), cfg.train.fused_lora)
     return plan(s, cfg.train.batch_size * cfg.train.grad_accum, cfg.train.max_length, budget)
 
 
