@@ -387,14 +387,10 @@ def run_case(case: str, a) -> dict:
 
 def _uncached_fused_lora() -> None:
     """The nocache variant: fused LoRA without its per-update bf16 copies and fp32 block scales."""
-    import bitsandbytes.functional as F
-
     from tasks.training import fused_lora
 
     fused_lora.compute_copy = lambda param, dtype, scale=1.0: param.to(dtype) * scale if scale != 1.0 else param.to(dtype)
-    fused_lora.base_weight = lambda base, dtype: (F.dequantize_4bit(base.weight.data, base.weight.quant_state).to(dtype)
-                                                  if getattr(base.weight, "quant_state", None) is not None
-                                                  else base.weight.to(dtype))
+    fused_lora._block_scales = lambda weight: fused_lora.unnested_scales(weight.quant_state)
 
 
 def _ran_with(trainer) -> dict:

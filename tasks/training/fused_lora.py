@@ -60,16 +60,21 @@ def replace_forward(model, kind, forward, keep: str = "_peft_forward") -> int:
     return count
 
 
-def _block_scales(weight) -> torch.Tensor:
-    """A 4-bit weight's per-block scales in fp32, un-nested once: double quantization stores them
-    8-bit, and undoing that costs two more kernels at every dequantization (~0.4 GiB on a 7B)."""
-    state = weight.quant_state
-    cached = getattr(weight, "_fp32_scales", None)
-    if cached is None or cached[0] is not state:
-        import bitsandbytes.functional as F
+def unnested_scales(state) -> torch.Tensor:
+    """A 4-bit weight's per-block scales in fp32 (double quantization stores them 8-bit)."""
+    if not state.nested:
+        return state.absmax.float()
+    import bitsandbytes.functional as F
 
-        scales = F.dequantize_blockwise(state.absmax, state.state2) + state.offset if state.nested else state.absmax
-        cached = weight._fp32_scales = (state, scales.float())
+    return (F.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
+
+
+def _block_scales(weight) -> torch.Tensor:
+    """unnested_scales, once per weight: undoing the nesting costs two more kernels at every
+    dequantization; kept, the fp32 scales cost ~0.4 GiB on a 7B (counted by budget.py)."""
+    cached = getattr(weight, "_fp32_scales", None)
+    if cached is None or cached[0] is not weight.quant_state:
+        cached = weight._fp32_scales = (weight.quant_state, unnested_scales(weight.quant_state))
     return cached[1]
 
 
