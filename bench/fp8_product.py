@@ -1,6 +1,6 @@
 """One frozen 4-bit layer, forward + backward for the input: bitsandbytes' bf16 product vs the FP8
-path (tasks/training/fp8_base.py), and what each part of the FP8 path costs, on Qwen2.5-7B's
-largest shapes. Ratios in one run, CUDA events, median of 20 after 5 warm-ups.
+path (tasks/training/fp8_base.py), and what each part of the FP8 path costs (the kernels in
+tasks/training/fp8_kernels.py), on Qwen2.5-7B's largest shapes. Ratios in one run, CUDA events, median of 20 after 5 warm-ups.
 
     python bench/fp8_product.py          # a GPU with FP8 tensor cores; writes bench/results/fp8_product.json
 """
@@ -46,23 +46,29 @@ def layer_case(k: int, n: int, tokens: int) -> dict:
     out = {"bf16_fwd_bwd_ms": timed(step)}
     fp8_base.use_fp8_base(torch.nn.Sequential(layer))
     out["fp8_fwd_bwd_ms"] = timed(step)
-    quantize = fp8_base._fused_quantize()
+    from tasks.training.fp8_kernels import rowwise_fp8
+
     w = fp8_base._dequantized(layer.weight)
-    xq, xs = quantize(x.detach())
-    wq, ws = quantize(w)
-    out |= {"dequantize_ms": timed(lambda: fp8_base._dequantized(layer.weight)),
-            "quantize_weight_ms": timed(lambda: quantize(w)),
-            "quantize_weight_t_ms": timed(lambda: quantize(w.t().contiguous())),
-            "quantize_input_ms": timed(lambda: quantize(x.detach())),
+    xq, xs = rowwise_fp8(x.detach())
+    wq, ws = fp8_base.weight_fp8(layer.weight, transpose=False)
+    from tasks.training.fused_lora import base_weight
+
+    out |= {"dequantize_ms": timed(lambda: base_weight(layer, torch.bfloat16)),  # the bf16 fused path's
+            "weight_fp8_ms": timed(lambda: fp8_base.weight_fp8(layer.weight, transpose=False)),
+            "weight_fp8_t_ms": timed(lambda: fp8_base.weight_fp8(layer.weight, transpose=True)),
+            "quantize_input_ms": timed(lambda: rowwise_fp8(x.detach())),
+            "quantize_grad_ms": timed(lambda: rowwise_fp8(g)),
             "bf16_gemm_ms": timed(lambda: x.detach() @ w.t()),
-            "fp8_gemm_ms": timed(lambda: torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws.t(),
-                                                          out_dtype=torch.bfloat16))}
+            "fp8_gemm_ms": timed(lambda: torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws,
+                                                          out_dtype=torch.bfloat16)),
+            "fp8_gemm_fast_accum_ms": timed(lambda: torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws,
+                                                                     out_dtype=torch.bfloat16, use_fast_accum=True))}
     out["fp8_vs_bf16"] = round(out["bf16_fwd_bwd_ms"] / out["fp8_fwd_bwd_ms"], 2)
     return out
 
 
 def main() -> None:
-    tokens = int(sys.argv[1]) if len(sys.argv) > 1 else 8192
+    tokens = int(sys.argv[1]) if len(sys.argv) > 1 else 8192  # one micro-batch of the 7.6 GiB plan (16 rows of 512)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "tokens": tokens,
               "cases": {name: layer_case(k, n, tokens) for name, (k, n) in SHAPES.items()}}
     (ROOT / "bench/results").mkdir(exist_ok=True)

@@ -58,13 +58,17 @@ def _loragate(cfg_dict: dict, load, tokenizer, data: list[dict], out: str) -> li
     return losses(trainer)
 
 
-def _with_lever(lever: str, cfg: dict, load, tokenizer, data: list[dict], out: str) -> tuple[str, list[float]]:
-    """loragate's losses with one train param switched from its default (fp8_base on, liger off, ...)."""
+def _with_lever(levers: str, cfg: dict, load, tokenizer, data: list[dict], out: str) -> tuple[str, list[float]]:
+    """loragate's losses with train params switched from their defaults: `levers` names one
+    (a boolean flipped: fp8_base on, liger off), one set (fp8_base=grads), or several joined by '+'."""
     from tasks.config import config_from_dict
 
-    on = not getattr(config_from_dict(cfg).train, lever)
-    name = f"with_{lever}" if on else f"no_{lever}"
-    return name, _loragate(cfg | {"train": cfg["train"] | {lever: on}}, load, tokenizer, data, out)
+    train, names = dict(cfg["train"]), []
+    for lever in levers.split("+"):
+        key, _, value = lever.partition("=")
+        train[key] = value or not getattr(config_from_dict(cfg).train, key)
+        names.append(f"{key}_{value}" if value else f"with_{key}" if train[key] else f"no_{key}")
+    return "_".join(names), _loragate(cfg | {"train": train}, load, tokenizer, data, out)
 
 
 def _diffs(base: list[float], other: list[float]) -> dict:
@@ -88,8 +92,9 @@ def main() -> None:
                    "flex attention, fused LoRA) and with FP8 base products, against the recipe; noise = the "
                    "recipe with another LoRA init")
     p.add_argument("--qlora", action="store_true", help="4-bit base on the CPU too (fp32 compute)")
-    p.add_argument("--levers", default="fp8_base,liger_kernels,fused_lora",
-                   help="--gpu: loragate with each of these train params switched from its default")
+    p.add_argument("--levers", default="fused_lora,fp8_base,fp8_base=grads,liger_kernels",
+                   help="--gpu: loragate with train params switched from their defaults, one run per comma-"
+                        "separated item: a boolean flipped (fused_lora), a value set (fp8_base=grads), '+' joins")
     p.add_argument("--out", default=str(ROOT / "bench/results"))
     a = p.parse_args()
     model_dir = resolve_model("smollm2-135m-instruct", "~/.cache/loragate/models")
@@ -98,8 +103,9 @@ def main() -> None:
     data = tokenized_rows(tokenizer, ROOT / "data/splits/train.jsonl", a.max_len, a.batch * a.steps)
     quantized = a.gpu or a.qlora
     quant = bnb_config(QuantizationConfig(enabled=True, compute_dtype="bfloat16" if a.gpu else "float32")) if quantized else None
+    # on the GPU the weights load in bf16, as a 7B checkpoint ships (the converted SmolLM2 is fp32)
     load = lambda attn="sdpa": AutoModelForCausalLM.from_pretrained(  # noqa: E731
-        model_dir, attn_implementation=attn,
+        model_dir, attn_implementation=attn, **({"dtype": torch.bfloat16} if a.gpu else {}),
         **({"quantization_config": quant, "device_map": "cuda" if a.gpu else "cpu"} if quant else {}))
     targets = ["q_proj", "k_proj", "v_proj", "o_proj"] + (["gate_proj", "up_proj", "down_proj"] if quantized else [])
     cfg = {"lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": targets},

@@ -327,8 +327,9 @@ def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | Non
 def _loragate_params(path: str, variants: set[str], a) -> dict:
     """train params for a loragate/lean case: params' defaults less what a variant turns off."""
     extra = {"liger_kernels": "noliger" not in variants, "packing": False if "nopack" in variants else "auto",
-             "dropout": 0.05 if "drop" in variants else None, "fused_lora": "fused" in variants,
-             "fp8_base": "fp8" in variants,
+             "dropout": 0.05 if "drop" in variants else None, "fused_lora": "nofused" not in variants,
+             "fp32_residual": "bf16res" not in variants,
+             "fp8_base": "grads" if "fp8g" in variants else "fp8" in variants,
              "sft": {"torch_compile": True} if "compile" in variants else {}}
     budget = next((float(v[1:]) for v in variants if v[0] == "m" and v[1:].replace(".", "").isdigit()), None)
     extra["memory_budget_gib"] = budget or (a.lean_gib if path == "lean" else "off" if "ckpt" in variants else "auto")
@@ -340,10 +341,13 @@ def _loragate_params(path: str, variants: set[str], a) -> dict:
 def run_case(case: str, a) -> dict:
     """case = <path>-<data>[-<variant>...]: path recipe|loragate|lean|unsloth, data fixed|var.
     recipe: the common recipe; variants qkvo (targets), nodrop (LoRA dropout 0), b<N> (rows a step).
-    loragate: params' defaults (memory budget auto, Liger, adapter first, packing, flex attention) less
-    what a variant turns off: ckpt (no budget: every layer recomputed, as before budgets), noliger, drop
-    (dropout 0.05), peftorder (peft's base-first LoRA forward), sdpa, nopack; or sets: m<GiB> (memory
-    budget), b<N> (rows a step), fused (fused LoRA), fp8 (FP8 base products), compile, offload.
+    loragate: params' defaults (memory budget auto, Liger, fused LoRA, fp32 residual, packing, flex
+    attention) less what a variant turns off: ckpt (no budget: every layer recomputed, as before
+    budgets), noliger, drop (dropout 0.05), peftorder (peft's base-first LoRA forward), sdpa, nopack,
+    nofused (adapter first; `fused`, the default now, is accepted as before), bf16res (the residual
+    stream left in bf16, as every result before 2026-12-02 ran); or sets: m<GiB> (memory budget),
+    b<N> (rows a step), fp8 (FP8 base products), fp8g (FP8 for the recompute and the input gradients
+    only), compile, offload.
     fused variants: nocache (the adapter cast and the block scales un-nested at every product).
     lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
     --unsloth-site); variant xf: with xformers on its path (--xformers-site), which Unsloth uses for
@@ -390,7 +394,7 @@ def _uncached_fused_lora() -> None:
     from tasks.training import fused_lora
 
     fused_lora.compute_copy = lambda param, dtype, scale=1.0: param.to(dtype) * scale if scale != 1.0 else param.to(dtype)
-    fused_lora._block_scales = lambda weight: fused_lora.unnested_scales(weight.quant_state)
+    fused_lora.block_scales = lambda weight: fused_lora.unnested_scales(weight.quant_state)
 
 
 def _ran_with(trainer) -> dict:

@@ -177,11 +177,16 @@ class TrainConfig:
     optimizer: Literal["adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "adamw_8bit"] = "adamw_torch"  # adamw_torch_fused is faster on GPUs; paged_adamw_8bit saves memory
     liger_kernels: StrictBool = True  # Triton RMSNorm/SwiGLU/RoPE kernels, CUDA only (+11% on a 7B); needs liger-kernel
     attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = "auto"  # auto: flex_attention on CUDA (packed-aware: skips the blocks between rows), else sdpa
-    # adapter added in the GEMM epilogue (tasks/training/fused_lora.py): +2% tokens/s on a 7B, equal on the CPU, but on
-    # an H100 in bf16 SmolLM2's loss curve drifted from the recipe's (0.96 vs 0.91 after 40 steps): off until understood
-    fused_lora: StrictBool = False
-    # frozen 4-bit base multiplied in FP8 on GPUs that have FP8 tensor cores (tasks/training/fp8_base.py);
-    # auto: on where supported; LoRA stays bf16. Off by default: on an H100 it was slower (bench/fp8_product.py)
+    # adapter added in the GEMM epilogues (tasks/training/fused_lora.py), where autocast runs (GPU, bf16): +6% tokens/s
+    # on a 7B at 7.6 GiB (H200), +0.38 GiB; real SmolLM2 on the GPU learns as adapter first does (curves within noise)
+    fused_lora: StrictBool = True
+    # residual stream in fp32 from a bf16/fp16 checkpoint's embedding on (tasks/training/train.py fp32_residual): in
+    # bf16 a young adapter's updates round away; SmolLM2 from bf16 weights then trailed the recipe (0.886 vs 0.837)
+    fp32_residual: StrictBool = True
+    # frozen 4-bit base multiplied in FP8 on GPUs that have FP8 tensor cores (tasks/training/fp8_base.py); LoRA
+    # stays bf16. true/auto: every base product (+17% on a 7B at 7.6 GiB, but the loss itself is then computed in
+    # FP8: SmolLM2's curve sits 0.06 above bf16's); grads: only the recompute and the input gradients, the loss
+    # stays bf16's (+18%, curve 0.014 above, ~3x the noise between two inits); off by default
     fp8_base: StrictBool | StrictStr = False
     # GPU memory the run may use: auto (the card's free memory) or a number of GiB; micro-batch, which
     # layers recompute and activation offload are chosen to fit (tasks/training/budget.py); off:
@@ -197,7 +202,7 @@ class TrainConfig:
         _check(self.logging_steps >= 1, "train.logging_steps", "must be >= 1")
         _check(self.checkpoint_steps >= 0, "train.checkpoint_steps", "must be >= 0 (0: every max_steps/4)")
         _check(self.packing in {"auto", True, False}, "train.packing", "must be auto, true or false")
-        _check(self.fp8_base in {"auto", True, False}, "train.fp8_base", "must be auto, true or false")
+        _check(self.fp8_base in {"auto", "grads", True, False}, "train.fp8_base", "must be auto, grads, true or false")
         _check(self.memory_budget_gib in {"auto", "off"} or (isinstance(self.memory_budget_gib, float)
                and self.memory_budget_gib > 0), "train.memory_budget_gib", "must be auto, off or a number of GiB > 0")
 

@@ -138,12 +138,12 @@ def test_qlora_trains_in_4bit_on_cpu(tmp_path, tiny_model, train_file):
     assert any("4bit" in type(m).__name__ for m in served.model.modules())
 
 
-def _lora_model(model_dir: str, quantized: bool, dropout: float, dtype: str = "float32"):
+def _lora_model(model_dir: str, quantized: bool, dropout: float, dtype: str = "float32", device: str = "cpu"):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     quant = bnb_config(config_from_dict({"quantization": {"enabled": True, "compute_dtype": dtype}}).quantization)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), device_map={"": device},
                                                  **({"quantization_config": quant} if quantized else {}))
     torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear"))
@@ -414,6 +414,30 @@ def test_memory_plan_fits_the_budget_fastest_first():
         plan(s, 16, 512, 4.0)
 
 
+def test_fp32_residual_widens_the_stream_not_the_weights(tiny_model):
+    """From a bf16 checkpoint the hidden states run in fp32 (a young adapter's updates would round
+    away in bf16); the weights stay bf16, and fp32 weights need no hook. The budget counts it."""
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM
+
+    from tasks.training import budget
+    from tasks.training.train import fp32_residual
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    ids = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(1))
+    assert {h.dtype for h in model(input_ids=ids, output_hidden_states=True).hidden_states} == {torch.bfloat16}
+    assert fp32_residual(model) and not fp32_residual(AutoModelForCausalLM.from_pretrained(tiny_model))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as the GPU trainer runs (bf16 products)
+        assert {h.dtype for h in model(input_ids=ids, output_hidden_states=True).hidden_states} == {torch.float32}
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+    narrow = budget.shape_of(model, 8, ["q_proj"])
+    assert narrow.residual_bytes == 2 and budget.shape_of(model, 8, ["q_proj"], fp32_residual=True).residual_bytes == 4
+    s = budget.Shape(**QWEN_7B)
+    extra = budget.estimate_bytes(dataclasses.replace(s, residual_bytes=4), 8192, 28, True) - budget.estimate_bytes(s, 8192, 28, True)
+    assert extra == 8192 * s.hidden * (4 + 2 * budget.OFFLOAD_STASH)  # the layer's input and output, the stash
+
+
 def test_memory_budget_and_fp8_params_are_checked(monkeypatch):
     from tasks.training.train import fp8_base
 
@@ -422,7 +446,7 @@ def test_memory_budget_and_fp8_params_are_checked(monkeypatch):
             config_from_dict({"train": {"memory_budget_gib": bad}})
     assert config_from_dict({"train": {"memory_budget_gib": 12}}).train.memory_budget_gib == 12.0
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert fp8_base(config_from_dict({"quantization": {"enabled": True}})) is False  # auto: off without the GPU
+    assert fp8_base(config_from_dict({"quantization": {"enabled": True}})) is None  # auto: off without the GPU
     with pytest.raises(ConfigError, match="train.fp8_base: true needs a GPU with FP8 tensor cores"):
         fp8_base(config_from_dict({"train": {"fp8_base": True}, "quantization": {"enabled": True}}))
 
@@ -445,9 +469,12 @@ def test_partial_recompute_keeps_the_gradients(tiny_model):
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
 
 
+FP8_GPU = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                             reason="needs a GPU with FP8 tensor cores")
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
-                    reason="needs a GPU with FP8 tensor cores")
+@FP8_GPU
 def test_fp8_base_product_is_close_to_the_bf16_one():
     import bitsandbytes as bnb
 
@@ -466,6 +493,71 @@ def test_fp8_base_product_is_close_to_the_bf16_one():
     rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()  # noqa: E731
     assert rel(out, ref) < 0.05 and rel(x.grad, ref_grad) < 0.05
     assert rel(out, ref) > 0  # the FP8 path really ran
+
+
+@pytest.mark.gpu
+@FP8_GPU
+def test_fp8_kernels_match_the_torch_casts():
+    """nf4 -> e4m3 in one pass (either layout) and the row-wise activation cast give what the
+    dequantize-then-cast route gives, scales included, with the padding rows zero."""
+    import bitsandbytes as bnb
+
+    from tasks.training import fp8_base
+    from tasks.training.fp8_kernels import rowwise_fp8
+    from tasks.training.fused_lora import block_scales
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(576, 1536, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4").cuda()
+    state, packed = layer.weight.quant_state, layer.weight.data.flatten().long()
+    codes = torch.stack([packed >> 4, packed & 15], 1).flatten()  # the high nibble first
+    w = (state.code[codes] * block_scales(layer.weight).repeat_interleave(state.blocksize)).view(state.shape)
+    rows, cols = fp8_base._channel_scales(layer.weight)
+    assert torch.allclose(rows * 448, w.abs().amax(1), rtol=1e-2) and torch.allclose(cols * 448, w.abs().amax(0), rtol=1e-2)
+    for transpose, scale, ref in ((False, rows[:, None], w), (True, cols[:, None], w.t())):
+        q, s = fp8_base.weight_fp8(layer.weight, transpose)
+        expected = (ref * (1.0 / scale)).to(torch.float8_e4m3fn).float()
+        assert q.shape == ref.shape and torch.equal(s.view(-1, 1), scale)
+        assert (q.float() != expected).float().mean() < 1e-4  # the same arithmetic; a rare tie may round apart
+    x = torch.randn(37, 1536, device="cuda", dtype=torch.bfloat16) * torch.logspace(-2, 2, 37, device="cuda")[:, None]
+    xq, xs = rowwise_fp8(x)
+    assert xq.shape == (48, 1536) and not xq[37:].float().any()
+    assert ((xq[:37].float() * xs[:37] - x.float()).norm() / x.float().norm()) < 0.04
+
+
+@pytest.mark.gpu
+@FP8_GPU
+def test_fused_lora_with_fp8_base_products_stays_near_the_fp32_truth(tiny_model, monkeypatch):
+    """Fused LoRA with the base in FP8: "all" takes the forward, the recompute and the input
+    gradient in FP8, "grads" the last two only, so its logits (the loss) are bf16's bit for bit;
+    adapter gradients within a few percent of fp32 either way."""
+    import collections
+
+    from tasks.training import fp8_base, fused_lora
+    from tasks.training.train import fp32_adapter
+
+    calls = collections.Counter()
+    for name in ("product", "input_grad"):
+        real = getattr(fp8_base, name)
+        monkeypatch.setattr(fp8_base, name, lambda *a, _f=real, _n=name: calls.update([_n]) or _f(*a))
+    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(1)).cuda()
+    reference = _checkpointed_step(_fp32_reference(_lora_model(tiny_model, True, 0.0, "bfloat16", "cuda")), ids)
+    errors, logits, counts = {}, {}, {}
+    for mode in (None, "all", "grads"):
+        model = _lora_model(tiny_model, True, 0.0, "bfloat16", "cuda")
+        fp32_adapter(model)
+        fused_lora.fuse_lora(model)
+        if mode:
+            assert fp8_base.use_fp8_base(model, mode) == 7 * 2
+        calls.clear()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits[mode], grads, _ = _checkpointed_step(model, ids)
+        errors[mode], counts[mode] = _rel(reference[1], grads), dict(calls)
+        assert _close(reference[0], logits[mode], 5e-2)
+    # 2 layers: forward 7 products, recompute 6 (not down_proj's), backward 7 input gradients
+    assert counts == {None: {}, "all": {"product": 2 * 13, "input_grad": 2 * 7},
+                      "grads": {"product": 2 * 6, "input_grad": 2 * 7}}
+    assert torch.equal(logits["grads"], logits[None]) and not torch.equal(logits["all"], logits[None])
+    assert errors[None] < 3e-2 and errors["all"] < 0.1 and errors["grads"] < 0.1, errors
 
 
 def test_a_tight_memory_budget_splits_the_batch_and_is_reported(tmp_path, tiny_model, train_file, monkeypatch):

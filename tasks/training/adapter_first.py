@@ -13,8 +13,8 @@ which torch.add's alpha does inside the sum. With a power-of-two scaling (lora.a
 by default) that is peft's arithmetic bit for bit, the product times two being exact; another
 scaling rounds once where peft rounds twice. On an H100 (Qwen2.5-7B, every layer recomputed):
 +8% tokens/s for the order, +5% more for the single pass; SmolLM2's GPU loss curve identical to
-peft's over 40 steps (bench/results/train_equivalence-gpu-adapter-first.json). On by default
-wherever `train.fused_lora` is off.
+peft's over 40 steps (bench/results/train_equivalence-gpu-adapter-first.json). Used wherever
+fused LoRA is off (`train.fused_lora: false`) or does not apply (no autocast: the CPU).
 
     python -m pytest -q tests/test_train.py -k adapter_first
 """

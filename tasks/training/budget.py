@@ -44,6 +44,7 @@ class Shape:
     lora_params: int  # fp32 weights, gradients, two Adam moments and autocast's bf16 copies: ~21 bytes each
     embedding_params: int = 0  # of an input embedding the head does not share (it can live in host memory)
     fp32_scale_params: int = 0  # 4-bit weights whose 8-bit block scales fused LoRA keeps un-nested in fp32
+    residual_bytes: int = 2  # per element of the residual stream: 4 under train.fp32_residual (or fp32 weights)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Plan:
     embedding_on_host: bool = False
 
 
-def shape_of(model, lora_r: int, targets: list[str], fused_lora: bool = False) -> Shape:
+def shape_of(model, lora_r: int, targets: list[str], fused_lora: bool = False, fp32_residual: bool = False) -> Shape:
     """Read the estimate's inputs from a loaded (possibly 4-bit) model before the adapter is attached."""
     c = model.config
     quantized = sum(p.numel() * 2 for p in model.parameters() if p.dtype == torch.uint8)  # 2 weights a byte
@@ -68,8 +69,9 @@ def shape_of(model, lora_r: int, targets: list[str], fused_lora: bool = False) -
     own_table = isinstance(table, torch.nn.Embedding) and (head is None or head.weight is not table.weight)
     nested = sum(p.numel() * 2 for p in model.parameters()
                  if p.dtype == torch.uint8 and getattr(getattr(p, "quant_state", None), "nested", False))
+    wide = fp32_residual or getattr(table, "weight", torch.empty(0)).dtype == torch.float32
     return Shape(c.num_hidden_layers, c.hidden_size, c.intermediate_size, quantized, other, lora,
-                 table.weight.numel() if own_table else 0, nested if fused_lora else 0)
+                 table.weight.numel() if own_table else 0, nested if fused_lora else 0, 4 if wide else 2)
 
 
 def estimate_bytes(s: Shape, tokens: int, recomputed: int, offload: bool, host_table: bool = False) -> float:
@@ -77,8 +79,11 @@ def estimate_bytes(s: Shape, tokens: int, recomputed: int, offload: bool, host_t
     other = s.other_params - (s.embedding_params if host_table else 0)
     static = s.quantized_params * 0.5156 + other * 2 + s.lora_params * 21  # nf4 + 8-bit block scales
     static += s.fp32_scale_params * 4 / 64  # fused LoRA's fp32 copy of them: one per 64-weight block
-    layer = tokens * (ACT_HIDDEN * s.hidden + ACT_MLP * s.intermediate)  # one layer's kept activations
-    kept_inputs = tokens * s.hidden * 2 * (min(recomputed, OFFLOAD_STASH) if offload else recomputed)
+    # one layer's kept activations (fitted with a bf16 residual); a wider residual widens the layer's
+    # input and output it keeps (not fitted: no GPU peak measured with it yet, so taken high)
+    wider = 2 * (s.residual_bytes - 2)
+    layer = tokens * ((ACT_HIDDEN + wider) * s.hidden + ACT_MLP * s.intermediate)
+    kept_inputs = tokens * s.hidden * s.residual_bytes * (min(recomputed, OFFLOAD_STASH) if offload else recomputed)
     # a bf16 + fp8 copy of the largest weight, and the chunked loss's hidden-state gradient
     workspace = 3 * s.hidden * s.intermediate + tokens * s.hidden * 4
     return static + kept_inputs + layer * (1 + KEPT * (s.layers - recomputed)) + workspace
@@ -119,7 +124,7 @@ def plan_for(cfg: Config, model, budget: float | None = None) -> Plan | None:
     budget = budget_gib(cfg) if budget is None else budget
     if budget is None:
         return None
-    s = shape_of(model, cfg.lora.r, list(cfg.lora.target_modules), cfg.train.fused_lora)
+    s = shape_of(model, cfg.lora.r, list(cfg.lora.target_modules), cfg.train.fused_lora, cfg.train.fp32_residual)
     return plan(s, cfg.train.batch_size * cfg.train.grad_accum, cfg.train.max_length, budget)
 
 

@@ -1,19 +1,25 @@
 """The frozen 4-bit base multiplied in FP8 on Hopper (`train.fp8_base`); LoRA stays bf16.
 
-QLoRA dequantizes every base weight to bf16 before each product anyway (forward, the recompute
-under gradient checkpointing, backward). Quantizing that copy and the activations to float8 e4m3
-with one scale per row (per token, per output channel) lets the tensor cores run the product at
-twice bf16's rate. Only products with frozen weights change: no weight gradient is taken through
-them, and the adapter, its gradients and the optimizer stay in bf16/fp32. The backward product
-(dY @ W) is FP8 too, with W re-scaled per input channel, so each scale follows the reduced axis.
+QLoRA unpacks every base weight before each product anyway (forward, the recompute under gradient
+checkpointing, backward). Unpacked straight to float8 e4m3 (fp8_kernels.nf4_to_fp8, one pass, a
+scale per output channel, or per input channel for the transposed copy the input gradient needs)
+and with the activations cast row-wise (one scale per token), the tensor cores run the product at
+about twice bf16's rate: a 7B layer's forward + input gradient is 1.5-1.7x faster on an H200
+(bench/fp8_product.py). Only products with frozen weights change: no weight gradient is taken
+through them, and the adapter, its gradients and the optimizer stay in bf16/fp32. Fused LoRA
+(fused_lora.py) takes both products of a routed layer from here; other layers use _FP8Product.
 
-    python -m pytest -q tests/test_train.py -k fp8                  # CPU: refused/skipped cleanly
-    python bench/train_throughput.py --cases loragate-fixed,loragate-fixed-fp8   # H100: speed
-    python bench/train_equivalence.py --fp8                         # H100: SmolLM2 loss curves
+Modes: "all" routes every product, so the loss itself is computed from FP8 products; "grads"
+only those whose results feed gradients alone (the recompute and the input gradient), so the
+loss is bf16's bit for bit and only the gradients carry FP8's rounding.
+
+    python -m pytest -q tests/test_train.py -k fp8                  # CPU: refused/skipped cleanly; GPU: kernels, modes
+    python bench/fp8_product.py                                     # H200: one layer, each part timed
+    python bench/train_throughput.py --cases unsloth-fixed,loragate-fixed-m7.6,loragate-fixed-m7.6-fp8g
+    python bench/train_equivalence.py --gpu --levers fp8_base,fp8_base=grads   # SmolLM2 loss curves
 """
 from __future__ import annotations
 
-import functools
 import types
 
 import torch
@@ -26,74 +32,102 @@ def supported() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 
 
-def _rowwise(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """t (R, C) -> (float8 (R, C), float32 scale (R, 1)) with t ~= q * scale."""
-    amax = t.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12)
-    scale = amax / torch.finfo(E4M3).max
-    return (t.float() / scale).to(E4M3), scale
-
-
-@functools.cache
-def _fused_quantize():
-    """_rowwise compiled into one pass over each tensor instead of four (eager on the CPU)."""
-    return torch.compile(_rowwise, dynamic=True) if torch.cuda.is_available() else _rowwise
-
-
-def _rows16(t: torch.Tensor) -> torch.Tensor:
-    """Zero rows up to a multiple of 16: cuBLAS's FP8 product wants aligned sizes (packed steps vary)."""
-    extra = -t.shape[0] % 16
-    return torch.nn.functional.pad(t, (0, 0, 0, extra)) if extra else t
-
-
 def _dequantized(weight) -> torch.Tensor:
     import bitsandbytes.functional as F
 
     return F.dequantize_4bit(weight.data, weight.quant_state).to(torch.bfloat16)
 
 
+def _channel_scales(weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """max |w| / 448 per output channel and per input channel of a frozen 4-bit weight, taken once
+    from a bf16 copy (the weight never changes, so neither do they)."""
+    cached = getattr(weight, "_fp8_scales", None)
+    if cached is None or cached[0] is not weight.quant_state:
+        w = _dequantized(weight).abs()
+        rows, cols = (w.amax(dim).float().clamp(min=1e-12) / torch.finfo(E4M3).max for dim in (1, 0))
+        cached = weight._fp8_scales = (weight.quant_state, rows, cols)
+    return cached[1], cached[2]
+
+
+def weight_fp8(weight, transpose: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen 4-bit weight in e4m3: (out, in) with a scale per output channel for the forward,
+    or (in, out) with a scale per input channel for the input gradient, so each scale follows the
+    axis the product keeps. Scales come back as (1, n) rows, the shape _scaled_mm takes."""
+    from tasks.training.fp8_kernels import nf4_to_fp8
+    from tasks.training.fused_lora import block_scales
+
+    state = weight.quant_state
+    scale = _channel_scales(weight)[1 if transpose else 0]
+    q = nf4_to_fp8(weight.data, block_scales(weight), state.code, state.shape, state.blocksize, scale, transpose)
+    return q, scale.view(1, -1)
+
+
+def product(x: torch.Tensor, weight) -> torch.Tensor:
+    """x (rows, in) @ W^T in FP8 -> bf16 (rows, out); fast accumulation, as the forward can take it."""
+    from tasks.training.fp8_kernels import rowwise_fp8
+
+    xq, xs = rowwise_fp8(x.contiguous())
+    wq, ws = weight_fp8(weight, transpose=False)
+    out = torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16, use_fast_accum=True)
+    return out[:x.shape[0]]
+
+
+def input_grad(grad: torch.Tensor, weight) -> torch.Tensor:
+    """grad (rows, out) @ W in FP8 -> bf16 (rows, in); full-precision accumulation for gradients."""
+    from tasks.training.fp8_kernels import rowwise_fp8
+
+    gq, gs = rowwise_fp8(grad.contiguous())
+    wq, ws = weight_fp8(weight, transpose=True)
+    return torch._scaled_mm(gq, wq.t(), scale_a=gs, scale_b=ws, out_dtype=torch.bfloat16)[:grad.shape[0]]
+
+
+def routed(base, backward: bool = False) -> bool:
+    """Does this product of a frozen 4-bit Linear run in FP8 now? Every one under use_fp8_base's
+    "all"; under "grads" only those whose results feed gradients alone: the input gradient
+    (`backward`) and the forward that gradient checkpointing recomputes, which autograd runs
+    inside the backward pass. The loss is then computed from bf16 products, as without FP8."""
+    mode = getattr(base, "_fp8_base", None)
+    return mode == "all" or (mode == "grads" and (backward or torch._C._current_graph_task_id() != -1))
+
+
 class _FP8Product(torch.autograd.Function):
-    """x @ W^T with W the frozen 4-bit weight: both operands FP8, result bf16; grad for x only."""
+    """x @ W^T with W the frozen 4-bit weight, result bf16; FP8 where routed() says so (the input
+    gradient always); grad for x only."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight) -> torch.Tensor:
-        quantize = _fused_quantize()
+    def forward(ctx, x: torch.Tensor, weight, fp8: bool) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        xq, xs = quantize(_rows16(flat))
-        wq, ws = quantize(_dequantized(weight))  # (out, in): one scale per output channel
-        out = torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=torch.bfloat16)[:flat.shape[0]]
+        out = product(flat, weight) if fp8 else flat @ _dequantized(weight).t()
         ctx.weight, ctx.in_shape = weight, x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        quantize = _fused_quantize()
-        g = grad.reshape(-1, grad.shape[-1]).to(torch.bfloat16)
-        gq, gs = quantize(_rows16(g))
-        wtq, wts = quantize(_dequantized(ctx.weight).t().contiguous())  # (in, out): scale per input channel
-        dx = torch._scaled_mm(gq, wtq.t(), scale_a=gs, scale_b=wts.t(), out_dtype=torch.bfloat16)[:g.shape[0]]
-        return dx.view(ctx.in_shape), None
+        dx = input_grad(grad.reshape(-1, grad.shape[-1]).to(torch.bfloat16), ctx.weight)
+        return dx.view(ctx.in_shape), None, None
 
 
 def _fp8_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     # tiny batches (generation) gain nothing and _scaled_mm wants 16-aligned inner sizes
     if x.numel() // x.shape[-1] < 16 or not x.is_cuda:
         return self._bnb_forward(x, *args, **kwargs)
-    out = _FP8Product.apply(x, self.weight)
+    out = _FP8Product.apply(x, self.weight, routed(self))
     if self.bias is not None:
         out = out + self.bias.to(out.dtype)
     return out.to(x.dtype)
 
 
-def use_fp8_base(model) -> int:
-    """Route every frozen 4-bit Linear of `model` whose sizes suit FP8 through _FP8Product;
-    returns how many. Layers with other shapes keep bitsandbytes' product."""
+def use_fp8_base(model, mode: str = "all") -> int:
+    """Route every frozen 4-bit Linear of `model` whose sizes suit FP8 through _FP8Product, for
+    every product ("all") or for those that feed gradients alone ("grads", see routed); returns
+    how many. Layers with other shapes keep bitsandbytes' product."""
     import bitsandbytes as bnb
 
     count = 0
     for module in model.modules():
         if (isinstance(module, bnb.nn.Linear4bit) and not hasattr(module, "_bnb_forward")
                 and module.in_features % 16 == 0 and module.out_features % 16 == 0):
-            module._bnb_forward = module.forward
+            module._bnb_forward, module._fp8_base = module.forward, mode
             module.forward = types.MethodType(_fp8_forward, module)
             count += 1
     return count

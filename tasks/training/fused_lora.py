@@ -18,8 +18,9 @@ scales the output gradient (another pass) and adds the adapter's input gradient 
 Same parameters, same products; the two sums round once (fp32 epilogue) where peft rounds twice, so
 results match peft's to bf16 rounding, not bit for bit. Taken only where it is exact in intent:
 autocast on with the input in its dtype, one plain adapter, no dropout (dropout's mask would sit
-between the two shares of x's gradient), a 4-bit or plain Linear base not routed through FP8;
-elsewhere the layer runs adapter first (4-bit) or peft's forward.
+between the two shares of x's gradient), a 4-bit or plain Linear base; elsewhere the layer runs
+adapter first (4-bit) or peft's forward. A base routed through FP8 (train.fp8_base) has both of its
+products, x W^T and g W, taken by fp8_base.product / input_grad, with the adapter's sums added after.
 
     python -m pytest -q tests/test_train.py -k fused     # same outputs and gradients as peft's, to bf16 rounding
 """
@@ -29,6 +30,8 @@ import types
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from tasks.training import fp8_base
 
 
 def _plain(layer, name: str) -> bool:
@@ -69,7 +72,7 @@ def unnested_scales(state) -> torch.Tensor:
     return (F.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
 
 
-def _block_scales(weight) -> torch.Tensor:
+def block_scales(weight) -> torch.Tensor:
     """unnested_scales, once per weight: undoing the nesting costs two more kernels at every
     dequantization; kept, the fp32 scales cost ~0.4 GiB on a 7B (counted by budget.py)."""
     cached = getattr(weight, "_fp32_scales", None)
@@ -86,7 +89,7 @@ def base_weight(base, dtype: torch.dtype) -> torch.Tensor:
     if state is None:
         return weight.to(dtype)
     return torch.ops.bitsandbytes.dequantize_4bit.default(
-        weight.data, _block_scales(weight), state.blocksize, state.quant_type, state.shape, state.dtype).to(dtype)
+        weight.data, block_scales(weight), state.blocksize, state.quant_type, state.shape, state.dtype).to(dtype)
 
 
 _UPDATES = [0]  # optimizer steps taken in this process (any optimizer)
@@ -114,11 +117,32 @@ def compute_copy(param: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) ->
 
 
 def _known_base(base) -> bool:
-    """A 4-bit base with its quantization state, or a plain Linear (not 8-bit, not routed through FP8)."""
+    """A 4-bit base with its quantization state (FP8-routed or not), or a plain Linear (not 8-bit)."""
     weight = getattr(base, "weight", None)
     four_bit = getattr(weight, "quant_state", None) is not None
     plain = type(weight) is torch.nn.Parameter and weight.is_floating_point()
-    return isinstance(base, torch.nn.Linear) and (four_bit or plain) and not hasattr(base, "_bnb_forward")
+    return isinstance(base, torch.nn.Linear) and (four_bit or plain)
+
+
+def _in_fp8(base, rows: torch.Tensor, backward: bool = False) -> bool:
+    """The base product runs in FP8 (train.fp8_base) for bf16 rows; a handful (generation) gains nothing."""
+    return fp8_base.routed(base, backward) and rows.dtype == torch.bfloat16 and rows.shape[0] >= 16
+
+
+def base_product(base, x: torch.Tensor) -> torch.Tensor:
+    """x W^T + b for the frozen base, in FP8 where it is routed so, else in x's dtype."""
+    bias = None if base.bias is None else base.bias.to(x.dtype)
+    if not _in_fp8(base, x):
+        return torch.nn.functional.linear(x, base_weight(base, x.dtype), bias)
+    out = fp8_base.product(x, base.weight)
+    return out if bias is None else out.add_(bias)
+
+
+def base_input_grad(base, grad: torch.Tensor) -> torch.Tensor:
+    """grad W for the frozen base, in FP8 where it is routed so."""
+    if _in_fp8(base, grad, backward=True):
+        return fp8_base.input_grad(grad, base.weight)
+    return grad @ base_weight(base, grad.dtype)
 
 
 class _AdapterIn(torch.autograd.Function):
@@ -137,10 +161,8 @@ class _AdapterIn(torch.autograd.Function):
 class _BaseAndAdapterOut(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, b_weight: torch.Tensor, layer, name: str) -> torch.Tensor:
-        base, scaling = layer.base_layer, layer.scaling[name]
-        bias = None if base.bias is None else base.bias.to(x.dtype)
-        out = torch.nn.functional.linear(x, base_weight(base, x.dtype), bias)
-        out.addmm_(a, compute_copy(b_weight, x.dtype, scaling).t())
+        out = base_product(layer.base_layer, x)
+        out.addmm_(a, compute_copy(b_weight, x.dtype, layer.scaling[name]).t())
         # held, not saved: a is rows x r, and the saved-tensor hooks must not see this function
         ctx.a, ctx.b_weight, ctx.layer, ctx.name = a, b_weight, layer, name
         return out
@@ -152,14 +174,14 @@ class _BaseAndAdapterOut(torch.autograd.Function):
         grad_b = torch.mul(grad.t() @ ctx.a, scaling, out=torch.empty_like(ctx.b_weight))
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad @ base_weight(layer.base_layer, grad.dtype)
+            grad_x = base_input_grad(layer.base_layer, grad)
             grad_x.addmm_(grad_a, compute_copy(layer.lora_A[ctx.name].weight, grad.dtype))
         return grad_x, grad_a, grad_b, None, None
 
 
 def _fusable(layer, name: str, x: torch.Tensor) -> bool:
     """Autocast on with x in its dtype (the GPU training path), no dropout mask, a base whose
-    product this module knows (4-bit or plain Linear, not routed through FP8)."""
+    product this module knows (4-bit, FP8-routed or not, or plain Linear)."""
     dropout = layer.lora_dropout[name]
     no_mask = isinstance(dropout, torch.nn.Identity) or not dropout.training or dropout.p == 0
     autocast = torch.is_autocast_enabled(x.device.type) and x.dtype == torch.get_autocast_dtype(x.device.type)
