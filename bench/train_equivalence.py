@@ -5,6 +5,7 @@ rows padding-free with per-sequence positions and scores only the answer tokens 
 
     python bench/train_equivalence.py [--steps 12]     # CPU is enough; writes bench/results/train_equivalence.json
     python bench/train_equivalence.py --gpu --steps 40 # QLoRA on a GPU, then one lever switched at a time
+    python bench/train_equivalence.py --qlora --bf16-weights --steps 6 --max-len 128   # CPU: the bf16 residual
 """
 from __future__ import annotations
 
@@ -71,6 +72,15 @@ def _with_lever(levers: str, cfg: dict, load, tokenizer, data: list[dict], out: 
     return "_".join(names), _loragate(cfg | {"train": train}, load, tokenizer, data, out)
 
 
+def _widened(model):
+    """The model with its residual stream in fp32 (train.fp32_residual's hook). Without autocast this
+    runs on the CPU only because every product here is 4-bit (which casts its input) or the chunked loss."""
+    from tasks.training.train import fp32_residual
+
+    fp32_residual(model)
+    return model
+
+
 def _diffs(base: list[float], other: list[float]) -> dict:
     diff = [abs(x - y) for x, y in zip(base, other)]
     return {"max_abs_diff": max(diff), "mean_abs_diff": sum(diff) / len(diff),
@@ -92,6 +102,9 @@ def main() -> None:
                    "flex attention, fused LoRA) and with FP8 base products, against the recipe; noise = the "
                    "recipe with another LoRA init")
     p.add_argument("--qlora", action="store_true", help="4-bit base on the CPU too (fp32 compute)")
+    p.add_argument("--bf16-weights", action="store_true", help="CPU, with --qlora: weights and 4-bit compute in "
+                   "bf16, as a 7B checkpoint ships; adds loragate with the residual stream in fp32 (train."
+                   "fp32_residual, set by hand: on the CPU the trainer runs without autocast)")
     p.add_argument("--levers", default="fused_lora,fp8_base,fp8_base=grads,liger_kernels",
                    help="--gpu: loragate with train params switched from their defaults, one run per comma-"
                         "separated item: a boolean flipped (fused_lora), a value set (fp8_base=grads), '+' joins")
@@ -102,16 +115,18 @@ def main() -> None:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     data = tokenized_rows(tokenizer, ROOT / "data/splits/train.jsonl", a.max_len, a.batch * a.steps)
     quantized = a.gpu or a.qlora
-    quant = bnb_config(QuantizationConfig(enabled=True, compute_dtype="bfloat16" if a.gpu else "float32")) if quantized else None
+    half = a.gpu or (a.bf16_weights and a.qlora)
+    compute = "bfloat16" if half else "float32"
+    quant = bnb_config(QuantizationConfig(enabled=True, compute_dtype=compute)) if quantized else None
     # on the GPU the weights load in bf16, as a 7B checkpoint ships (the converted SmolLM2 is fp32)
     load = lambda attn="sdpa": AutoModelForCausalLM.from_pretrained(  # noqa: E731
-        model_dir, attn_implementation=attn, **({"dtype": torch.bfloat16} if a.gpu else {}),
+        model_dir, attn_implementation=attn, **({"dtype": torch.bfloat16} if half else {}),
         **({"quantization_config": quant, "device_map": "cuda" if a.gpu else "cpu"} if quant else {}))
     targets = ["q_proj", "k_proj", "v_proj", "o_proj"] + (["gate_proj", "up_proj", "down_proj"] if quantized else [])
     cfg = {"lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": targets},
            "train": {"batch_size": a.batch, "max_steps": a.steps, "logging_steps": 1, "learning_rate": 2e-4, "seed": 42}}
     if quant:
-        cfg |= {"quantization": {"enabled": True, "compute_dtype": "bfloat16" if a.gpu else "float32"}}
+        cfg |= {"quantization": {"enabled": True, "compute_dtype": compute}}
     if a.gpu:
         cfg["train"] |= {"optimizer": "adamw_torch_fused", "attn_implementation": "flex_attention"}
     with tempfile.TemporaryDirectory() as out:
@@ -128,9 +143,12 @@ def main() -> None:
             for lever in a.levers.split(","):  # one lever switched at a time: which one moves the curve
                 name, curve = _with_lever(lever, cfg, load, tokenizer, data, out)
                 result[f"{name}_losses"], result[name] = curve, _diffs(base, curve)
+        elif half:
+            curve = _loragate(cfg, lambda attn="sdpa": _widened(load(attn)), tokenizer, data, out)
+            result["fp32_residual_losses"], result["fp32_residual"] = curve, _diffs(base, curve)
         result["loragate_losses"] = ours = _loragate(cfg, load, tokenizer, data, out)
         result |= _diffs(base, ours)
-    name = "train_equivalence-gpu.json" if a.gpu else "train_equivalence.json"
+    name = "train_equivalence-gpu.json" if a.gpu else "train_equivalence-cpu-bf16.json" if half else "train_equivalence.json"
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / name).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
