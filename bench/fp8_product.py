@@ -34,10 +34,29 @@ def timed(fn, repeats: int = 20, warmup: int = 5) -> float:
     return round(statistics.median(times), 3)
 
 
+TILES = [(64, 128, 4), (32, 256, 4), (64, 256, 8), (128, 128, 8), (16, 512, 4), (128, 64, 4), (64, 512, 8)]
+
+
+def tile_sweep(weight) -> dict:
+    """ms of the one-pass nf4 -> e4m3 kernel per (rows, columns, warps) tile, both layouts: the
+    kernel is ~5x off the copy's bandwidth floor, and the tile is the cheapest thing to try."""
+    from tasks.training import fp8_base
+    from tasks.training.fp8_kernels import nf4_to_fp8
+    from tasks.training.fused_lora import block_scales
+
+    state, (rows, cols) = weight.quant_state, fp8_base._channel_scales(weight)
+    return {f"{bo}x{bi}w{nw}{'_t' if t else ''}": timed(lambda: nf4_to_fp8(
+                weight.data, block_scales(weight), state.code, state.shape, state.blocksize,
+                cols if t else rows, t, (bo, bi, nw)))
+            for bo, bi, nw in TILES for t in (False, True)}
+
+
 def layer_case(k: int, n: int, tokens: int) -> dict:
     import bitsandbytes as bnb
 
     from tasks.training import fp8_base
+    from tasks.training.fp8_kernels import rowwise_fp8
+    from tasks.training.fused_lora import base_weight
 
     layer = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4").cuda()
     x = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -46,13 +65,9 @@ def layer_case(k: int, n: int, tokens: int) -> dict:
     out = {"bf16_fwd_bwd_ms": timed(step)}
     fp8_base.use_fp8_base(torch.nn.Sequential(layer))
     out["fp8_fwd_bwd_ms"] = timed(step)
-    from tasks.training.fp8_kernels import rowwise_fp8
-
     w = fp8_base._dequantized(layer.weight)
     xq, xs = rowwise_fp8(x.detach())
     wq, ws = fp8_base.weight_fp8(layer.weight, transpose=False)
-    from tasks.training.fused_lora import base_weight
-
     out |= {"dequantize_ms": timed(lambda: base_weight(layer, torch.bfloat16)),  # the bf16 fused path's
             "weight_fp8_ms": timed(lambda: fp8_base.weight_fp8(layer.weight, transpose=False)),
             "weight_fp8_t_ms": timed(lambda: fp8_base.weight_fp8(layer.weight, transpose=True)),
@@ -64,6 +79,7 @@ def layer_case(k: int, n: int, tokens: int) -> dict:
             "fp8_gemm_fast_accum_ms": timed(lambda: torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws,
                                                                      out_dtype=torch.bfloat16, use_fast_accum=True))}
     out["fp8_vs_bf16"] = round(out["bf16_fwd_bwd_ms"] / out["fp8_fwd_bwd_ms"], 2)
+    out["weight_fp8_tiles_ms"] = tile_sweep(layer.weight)
     return out
 
 
