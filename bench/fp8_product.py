@@ -45,9 +45,10 @@ def tile_sweep(weight) -> dict:
     from tasks.training.fused_lora import block_scales
 
     state, (rows, cols) = weight.quant_state, fp8_base._channel_scales(weight)
+    inverse = {False: 1.0 / rows, True: 1.0 / cols}
     return {f"{bo}x{bi}w{nw}{'_t' if t else ''}": timed(lambda: nf4_to_fp8(
                 weight.data, block_scales(weight), state.code, state.shape, state.blocksize,
-                cols if t else rows, t, (bo, bi, nw)))
+                inverse[t], t, (bo, bi, nw)))
             for bo, bi, nw in TILES for t in (False, True)}
 
 
@@ -56,7 +57,7 @@ def layer_case(k: int, n: int, tokens: int) -> dict:
 
     from tasks.training import fp8_base
     from tasks.training.fp8_kernels import rowwise_fp8
-    from tasks.training.fused_lora import base_weight
+    from tasks.training.fused_lora import base_weight, dequantized
 
     layer = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4").cuda()
     x = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -65,7 +66,7 @@ def layer_case(k: int, n: int, tokens: int) -> dict:
     out = {"bf16_fwd_bwd_ms": timed(step)}
     fp8_base.use_fp8_base(torch.nn.Sequential(layer))
     out["fp8_fwd_bwd_ms"] = timed(step)
-    w = fp8_base._dequantized(layer.weight)
+    w = dequantized(layer.weight, torch.bfloat16)
     xq, xs = rowwise_fp8(x.detach())
     wq, ws = fp8_base.weight_fp8(layer.weight, transpose=False)
     out |= {"dequantize_ms": timed(lambda: base_weight(layer, torch.bfloat16)),  # the bf16 fused path's

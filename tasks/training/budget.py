@@ -43,7 +43,7 @@ class Shape:
     other_params: int  # embeddings, head, norms: 2 bytes each
     lora_params: int  # fp32 weights, gradients, two Adam moments and autocast's bf16 copies: ~21 bytes each
     embedding_params: int = 0  # of an input embedding the head does not share (it can live in host memory)
-    fp32_scale_params: int = 0  # 4-bit weights whose 8-bit block scales fused LoRA keeps un-nested in fp32
+    fp32_scale_params: int = 0  # 4-bit weights whose 8-bit block scales are kept un-nested in fp32 (fused LoRA, FP8)
     residual_bytes: int = 2  # per element of the residual stream: 4 under train.fp32_residual (or fp32 weights)
 
 
@@ -58,7 +58,7 @@ class Plan:
     embedding_on_host: bool = False
 
 
-def shape_of(model, lora_r: int, targets: list[str], fused_lora: bool = False, fp32_residual: bool = False) -> Shape:
+def shape_of(model, lora_r: int, targets: list[str], fp32_scales: bool = False, fp32_residual: bool = False) -> Shape:
     """Read the estimate's inputs from a loaded (possibly 4-bit) model before the adapter is attached."""
     c = model.config
     quantized = sum(p.numel() * 2 for p in model.parameters() if p.dtype == torch.uint8)  # 2 weights a byte
@@ -71,14 +71,14 @@ def shape_of(model, lora_r: int, targets: list[str], fused_lora: bool = False, f
                  if p.dtype == torch.uint8 and getattr(getattr(p, "quant_state", None), "nested", False))
     wide = fp32_residual or getattr(table, "weight", torch.empty(0)).dtype == torch.float32
     return Shape(c.num_hidden_layers, c.hidden_size, c.intermediate_size, quantized, other, lora,
-                 table.weight.numel() if own_table else 0, nested if fused_lora else 0, 4 if wide else 2)
+                 table.weight.numel() if own_table else 0, nested if fp32_scales else 0, 4 if wide else 2)
 
 
 def estimate_bytes(s: Shape, tokens: int, recomputed: int, offload: bool, host_table: bool = False) -> float:
     """Peak allocated bytes of one training step with `tokens` tokens per micro-batch."""
     other = s.other_params - (s.embedding_params if host_table else 0)
     static = s.quantized_params * 0.5156 + other * 2 + s.lora_params * 21  # nf4 + 8-bit block scales
-    static += s.fp32_scale_params * 4 / 64  # fused LoRA's fp32 copy of them: one per 64-weight block
+    static += s.fp32_scale_params * 4 / 64  # the fp32 copy of them: one per 64-weight block
     # one layer's kept activations (fitted with a bf16 residual); a wider residual widens the layer's
     # input and output it keeps (not fitted: no GPU peak measured with it yet, so taken high)
     wider = 2 * (s.residual_bytes - 2)
@@ -124,7 +124,9 @@ def plan_for(cfg: Config, model, budget: float | None = None) -> Plan | None:
     budget = budget_gib(cfg) if budget is None else budget
     if budget is None:
         return None
-    s = shape_of(model, cfg.lora.r, list(cfg.lora.target_modules), cfg.train.fused_lora, cfg.train.fp32_residual)
+    # fused LoRA and the FP8 kernels both read the block scales un-nested (fused_lora.block_scales)
+    fp32_scales = cfg.train.fused_lora or bool(cfg.train.fp8_base)
+    s = shape_of(model, cfg.lora.r, list(cfg.lora.target_modules), fp32_scales, cfg.train.fp32_residual)
     return plan(s, cfg.train.batch_size * cfg.train.grad_accum, cfg.train.max_length, budget)
 
 

@@ -24,6 +24,8 @@ import types
 
 import torch
 
+from tasks.training import fused_lora  # a module reference: fused_lora imports this one too
+
 E4M3 = torch.float8_e4m3fn
 
 
@@ -32,53 +34,51 @@ def supported() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 
 
-def _dequantized(weight) -> torch.Tensor:
-    import bitsandbytes.functional as F
-
-    return F.dequantize_4bit(weight.data, weight.quant_state).to(torch.bfloat16)
+def _scales(weight) -> tuple[torch.Tensor, ...]:
+    """max |w| / 448 per output and per input channel, and their inverses (what the kernel takes)."""
+    w = fused_lora.dequantized(weight, torch.bfloat16).abs()
+    rows, cols = (w.amax(dim).float().clamp(min=1e-12) / torch.finfo(E4M3).max for dim in (1, 0))
+    return rows, cols, 1.0 / rows, 1.0 / cols
 
 
 def _channel_scales(weight) -> tuple[torch.Tensor, torch.Tensor]:
-    """max |w| / 448 per output channel and per input channel of a frozen 4-bit weight, taken once
+    """The per output channel and per input channel scales of a frozen 4-bit weight, taken once
     from a bf16 copy (the weight never changes, so neither do they)."""
-    cached = getattr(weight, "_fp8_scales", None)
-    if cached is None or cached[0] is not weight.quant_state:
-        w = _dequantized(weight).abs()
-        rows, cols = (w.amax(dim).float().clamp(min=1e-12) / torch.finfo(E4M3).max for dim in (1, 0))
-        cached = weight._fp8_scales = (weight.quant_state, rows, cols)
-    return cached[1], cached[2]
+    return fused_lora.per_weight(weight, "_fp8_scales", _scales)[:2]
 
 
 def weight_fp8(weight, transpose: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen 4-bit weight in e4m3: (out, in) with a scale per output channel for the forward,
     or (in, out) with a scale per input channel for the input gradient, so each scale follows the
     axis the product keeps. Scales come back as (1, n) rows, the shape _scaled_mm takes."""
-    from tasks.training.fp8_kernels import nf4_to_fp8
-    from tasks.training.fused_lora import block_scales
+    from tasks.training.fp8_kernels import nf4_to_fp8  # Triton: CUDA only
 
     state = weight.quant_state
-    scale = _channel_scales(weight)[1 if transpose else 0]
-    q = nf4_to_fp8(weight.data, block_scales(weight), state.code, state.shape, state.blocksize, scale, transpose)
+    rows, cols, inv_rows, inv_cols = fused_lora.per_weight(weight, "_fp8_scales", _scales)
+    scale, inverse = (cols, inv_cols) if transpose else (rows, inv_rows)
+    q = nf4_to_fp8(weight.data, fused_lora.block_scales(weight), state.code, state.shape, state.blocksize,
+                   inverse, transpose)
     return q, scale.view(1, -1)
+
+
+def _fp8_mm(a: torch.Tensor, weight, transpose: bool, fast_accum: bool) -> torch.Tensor:
+    """a @ W^T (or a @ W, `transpose`) with both operands cast to e4m3, result bf16 (a's rows)."""
+    from tasks.training.fp8_kernels import rowwise_fp8
+
+    aq, a_scale = rowwise_fp8(a.contiguous())
+    wq, w_scale = weight_fp8(weight, transpose)
+    return torch._scaled_mm(aq, wq.t(), scale_a=a_scale, scale_b=w_scale, out_dtype=torch.bfloat16,
+                            use_fast_accum=fast_accum)[:a.shape[0]]
 
 
 def product(x: torch.Tensor, weight) -> torch.Tensor:
     """x (rows, in) @ W^T in FP8 -> bf16 (rows, out); fast accumulation, as the forward can take it."""
-    from tasks.training.fp8_kernels import rowwise_fp8
-
-    xq, xs = rowwise_fp8(x.contiguous())
-    wq, ws = weight_fp8(weight, transpose=False)
-    out = torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16, use_fast_accum=True)
-    return out[:x.shape[0]]
+    return _fp8_mm(x, weight, transpose=False, fast_accum=True)
 
 
 def input_grad(grad: torch.Tensor, weight) -> torch.Tensor:
     """grad (rows, out) @ W in FP8 -> bf16 (rows, in); full-precision accumulation for gradients."""
-    from tasks.training.fp8_kernels import rowwise_fp8
-
-    gq, gs = rowwise_fp8(grad.contiguous())
-    wq, ws = weight_fp8(weight, transpose=True)
-    return torch._scaled_mm(gq, wq.t(), scale_a=gs, scale_b=ws, out_dtype=torch.bfloat16)[:grad.shape[0]]
+    return _fp8_mm(grad, weight, transpose=True, fast_accum=False)
 
 
 def routed(base, backward: bool = False) -> bool:
@@ -97,7 +97,7 @@ class _FP8Product(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight, fp8: bool) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        out = product(flat, weight) if fp8 else flat @ _dequantized(weight).t()
+        out = product(flat, weight) if fp8 else flat @ fused_lora.dequantized(weight, torch.bfloat16).t()
         ctx.weight, ctx.in_shape = weight, x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
 

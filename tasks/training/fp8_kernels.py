@@ -14,9 +14,6 @@ import torch
 import triton
 import triton.language as tl
 
-E4M3_MAX = 448.0
-
-
 @triton.jit
 def _nf4_to_fp8_kernel(packed, absmax, code, inv_scale, out, OUT, IN, BLOCKSIZE: tl.constexpr,
                        TRANSPOSE: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
@@ -46,16 +43,16 @@ TILE = (64, 128, 4)  # rows, columns, warps per program: 0.15-0.18 ms for a 7B's
 
 
 def nf4_to_fp8(packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, shape: torch.Size,
-               blocksize: int, scale: torch.Tensor, transpose: bool, tile: tuple[int, int, int] = TILE) -> torch.Tensor:
-    """The 4-bit weight of `shape` (out, in) as e4m3 / scale: (out, in) with scale (out,), or
-    (in, out) with scale (in,) when `transpose`. absmax: the fp32 per-block scales. `tile`: see
-    TILE (bench/fp8_product.py times others)."""
+               blocksize: int, inv_scale: torch.Tensor, transpose: bool, tile: tuple[int, int, int] = TILE) -> torch.Tensor:
+    """The 4-bit weight of `shape` (out, in) as e4m3 * inv_scale: (out, in) with inv_scale (out,),
+    or (in, out) with inv_scale (in,) when `transpose`. absmax: the fp32 per-block scales. `tile`:
+    see TILE (bench/fp8_product.py times others)."""
     n_out, n_in = shape
     result = torch.empty((n_in, n_out) if transpose else (n_out, n_in), device=packed.device,
                          dtype=torch.float8_e4m3fn)
     bo, bi, warps = tile
     grid = (triton.cdiv(n_out, bo), triton.cdiv(n_in, bi))
-    _nf4_to_fp8_kernel[grid](packed, absmax, code, (1.0 / scale).contiguous(), result, n_out, n_in,
+    _nf4_to_fp8_kernel[grid](packed, absmax, code, inv_scale, result, n_out, n_in,
                              BLOCKSIZE=blocksize, TRANSPOSE=transpose, BO=bo, BI=bi, num_warps=warps)
     return result
 
@@ -65,7 +62,7 @@ def _rowwise_kernel(x, q, scale, M, C, stride, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     v = tl.load(x + row.to(tl.int64) * stride + cols, mask=(cols < C) & (row < M), other=0.0).to(tl.float32)
-    s = tl.maximum(tl.max(tl.abs(v), axis=0), 1e-12) / 448.0
+    s = tl.maximum(tl.max(tl.abs(v), axis=0), 1e-12) / 448.0  # e4m3's largest finite value
     tl.store(q + row.to(tl.int64) * C + cols, (v / s).to(tl.float8e4nv), mask=cols < C)
     tl.store(scale + row, s)
 
