@@ -34,22 +34,19 @@ def timed(fn, repeats: int = 20, warmup: int = 5) -> float:
     return round(statistics.median(times), 3)
 
 
-TILES = [(64, 128, 4), (32, 256, 4), (64, 256, 8), (128, 128, 8), (16, 512, 4), (128, 64, 4), (64, 512, 8)]
-
-
 def tile_sweep(weight) -> dict:
     """ms of the one-pass nf4 -> e4m3 kernel per (rows, columns, warps) tile, both layouts: the
     kernel is ~5x off the copy's bandwidth floor, and the tile is the cheapest thing to try."""
     from tasks.training import fp8_base
-    from tasks.training.fp8_kernels import nf4_to_fp8
+    from tasks.training.fp8_kernels import TILES, nf4_to_fp8
     from tasks.training.fused_lora import block_scales
 
     state, (rows, cols) = weight.quant_state, fp8_base._channel_scales(weight)
     inverse = {False: 1.0 / rows, True: 1.0 / cols}
-    return {f"{bo}x{bi}w{nw}{'_t' if t else ''}": timed(lambda: nf4_to_fp8(
+    return {f"{bo}x{bi}w{nw}{'' if join else 'split'}{'_t' if t else ''}": timed(lambda: nf4_to_fp8(
                 weight.data, block_scales(weight), state.code, state.shape, state.blocksize,
-                inverse[t], t, (bo, bi, nw)))
-            for bo, bi, nw in TILES for t in (False, True)}
+                inverse[t], t, (bo, bi, nw, join)))
+            for bo, bi, nw, join in TILES for t in (False, True)}
 
 
 def layer_case(k: int, n: int, tokens: int) -> dict:
@@ -88,6 +85,8 @@ def main() -> None:
     tokens = int(sys.argv[1]) if len(sys.argv) > 1 else 8192  # one micro-batch of the 7.6 GiB plan (16 rows of 512)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "tokens": tokens,
               "cases": {name: layer_case(k, n, tokens) for name, (k, n) in SHAPES.items()}}
+    from tasks.training.fp8_kernels import _tuned_kernel
+    result["picked_on_first_use"] = {str(key): str(config) for key, config in _tuned_kernel.cache.items()}
     (ROOT / "bench/results").mkdir(exist_ok=True)
     (ROOT / "bench/results/fp8_product.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

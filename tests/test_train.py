@@ -247,6 +247,23 @@ def test_fused_lora_matches_adapter_first_and_skips_the_same_product(tiny_model,
         assert not _close(model(input_ids=ids).logits, logits_f, 1e-3)
 
 
+def test_fused_lora_takes_fp32_inputs_under_autocast(tiny_model, monkeypatch):
+    """An fp32 input (a residual stream in fp32 through a norm left unhooked) still takes the fused
+    path, cast as autocast casts it for peft's product, with peft's result to bf16 rounding."""
+    from tasks.training import fused_lora
+
+    model = _lora_model(tiny_model, False, 0.0, dtype="bfloat16")
+    fused_lora.fuse_lora(model)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    fused = []
+    monkeypatch.setattr(fused_lora._BaseAndAdapterOut, "apply", lambda *a, f=fused_lora._BaseAndAdapterOut.apply:
+                        fused.append(1) or f(*a))
+    x = torch.randn(3, 5, layer.in_features, generator=torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, ref = layer(x), layer._unfused_forward(x)
+    assert fused == [1] and out.dtype == ref.dtype == torch.bfloat16 and _close(ref, out)
+
+
 @pytest.mark.parametrize("optimizer", ["fused", "foreach"])
 def test_fused_lora_cached_copies_follow_the_optimizer(tiny_model, optimizer):
     """The bf16 copies of the adapter's weights, cast once per update, are the updated weights after
@@ -428,8 +445,14 @@ def test_fp32_residual_widens_the_stream_not_the_weights(tiny_model):
     ids = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(1))
     assert {h.dtype for h in model(input_ids=ids, output_hidden_states=True).hidden_states} == {torch.bfloat16}
     assert fp32_residual(model) and not fp32_residual(AutoModelForCausalLM.from_pretrained(tiny_model))
+    inputs = []  # what the projections get: bf16, as fused LoRA and FP8 need (each norm casts back)
+    for name, module in model.named_modules():
+        if name.endswith("_proj"):
+            module.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as the GPU trainer runs (bf16 products)
-        assert {h.dtype for h in model(input_ids=ids, output_hidden_states=True).hidden_states} == {torch.float32}
+        stream = model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert {h.dtype for h in stream[:-1]} == {torch.float32} and stream[-1].dtype == torch.bfloat16  # last: normed
+    assert set(inputs) == {torch.bfloat16} and len(inputs) == 2 * 7
     assert model.get_input_embeddings().weight.dtype == torch.bfloat16
     narrow = budget.shape_of(model, 8, ["q_proj"])
     assert narrow.residual_bytes == 2 and budget.shape_of(model, 8, ["q_proj"], fp32_residual=True).residual_bytes == 4

@@ -16,10 +16,10 @@ import triton.language as tl
 
 @triton.jit
 def _nf4_to_fp8_kernel(packed, absmax, code, inv_scale, out, OUT, IN, BLOCKSIZE: tl.constexpr,
-                       TRANSPOSE: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
+                       TRANSPOSE: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr, JOIN: tl.constexpr):
     # one byte holds two neighbours (the earlier one in the high nibble, as bitsandbytes packs them);
-    # decoding both and interleaving them in registers reads each byte once (decoding the nibble each
-    # column needs, each byte read twice, measured 2.7x slower on an H200)
+    # both are decoded from one read (decoding the nibble each column needs, each byte read twice,
+    # measured 2.7x slower on an H200), then interleaved in registers (JOIN) or stored apart
     rows = tl.program_id(0) * BO + tl.arange(0, BO).to(tl.int64)
     pairs = tl.program_id(1) * (BI // 2) + tl.arange(0, BI // 2).to(tl.int64)
     inside = (rows[:, None] < OUT) & (pairs[None, :] < IN // 2)
@@ -28,8 +28,16 @@ def _nf4_to_fp8_kernel(packed, absmax, code, inv_scale, out, OUT, IN, BLOCKSIZE:
     block_scale = tl.load(absmax + (2 * byte) // BLOCKSIZE, mask=inside, other=0.0)
     hi = tl.load(code + (b >> 4)) * block_scale
     lo = tl.load(code + (b & 15)) * block_scale
-    w = tl.reshape(tl.join(hi, lo), (BO, BI))
-    cols = tl.program_id(1) * BI + tl.arange(0, BI).to(tl.int64)
+    if JOIN:
+        cols = tl.program_id(1) * BI + tl.arange(0, BI).to(tl.int64)
+        _store_fp8(out, tl.reshape(tl.join(hi, lo), (BO, BI)), rows, cols, inv_scale, OUT, IN, TRANSPOSE)
+    else:
+        _store_fp8(out, hi, rows, 2 * pairs, inv_scale, OUT, IN, TRANSPOSE)
+        _store_fp8(out, lo, rows, 2 * pairs + 1, inv_scale, OUT, IN, TRANSPOSE)
+
+
+@triton.jit
+def _store_fp8(out, w, rows, cols, inv_scale, OUT, IN, TRANSPOSE: tl.constexpr):
     keep = (rows[:, None] < OUT) & (cols[None, :] < IN)
     if TRANSPOSE:
         w = w * tl.load(inv_scale + cols, mask=cols < IN, other=0.0)[None, :]
@@ -39,21 +47,52 @@ def _nf4_to_fp8_kernel(packed, absmax, code, inv_scale, out, OUT, IN, BLOCKSIZE:
         tl.store(out + rows[:, None] * IN + cols[None, :], w.to(tl.float8e4nv), mask=keep)
 
 
-TILE = (64, 128, 4)  # rows, columns, warps per program: 0.15-0.18 ms for a 7B's largest weight (H200)
+# (rows, columns, warps, interleaved in registers): the first was 0.15-0.18 ms for a 7B's largest
+# weight on an H200, ~5x the copy's bandwidth floor; the fastest for each shape and layout is
+# picked on first use (bench/fp8_product.py times them all)
+TILES = [(64, 128, 4, True), (32, 256, 4, True), (64, 256, 8, True), (128, 128, 8, True), (16, 512, 4, True),
+         (64, 128, 4, False), (32, 256, 4, False), (128, 64, 4, False), (16, 512, 4, False)]
+
+
+def _quick_bench(kernel_call, quantiles) -> list[float]:
+    """Median, fastest and slowest ms of 10 runs after 3: Triton's own timer flushes L2 through a
+    256 MiB buffer it allocates, which would raise the training's peak memory the first time."""
+    for _ in range(3):
+        kernel_call()
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        kernel_call()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return [times[len(times) // 2], times[0], times[-1]]
+
+
+_tuned_kernel = triton.autotune(
+    configs=[triton.Config({"BO": bo, "BI": bi, "JOIN": join}, num_warps=w) for bo, bi, w, join in TILES],
+    key=["OUT", "IN", "TRANSPOSE"], do_bench=_quick_bench)(_nf4_to_fp8_kernel)
 
 
 def nf4_to_fp8(packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, shape: torch.Size,
-               blocksize: int, inv_scale: torch.Tensor, transpose: bool, tile: tuple[int, int, int] = TILE) -> torch.Tensor:
+               blocksize: int, inv_scale: torch.Tensor, transpose: bool,
+               tile: tuple[int, int, int, bool] | None = None) -> torch.Tensor:
     """The 4-bit weight of `shape` (out, in) as e4m3 * inv_scale: (out, in) with inv_scale (out,),
     or (in, out) with inv_scale (in,) when `transpose`. absmax: the fp32 per-block scales. `tile`:
-    see TILE (bench/fp8_product.py times others)."""
+    one of TILES, else the fastest of them for this shape and layout."""
     n_out, n_in = shape
     result = torch.empty((n_in, n_out) if transpose else (n_out, n_in), device=packed.device,
                          dtype=torch.float8_e4m3fn)
-    bo, bi, warps = tile
-    grid = (triton.cdiv(n_out, bo), triton.cdiv(n_in, bi))
-    _nf4_to_fp8_kernel[grid](packed, absmax, code, inv_scale, result, n_out, n_in,
-                             BLOCKSIZE=blocksize, TRANSPOSE=transpose, BO=bo, BI=bi, num_warps=warps)
+    args = (packed, absmax, code, inv_scale, result, n_out, n_in)
+    if tile is None:
+        grid = lambda meta: (triton.cdiv(n_out, meta["BO"]), triton.cdiv(n_in, meta["BI"]))  # noqa: E731
+        _tuned_kernel[grid](*args, BLOCKSIZE=blocksize, TRANSPOSE=transpose)
+    else:
+        bo, bi, warps, join = tile
+        _nf4_to_fp8_kernel[(triton.cdiv(n_out, bo), triton.cdiv(n_in, bi))](
+            *args, BLOCKSIZE=blocksize, TRANSPOSE=transpose, BO=bo, BI=bi, JOIN=join, num_warps=warps)
     return result
 
 

@@ -190,11 +190,12 @@ class _BaseAndAdapterOut(torch.autograd.Function):
 
 
 def _fusable(layer, name: str, x: torch.Tensor) -> bool:
-    """Autocast on with x in its dtype (the GPU training path), no dropout mask, a base whose
+    """Autocast on with x in its dtype or fp32 (the GPU training path), no dropout mask, a base whose
     product this module knows (4-bit, FP8-routed or not, or plain Linear)."""
     dropout = layer.lora_dropout[name]
     no_mask = isinstance(dropout, torch.nn.Identity) or not dropout.training or dropout.p == 0
-    autocast = torch.is_autocast_enabled(x.device.type) and x.dtype == torch.get_autocast_dtype(x.device.type)
+    autocast = torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.get_autocast_dtype(x.device.type),
+                                                                         torch.float32)
     return no_mask and autocast and _known_base(layer.base_layer)
 
 
@@ -202,7 +203,8 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     name = single_plain_adapter(self, kwargs)
     if name is None or args or kwargs or not _fusable(self, name, x):
         return self._unfused_forward(x, *args, **kwargs)
-    flat = x.reshape(-1, x.shape[-1])
+    # an fp32 input (fp32 residual, a norm not hooked) is cast as autocast would cast it for the product
+    flat = x.reshape(-1, x.shape[-1]).to(torch.get_autocast_dtype(x.device.type))
     a = _AdapterIn.apply(flat, self.lora_A[name].weight)
     out = _BaseAndAdapterOut.apply(flat, a, self.lora_B[name].weight, self, name)
     return out.view(*x.shape[:-1], out.shape[-1])

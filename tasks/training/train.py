@@ -200,20 +200,32 @@ def _upcast(_module, _args, out: torch.Tensor) -> torch.Tensor:
     return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
 
 
+def _to_compute_dtype(_module, _args, out):
+    # a norm's output only feeds products, which autocast would cast one by one (q, k and v each)
+    if isinstance(out, torch.Tensor) and out.dtype == torch.float32 and torch.is_autocast_enabled(out.device.type):
+        return out.to(torch.get_autocast_dtype(out.device.type))
+    return out
+
+
 def fp32_residual(model) -> bool:
     """Carry the residual stream in fp32 from a half-precision checkpoint's embedding on. In bf16
     (8 mantissa bits) a young adapter's small share of each layer's output rounds away when added
     to the residual: SmolLM2 from bf16 weights, 4-bit, learned slower than the common recipe
     (whose prepare_model_for_kbit_training upcasts the whole non-4-bit model), on the GPU 0.886 vs
     0.837 mean loss over the last 10 of 40 steps, and from fp32 weights the two matched. Only the
-    embedding's output is cast: the weights stay as they are and the products still run in bf16,
-    so it needs autocast (make_trainer sets it only where the trainer runs in bf16/fp16); the
-    budget counts the wider layer inputs (`train.fp32_residual`). Returns whether a hook was set."""
+    embedding's output is cast up and each norm's output back down under autocast: the weights stay
+    as they are, the products run in bf16 and take their inputs in it (fused LoRA and FP8 need
+    that; left fp32, 5 of a layer's 7 projections fell back to peft's order). make_trainer sets it
+    only where the trainer runs in bf16/fp16; the budget counts the wider layer inputs
+    (`train.fp32_residual`). Returns whether a hook was set."""
     table = model.get_input_embeddings()
     weight = getattr(table, "weight", None)
     if weight is None or weight.dtype not in (torch.bfloat16, torch.float16):
         return False
     table.register_forward_hook(_upcast)
+    for module in model.modules():
+        if type(module).__name__.endswith("Norm"):  # RMSNorm, LayerNorm, and Liger's
+            module.register_forward_hook(_to_compute_dtype)
     return True
 
 
