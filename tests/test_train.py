@@ -262,6 +262,20 @@ def test_fused_lora_takes_fp32_inputs_under_autocast(tiny_model, monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, ref = layer(x), layer._unfused_forward(x)
     assert fused == [1] and out.dtype == ref.dtype == torch.bfloat16 and _close(ref, out)
+    # fp32 outputs (train.fp32_residual): base and adapter summed in fp32, as peft sums them for an
+    # fp32 input; the adapter's weights untouched by the fp32 copies the product takes of them
+    b = layer.lora_B["default"].weight
+    b.data = b.data.float()
+    before = b.detach().clone()
+    layer._fp32_out = True
+    x = x.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        wide = layer(x)
+        share = layer.lora_B["default"](layer.lora_A["default"](x)).float() * layer.scaling["default"]
+        ref = layer.base_layer(x).float() + share
+    wide.sum().backward()
+    assert wide.dtype == torch.float32 and torch.equal(b.detach(), before) and x.grad.dtype == torch.float32
+    assert (wide - ref).abs().max() <= 0.02 * share.abs().max()  # the adapter's share kept, not rounded to bf16
 
 
 @pytest.mark.parametrize("optimizer", ["fused", "foreach"])

@@ -117,13 +117,14 @@ def compute_copy(param: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) ->
     product (the forward, the recompute and the backward each cast the adapter's weights otherwise).
     The copy is stale once any optimizer steps (fused AdamW writes the weights without moving their
     version counter), a write moves the version (load_state_dict) or the storage changes."""
-    stamp = (_UPDATES[0], param._version, param.data_ptr(), dtype)
+    stamp = (_UPDATES[0], param._version, param.data_ptr())
     cached = getattr(param, "_compute_copy", {})
-    if cached.get(scale, (None,))[0] != stamp:
-        copy = param.detach().to(dtype)
-        cached[scale] = (stamp, copy.mul_(scale) if scale != 1.0 else copy)
+    if cached.get((scale, dtype), (None,))[0] != stamp:
+        # a new tensor even in param's own dtype, where .to() would hand back (and mul_ scale) param itself
+        copy = param.detach().to(dtype, copy=True)
+        cached[(scale, dtype)] = (stamp, copy.mul_(scale) if scale != 1.0 else copy)
         param._compute_copy = cached
-    return cached[scale][1]
+    return cached[(scale, dtype)][1]
 
 
 def _known_base(base) -> bool:
@@ -139,12 +140,20 @@ def _in_fp8(base, rows: torch.Tensor, backward: bool = False) -> bool:
     return fp8_base.routed(base, backward) and rows.dtype == torch.bfloat16 and rows.shape[0] >= 16
 
 
-def base_product(base, x: torch.Tensor) -> torch.Tensor:
-    """x W^T + b for the frozen base, in FP8 where it is routed so, else in x's dtype."""
-    bias = None if base.bias is None else base.bias.to(x.dtype)
-    if not _in_fp8(base, x):
+def base_product(base, x: torch.Tensor, wide: bool = False) -> torch.Tensor:
+    """x W^T + b for the frozen base, in FP8 where it is routed so, else in x's dtype; fp32 out
+    where `wide` (on CUDA cuBLAS writes its fp32 accumulator; elsewhere the bf16 result widened,
+    as bitsandbytes' layer returns it to an fp32 input)."""
+    bias = None if base.bias is None else base.bias.to(torch.float32 if wide else x.dtype)
+    if _in_fp8(base, x):  # row-wise scaled FP8 products write bf16 only (some torch versions)
+        out = fp8_base.product(x, base.weight)
+        out = out.float() if wide else out
+    elif not wide:
         return torch.nn.functional.linear(x, base_weight(base, x.dtype), bias)
-    out = fp8_base.product(x, base.weight)
+    elif x.is_cuda:
+        out = torch.mm(x, base_weight(base, x.dtype).t(), out_dtype=torch.float32)
+    else:
+        out = (x @ base_weight(base, x.dtype).t()).float()
     return out if bias is None else out.add_(bias)
 
 
@@ -171,8 +180,12 @@ class _AdapterIn(torch.autograd.Function):
 class _BaseAndAdapterOut(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, b_weight: torch.Tensor, layer, name: str) -> torch.Tensor:
-        out = base_product(layer.base_layer, x)
-        out.addmm_(a, compute_copy(b_weight, x.dtype, layer.scaling[name]).t())
+        wide = getattr(layer, "_fp32_out", False)
+        out = base_product(layer.base_layer, x, wide)
+        if wide:  # the adapter's share added in fp32: in bf16 a young adapter's update rounds away
+            out.addmm_(a.float(), compute_copy(b_weight, torch.float32, layer.scaling[name]).t())
+        else:
+            out.addmm_(a, compute_copy(b_weight, x.dtype, layer.scaling[name]).t())
         # held, not saved: a is rows x r, and the saved-tensor hooks must not see this function
         ctx.a, ctx.b_weight, ctx.layer, ctx.name = a, b_weight, layer, name
         return out
@@ -180,6 +193,7 @@ class _BaseAndAdapterOut(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         layer, scaling = ctx.layer, ctx.layer.scaling[ctx.name]
+        grad = grad.to(ctx.a.dtype)  # an fp32 output's gradient: the products run in the compute dtype
         grad_a = grad @ compute_copy(ctx.b_weight, grad.dtype, scaling)
         grad_b = torch.mul(grad.t() @ ctx.a, scaling, out=torch.empty_like(ctx.b_weight))
         grad_x = None
@@ -210,12 +224,16 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def fuse_lora(model) -> int:
+def fuse_lora(model, fp32_out: bool = False) -> int:
     """Give every LoRA layer of `model` the fused forward (4-bit layers fall back to adapter first,
-    the others to peft's); returns how many."""
+    the others to peft's); returns how many. `fp32_out`: outputs in fp32, base and adapter summed
+    there (train.fp32_residual: what the common recipe's bnb layers return from its fp32 norms)."""
     from peft.tuners.lora import LoraLayer
 
     from tasks.training.adapter_first import adapter_first
 
     adapter_first(model)
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module._fp32_out = fp32_out
     return replace_forward(model, LoraLayer, _fused_forward, keep="_unfused_forward")

@@ -250,7 +250,7 @@ def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **
         embedding_on_host(trainer.model)
         torch.cuda.empty_cache()
     if cfg.train.fused_lora:
-        fuse_lora(trainer.model)
+        fuse_lora(trainer.model, fp32_out=cfg.train.fp32_residual and (args.bf16 or args.fp16))
     else:  # peft's arithmetic with the adapter first: a recomputed layer stops before its last base product
         adapter_first(trainer.model)
     mode = fp8_base(cfg)
