@@ -6,6 +6,7 @@ rows padding-free with per-sequence positions and scores only the answer tokens 
     python bench/train_equivalence.py [--steps 12]     # CPU is enough; writes bench/results/train_equivalence.json
     python bench/train_equivalence.py --gpu --steps 40 # QLoRA on a GPU, then one lever switched at a time
     python bench/train_equivalence.py --qlora --bf16-weights --steps 6 --max-len 128   # CPU: the bf16 residual
+    python bench/train_equivalence.py --cpu-autocast --steps 4 --max-len 128  # CPU, bf16 autocast as on a GPU
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def losses(trainer) -> list[float]:
     return [e["loss"] for e in trainer.state.log_history if "loss" in e]
 
 
-def _loragate(cfg_dict: dict, load, tokenizer, data: list[dict], out: str) -> list[float]:
+def _loragate(cfg_dict: dict, load, tokenizer, data: list[dict], out: str, **overrides) -> list[float]:
     """loragate's make_trainer on the same rows in the same order (one row per sequence, padding-free),
     the base loaded with the attention train.attn_implementation picks (flex on CUDA), as load_base does."""
     from datasets import Dataset
@@ -55,7 +56,7 @@ def _loragate(cfg_dict: dict, load, tokenizer, data: list[dict], out: str) -> li
     torch.manual_seed(0)
     trainer = make_trainer(cfg, load(attention(cfg.train.attn_implementation)), tokenizer, Dataset.from_list(data),
                            out, packing=False, padding_free=True, max_length=None, warmup_steps=0,
-                           save_strategy="no", completion_only_loss=True)
+                           save_strategy="no", completion_only_loss=True, **overrides)
     return losses(trainer)
 
 
@@ -105,6 +106,8 @@ def main() -> None:
     p.add_argument("--bf16-weights", action="store_true", help="CPU, with --qlora: weights and 4-bit compute in "
                    "bf16, as a 7B checkpoint ships; adds loragate with the residual stream in fp32 (train."
                    "fp32_residual, set by hand: on the CPU the trainer runs without autocast)")
+    p.add_argument("--cpu-autocast", action="store_true", help="CPU, 4-bit from bf16 weights, both trainers under "
+                   "bf16 autocast as on a GPU: the recipe, loragate, and loragate without train.fp32_residual")
     p.add_argument("--levers", default="fused_lora,fp8_base,fp8_base=grads,liger_kernels",
                    help="--gpu: loragate with train params switched from their defaults, one run per comma-"
                         "separated item: a boolean flipped (fused_lora), a value set (fp8_base=grads), '+' joins")
@@ -114,8 +117,8 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     data = tokenized_rows(tokenizer, ROOT / "data/splits/train.jsonl", a.max_len, a.batch * a.steps)
-    quantized = a.gpu or a.qlora
-    half = a.gpu or (a.bf16_weights and a.qlora)
+    quantized = a.gpu or a.qlora or a.cpu_autocast
+    half = a.gpu or (a.bf16_weights and a.qlora) or a.cpu_autocast
     compute = "bfloat16" if half else "float32"
     quant = bnb_config(QuantizationConfig(enabled=True, compute_dtype=compute)) if quantized else None
     # on the GPU the weights load in bf16, as a 7B checkpoint ships (the converted SmolLM2 is fp32)
@@ -133,7 +136,9 @@ def main() -> None:
         # dropout 0 in both: dropout masks depend on tensor shapes, which padding changes
         recipe = lambda seed: losses(recipe_trainer(  # noqa: E731
             load(), data, targets, a.batch, a.steps, a.max_len, pad, out, dropout=0.0,
-            optim="adamw_torch_fused" if a.gpu else "adamw_torch", gradient_checkpointing=False, seed=seed))
+            optim="adamw_torch_fused" if a.gpu else "adamw_torch", gradient_checkpointing=False, seed=seed,
+            bf16=a.gpu or a.cpu_autocast))
+        autocast = {"bf16": True} if a.cpu_autocast else {}
         base = recipe(0)
         result = {"device": torch.cuda.get_device_name() if a.gpu else "cpu", "steps": a.steps, "batch": a.batch,
                   "recipe_losses": base}
@@ -143,12 +148,17 @@ def main() -> None:
             for lever in a.levers.split(","):  # one lever switched at a time: which one moves the curve
                 name, curve = _with_lever(lever, cfg, load, tokenizer, data, out)
                 result[f"{name}_losses"], result[name] = curve, _diffs(base, curve)
+        elif a.cpu_autocast:  # the bf16 residual and outputs, as loragate had them before
+            narrow = cfg | {"train": cfg["train"] | {"fp32_residual": False}}
+            result["no_fp32_residual_losses"] = curve = _loragate(narrow, load, tokenizer, data, out, **autocast)
+            result["no_fp32_residual"] = _diffs(base, curve)
         elif half:
             curve = _loragate(cfg, lambda attn="sdpa": _widened(load(attn)), tokenizer, data, out)
             result["fp32_residual_losses"], result["fp32_residual"] = curve, _diffs(base, curve)
-        result["loragate_losses"] = ours = _loragate(cfg, load, tokenizer, data, out)
+        result["loragate_losses"] = ours = _loragate(cfg, load, tokenizer, data, out, **autocast)
         result |= _diffs(base, ours)
-    name = "train_equivalence-gpu.json" if a.gpu else "train_equivalence-cpu-bf16.json" if half else "train_equivalence.json"
+    name = ("train_equivalence-gpu.json" if a.gpu else "train_equivalence-cpu-autocast.json" if a.cpu_autocast
+            else "train_equivalence-cpu-bf16.json" if half else "train_equivalence.json")
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / name).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -213,8 +213,9 @@ def make_profiler(start: int, steps: int, path: Path):
 
 def recipe_trainer(model, data: list[dict], targets: list[str], batch: int, steps: int, max_len: int, pad: int,
                    out: str, dropout: float = 0.05, optim: str | None = None, gradient_checkpointing: bool = True,
-                   seed: int = 0):
-    """The common recipe, as tutorials write it: every row padded to max_length. seed: LoRA init."""
+                   seed: int = 0, bf16: bool | None = None):
+    """The common recipe, as tutorials write it: every row padded to max_length. seed: LoRA init;
+    bf16: autocast (default: on a GPU)."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainingArguments, default_data_collator
@@ -229,7 +230,8 @@ def recipe_trainer(model, data: list[dict], targets: list[str], batch: int, step
                "labels": [t if m else -100 for t, m in zip(r["input_ids"], r["completion_mask"])]
                + [-100] * (max_len - len(r["input_ids"]))} for r in data]
     args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=2e-4,
-                             bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
+                             bf16=torch.cuda.is_available() if bf16 is None else bf16,
+                             use_cpu=not torch.cuda.is_available(),
                              gradient_checkpointing=gradient_checkpointing,
                              optim=optim or ("paged_adamw_8bit" if torch.cuda.is_available() else "adamw_torch"),
                              logging_steps=1, save_strategy="no", report_to="none",

@@ -180,8 +180,9 @@ class TrainConfig:
     # adapter added in the GEMM epilogues (tasks/training/fused_lora.py), where autocast runs (GPU, bf16): +6% tokens/s
     # on a 7B at 7.6 GiB (H200), +0.38 GiB; real SmolLM2 on the GPU learns as adapter first does (curves within noise)
     fused_lora: StrictBool = True
-    # residual stream in fp32 from a bf16/fp16 checkpoint's embedding on (tasks/training/train.py fp32_residual): in
-    # bf16 a young adapter's updates round away; SmolLM2 from bf16 weights then trailed the recipe (0.886 vs 0.837)
+    # residual stream and fused LoRA's outputs in fp32 from a bf16/fp16 checkpoint (tasks/training/train.py
+    # fp32_residual): summed in bf16, a young adapter's share of each output rounds away; SmolLM2 from bf16 weights
+    # then trailed the recipe (GPU 0.886 vs 0.837; CPU under autocast, 4 steps: mean |diff| 0.165, with it 0.027)
     fp32_residual: StrictBool = True
     # frozen 4-bit base multiplied in FP8 on GPUs that have FP8 tensor cores (tasks/training/fp8_base.py); LoRA
     # stays bf16. true/auto: every base product (+17% on a 7B at 7.6 GiB, but the loss itself is then computed in

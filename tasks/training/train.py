@@ -215,9 +215,11 @@ def fp32_residual(model) -> bool:
     0.837 mean loss over the last 10 of 40 steps, and from fp32 weights the two matched. Only the
     embedding's output is cast up and each norm's output back down under autocast: the weights stay
     as they are, the products run in bf16 and take their inputs in it (fused LoRA and FP8 need
-    that; left fp32, 5 of a layer's 7 projections fell back to peft's order). make_trainer sets it
-    only where the trainer runs in bf16/fp16; the budget counts the wider layer inputs
-    (`train.fp32_residual`). Returns whether a hook was set."""
+    that; left fp32, 5 of a layer's 7 projections fell back to peft's order). The residual alone
+    did not close the gap on the GPU: make_trainer also has fused LoRA sum base and adapter in fp32
+    (fuse_lora's fp32_out, what the recipe's bnb layers return to its fp32 norms). Set only where
+    the trainer runs in bf16/fp16; the budget counts the wider layer inputs (`train.fp32_residual`).
+    Returns whether a hook was set."""
     table = model.get_input_embeddings()
     weight = getattr(table, "weight", None)
     if weight is None or weight.dtype not in (torch.bfloat16, torch.float16):
