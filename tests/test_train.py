@@ -253,7 +253,9 @@ def test_fused_lora_takes_fp32_inputs_under_autocast(tiny_model, monkeypatch):
     from tasks.training import fused_lora
 
     model = _lora_model(tiny_model, False, 0.0, dtype="bfloat16")
-    fused_lora.fuse_lora(model)
+    fused_lora.fuse_lora(model, fp32_out=True)
+    wide = {n.split(".")[-1] for n, m in model.named_modules() if getattr(m, "_fp32_out", False)}
+    assert wide == {"o_proj", "gate_proj", "up_proj", "down_proj"}  # not attention's inputs
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     fused = []
     monkeypatch.setattr(fused_lora._BaseAndAdapterOut, "apply", lambda *a, f=fused_lora._BaseAndAdapterOut.apply:
