@@ -475,6 +475,8 @@ def test_fp32_residual_widens_the_stream_not_the_weights(tiny_model):
     s = budget.Shape(**QWEN_7B)
     extra = budget.estimate_bytes(dataclasses.replace(s, residual_bytes=4), 8192, 28, True) - budget.estimate_bytes(s, 8192, 28, True)
     assert extra == 8192 * s.hidden * (4 + 2 * budget.OFFLOAD_STASH)  # the layer's input and output, the stash
+    wide = budget.estimate_bytes(dataclasses.replace(s, fp32_outputs=True), 8192, 28, True) - budget.estimate_bytes(s, 8192, 28, True)
+    assert wide == 8192 * (budget.WIDE_HIDDEN * s.hidden + budget.WIDE_MLP * s.intermediate)  # one layer's, recomputed
 
 
 def test_memory_budget_and_fp8_params_are_checked(monkeypatch):
@@ -607,7 +609,7 @@ def test_a_tight_memory_budget_splits_the_batch_and_is_reported(tmp_path, tiny_m
     cfg = config_from_dict(tiny_params(tiny_model))
     probe = build_trainer(config_from_dict(tiny_params(tiny_model, train={"memory_budget_gib": "off"})),
                           tiny_model, train_file, tmp_path / "probe")
-    shape = budget.shape_of(probe.model.get_base_model(), cfg.lora.r, list(cfg.lora.target_modules))
+    shape = budget.shape_for(cfg, probe.model.get_base_model())
     tight = budget.estimate_bytes(shape, cfg.train.max_length, shape.layers, False) / budget.GIB * 1.001
     monkeypatch.setattr(budget, "budget_gib", lambda cfg: tight)
     trainer = build_trainer(cfg, tiny_model, train_file, tmp_path / "run")

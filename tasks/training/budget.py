@@ -30,6 +30,9 @@ GIB = 2**30
 ACT_HIDDEN, ACT_MLP = 16.0, 8.3
 KEPT = 0.78  # a layer that is not recomputed keeps this share of it (the rest is the backward's transients)
 OFFLOAD_STASH = 2  # layer inputs trl's offloading keeps on the GPU while copies are in flight (measured)
+# bytes a token adds per intermediate / hidden element where fused LoRA's outputs are fp32: gate's and up's
+# kept by the activation for its backward, o's and down's on their way to the residual (not fitted: taken high)
+WIDE_MLP, WIDE_HIDDEN = 4.0, 4.0
 HEADROOM = 0.92  # of the card's free memory under `auto`: the allocator's fragmentation and cuBLAS work space
 
 
@@ -45,6 +48,7 @@ class Shape:
     embedding_params: int = 0  # of an input embedding the head does not share (it can live in host memory)
     fp32_scale_params: int = 0  # 4-bit weights whose 8-bit block scales are kept un-nested in fp32 (fused LoRA, FP8)
     residual_bytes: int = 2  # per element of the residual stream: 4 under train.fp32_residual (or fp32 weights)
+    fp32_outputs: bool = False  # fused LoRA's o/gate/up/down outputs in fp32 (train.fp32_residual with fused_lora)
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ class Plan:
     embedding_on_host: bool = False
 
 
-def shape_of(model, lora_r: int, targets: list[str], fp32_scales: bool = False, fp32_residual: bool = False) -> Shape:
+def shape_of(model, lora_r: int, targets: list[str], fp32_scales: bool = False, fp32_residual: bool = False,
+             fp32_outputs: bool = False) -> Shape:
     """Read the estimate's inputs from a loaded (possibly 4-bit) model before the adapter is attached."""
     c = model.config
     quantized = sum(p.numel() * 2 for p in model.parameters() if p.dtype == torch.uint8)  # 2 weights a byte
@@ -71,7 +76,8 @@ def shape_of(model, lora_r: int, targets: list[str], fp32_scales: bool = False, 
                  if p.dtype == torch.uint8 and getattr(getattr(p, "quant_state", None), "nested", False))
     wide = fp32_residual or getattr(table, "weight", torch.empty(0)).dtype == torch.float32
     return Shape(c.num_hidden_layers, c.hidden_size, c.intermediate_size, quantized, other, lora,
-                 table.weight.numel() if own_table else 0, nested if fp32_scales else 0, 4 if wide else 2)
+                 table.weight.numel() if own_table else 0, nested if fp32_scales else 0, 4 if wide else 2,
+                 fp32_outputs)
 
 
 def estimate_bytes(s: Shape, tokens: int, recomputed: int, offload: bool, host_table: bool = False) -> float:
@@ -83,6 +89,8 @@ def estimate_bytes(s: Shape, tokens: int, recomputed: int, offload: bool, host_t
     # input and output it keeps (not fitted: no GPU peak measured with it yet, so taken high)
     wider = 2 * (s.residual_bytes - 2)
     layer = tokens * ((ACT_HIDDEN + wider) * s.hidden + ACT_MLP * s.intermediate)
+    if s.fp32_outputs:
+        layer += tokens * (WIDE_HIDDEN * s.hidden + WIDE_MLP * s.intermediate)
     kept_inputs = tokens * s.hidden * s.residual_bytes * (min(recomputed, OFFLOAD_STASH) if offload else recomputed)
     # a bf16 + fp8 copy of the largest weight, and the chunked loss's hidden-state gradient
     workspace = 3 * s.hidden * s.intermediate + tokens * s.hidden * 4
@@ -124,10 +132,15 @@ def plan_for(cfg: Config, model, budget: float | None = None) -> Plan | None:
     budget = budget_gib(cfg) if budget is None else budget
     if budget is None:
         return None
-    # fused LoRA and the FP8 kernels both read the block scales un-nested (fused_lora.block_scales)
-    fp32_scales = cfg.train.fused_lora or bool(cfg.train.fp8_base)
-    s = shape_of(model, cfg.lora.r, list(cfg.lora.target_modules), fp32_scales, cfg.train.fp32_residual)
-    return plan(s, cfg.train.batch_size * cfg.train.grad_accum, cfg.train.max_length, budget)
+    return plan(shape_for(cfg, model), cfg.train.batch_size * cfg.train.grad_accum, cfg.train.max_length, budget)
+
+
+def shape_for(cfg: Config, model) -> Shape:
+    """shape_of with what params switch on: fused LoRA and the FP8 kernels both read the block
+    scales un-nested (fused_lora.block_scales); fp32_residual widens the stream and fused outputs."""
+    t = cfg.train
+    return shape_of(model, cfg.lora.r, list(cfg.lora.target_modules), t.fused_lora or bool(t.fp8_base),
+                    t.fp32_residual, t.fp32_residual and t.fused_lora)
 
 
 def sft_overrides(p: Plan | None) -> dict:
