@@ -149,6 +149,8 @@ def main() -> None:
                 name, curve = _with_lever(lever, cfg, load, tokenizer, data, out)
                 result[f"{name}_losses"], result[name] = curve, _diffs(base, curve)
         elif a.cpu_autocast:  # the bf16 residual and outputs, as loragate had them before
+            result["recipe_other_init_losses"] = other = recipe(1)
+            result["noise"] = _diffs(base, other)
             narrow = cfg | {"train": cfg["train"] | {"fp32_residual": False}}
             result["no_fp32_residual_losses"] = curve = _loragate(narrow, load, tokenizer, data, out, **autocast)
             result["no_fp32_residual"] = _diffs(base, curve)

@@ -182,7 +182,8 @@ class TrainConfig:
     fused_lora: StrictBool = True
     # residual stream and fused LoRA's outputs in fp32 from a bf16/fp16 checkpoint (tasks/training/train.py
     # fp32_residual): summed in bf16, a young adapter's share of each output rounds away; SmolLM2 from bf16 weights
-    # then trailed the recipe (GPU 0.886 vs 0.837; CPU under autocast, 4 steps: mean |diff| 0.165, with it 0.004)
+    # then trailed the recipe (GPU 0.886 vs 0.837; CPU under autocast, 12 steps: mean |diff| 0.176, with it 0.0058,
+    # two recipe inits 0.0048)
     fp32_residual: StrictBool = True
     # frozen 4-bit base multiplied in FP8 on GPUs that have FP8 tensor cores (tasks/training/fp8_base.py); LoRA
     # stays bf16. true/auto: every base product (+17% on a 7B at 7.6 GiB, but the loss itself is then computed in
