@@ -6,7 +6,7 @@ rows padding-free with per-sequence positions and scores only the answer tokens 
     python bench/train_equivalence.py [--steps 12]     # CPU is enough; writes bench/results/train_equivalence.json
     python bench/train_equivalence.py --gpu --steps 40 # QLoRA on a GPU, then one lever switched at a time
     python bench/train_equivalence.py --qlora --bf16-weights --steps 6 --max-len 128   # CPU: the bf16 residual
-    python bench/train_equivalence.py --cpu-autocast --steps 4 --max-len 128  # CPU, bf16 autocast as on a GPU
+    python bench/train_equivalence.py --cpu-autocast --steps 12 --max-len 128  # CPU, bf16 autocast as on a GPU
 """
 from __future__ import annotations
 

@@ -244,7 +244,9 @@ def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(cfg))
     fp32_adapter(trainer.model)
-    if cfg.train.fp32_residual and (args.bf16 or args.fp16):  # autocast casts it back for each product
+    # the fp32 stream and fused LoRA's fp32 outputs need autocast: it casts them back for each product
+    widen = cfg.train.fp32_residual and (args.bf16 or args.fp16)
+    if widen:
         fp32_residual(trainer.model)
     if plan and 0 < plan.recomputed_layers < model.config.num_hidden_layers:
         trainer.add_callback(budget.partial_recompute_callback(plan.recomputed_layers))
@@ -252,7 +254,7 @@ def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **
         embedding_on_host(trainer.model)
         torch.cuda.empty_cache()
     if cfg.train.fused_lora:
-        fuse_lora(trainer.model, fp32_out=cfg.train.fp32_residual and (args.bf16 or args.fp16))
+        fuse_lora(trainer.model, fp32_out=widen)
     else:  # peft's arithmetic with the adapter first: a recomputed layer stops before its last base product
         adapter_first(trainer.model)
     mode = fp8_base(cfg)
