@@ -280,6 +280,35 @@ def test_fused_lora_takes_fp32_inputs_under_autocast(tiny_model, monkeypatch):
     assert (wide - ref).abs().max() <= 0.02 * share.abs().max()  # the adapter's share kept, not rounded to bf16
 
 
+def _kept_share(out: torch.Tensor, base: torch.Tensor, share: torch.Tensor) -> float:
+    """How much of the adapter's share an output holds on average: the least-squares slope of
+    (out - base) on the share (1: all of it, 0: rounded away)."""
+    diff, share = (out.float() - base.float()).flatten(), share.float().flatten()
+    return float(diff @ share / (share @ share))
+
+
+@pytest.mark.parametrize("quantized", [True, False], ids=["4bit", "plain"])
+def test_fused_lora_keeps_a_young_adapters_share_in_bf16_outputs(tiny_model, quantized):
+    """A young adapter's share, far below half a bf16 step of the base output: peft's order (base
+    rounded, then the share added and rounded again) loses it every time; the fused sum (the base
+    product accumulated onto the share inside the GEMM, rounded once) keeps it on average."""
+    from tasks.training import fused_lora
+
+    model = _lora_model(tiny_model, quantized, 0.0, dtype="bfloat16")
+    fused_lora.fuse_lora(model)
+    layer = model.base_model.model.model.layers[0].mlp.gate_proj
+    layer.lora_B["default"].weight.data.normal_(0, 1e-5)
+    x = torch.randn(64, layer.in_features, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)  # the base's own product: the bare 4-bit layer's CPU kernel rounds differently
+        base = torch.nn.functional.linear(x.bfloat16(), fused_lora.base_weight(layer.base_layer, torch.bfloat16))
+        share = layer.lora_B["default"](layer.lora_A["default"](x)).float() * layer.scaling["default"]
+    step = base.float().abs().mean() * 2 ** -8
+    assert out.dtype == torch.bfloat16 and share.abs().mean() < 0.1 * step  # the share is far below a step
+    assert 0.8 < _kept_share(out, base, share) < 1.2
+    assert abs(_kept_share((base.float() + share).bfloat16(), base, share)) < 0.2  # summed after: lost
+
+
 @pytest.mark.parametrize("optimizer", ["fused", "foreach"])
 def test_fused_lora_cached_copies_follow_the_optimizer(tiny_model, optimizer):
     """The bf16 copies of the adapter's weights, cast once per update, are the updated weights after

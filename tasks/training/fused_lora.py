@@ -10,10 +10,11 @@ scales the output gradient (another pass) and adds the adapter's input gradient 
 
 - _AdapterIn: a = x A^T. It saves x, the one activation the adapter needs, and hands back A's
   gradient only; x's whole gradient comes from the next function.
-- _BaseAndAdapterOut: out = x W^T + b, then out += s a B^T (addmm_). It keeps the small a (rows x r)
+- _BaseAndAdapterOut: out = s a B^T, then out += x W^T (addmm_), then + b: the base product is
+  accumulated onto the adapter's term, rounded once (summed_once). It keeps the small a (rows x r)
   itself and saves nothing through autograd's saved-tensor hooks, so a recomputed layer (non-
   reentrant checkpoint, early stop) still stops before its last base product, as adapter_first's
-  order does. Backward: g_a = s g B; B's gradient s g^T a; x's gradient g W, then += g_a A (addmm_).
+  order does. Backward: g_a = s g B; B's gradient s g^T a; x's gradient g_a A, then += g W (addmm_).
 
 Same parameters, same products; the two sums round once (fp32 epilogue) where peft rounds twice, so
 results match peft's to bf16 rounding, not bit for bit. Taken only where it is exact in intent:
@@ -157,11 +158,12 @@ def base_product(base, x: torch.Tensor, wide: bool = False) -> torch.Tensor:
     return out if bias is None else out.add_(bias)
 
 
-def base_input_grad(base, grad: torch.Tensor) -> torch.Tensor:
-    """grad W for the frozen base, in FP8 where it is routed so."""
+def input_grad(base, grad: torch.Tensor, grad_a: torch.Tensor, a_weight: torch.Tensor) -> torch.Tensor:
+    """x's gradient, grad W + grad_a A: in FP8 where the base is routed so (its product rounded,
+    the adapter's share added after), else the base's product summed onto the adapter's (as summed_once)."""
     if _in_fp8(base, grad, backward=True):
-        return fp8_base.input_grad(grad, base.weight)
-    return grad @ base_weight(base, grad.dtype)
+        return fp8_base.input_grad(grad, base.weight).addmm_(grad_a, a_weight)
+    return (grad_a @ a_weight).addmm_(grad, base_weight(base, grad.dtype))
 
 
 class _AdapterIn(torch.autograd.Function):
@@ -177,15 +179,26 @@ class _AdapterIn(torch.autograd.Function):
         return None, (grad_a.t() @ x).to(ctx.a_dtype)
 
 
+def summed_once(base, x: torch.Tensor, adapter: torch.Tensor) -> torch.Tensor:
+    """adapter + x W^T (+ b) with one rounding: the base product accumulates onto the adapter's
+    term inside the GEMM (cuBLAS's beta = 1, fp32 epilogue). Rounded first and summed after, a
+    young adapter's share, far below half a bf16 step of the base output, rounds away every time;
+    summed inside, the rounding keeps it on average. The bias comes last for the same reason."""
+    out = adapter.addmm_(x, base_weight(base, x.dtype).t())
+    return out if base.bias is None else out.add_(base.bias.to(out.dtype))
+
+
 class _BaseAndAdapterOut(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, b_weight: torch.Tensor, layer, name: str) -> torch.Tensor:
-        wide = getattr(layer, "_fp32_out", False)
-        out = base_product(layer.base_layer, x, wide)
-        if wide:  # the adapter's share added in fp32: in bf16 a young adapter's update rounds away
-            out.addmm_(a.float(), compute_copy(b_weight, torch.float32, layer.scaling[name]).t())
+        wide, scaling = getattr(layer, "_fp32_out", False), layer.scaling[name]
+        if wide:  # fp32 out, as the recipe's bnb layers hand it to fp32 norms
+            out = base_product(layer.base_layer, x, wide)
+            out.addmm_(a.float(), compute_copy(b_weight, torch.float32, scaling).t())
+        elif _in_fp8(layer.base_layer, x):  # the FP8 product writes its own rounded output
+            out = base_product(layer.base_layer, x).addmm_(a, compute_copy(b_weight, x.dtype, scaling).t())
         else:
-            out.addmm_(a, compute_copy(b_weight, x.dtype, layer.scaling[name]).t())
+            out = summed_once(layer.base_layer, x, a @ compute_copy(b_weight, x.dtype, scaling).t())
         # held, not saved: a is rows x r, and the saved-tensor hooks must not see this function
         ctx.a, ctx.b_weight, ctx.layer, ctx.name = a, b_weight, layer, name
         return out
@@ -198,8 +211,7 @@ class _BaseAndAdapterOut(torch.autograd.Function):
         grad_b = torch.mul(grad.t() @ ctx.a, scaling, out=torch.empty_like(ctx.b_weight))
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = base_input_grad(layer.base_layer, grad)
-            grad_x.addmm_(grad_a, compute_copy(layer.lora_A[ctx.name].weight, grad.dtype))
+            grad_x = input_grad(layer.base_layer, grad, grad_a, compute_copy(layer.lora_A[ctx.name].weight, grad.dtype))
         return grad_x, grad_a, grad_b, None, None
 
 
