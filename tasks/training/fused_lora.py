@@ -141,16 +141,13 @@ def _in_fp8(base, rows: torch.Tensor, backward: bool = False) -> bool:
     return fp8_base.routed(base, backward) and rows.dtype == torch.bfloat16 and rows.shape[0] >= 16
 
 
-def base_product(base, x: torch.Tensor, wide: bool = False) -> torch.Tensor:
-    """x W^T + b for the frozen base, in FP8 where it is routed so, else in x's dtype; fp32 out
-    where `wide` (on CUDA cuBLAS writes its fp32 accumulator; elsewhere the bf16 result widened,
-    as bitsandbytes' layer returns it to an fp32 input)."""
-    bias = None if base.bias is None else base.bias.to(torch.float32 if wide else x.dtype)
+def base_product(base, x: torch.Tensor) -> torch.Tensor:
+    """x W^T + b for the frozen base in fp32, as bitsandbytes' layer returns it to an fp32 input:
+    FP8 where it is routed so (the product written in bf16, then widened), else on CUDA cuBLAS
+    writes its fp32 accumulator; elsewhere the bf16 result widened."""
+    bias = None if base.bias is None else base.bias.to(torch.float32)
     if _in_fp8(base, x):  # row-wise scaled FP8 products write bf16 only (some torch versions)
-        out = fp8_base.product(x, base.weight)
-        out = out.float() if wide else out
-    elif not wide:
-        return torch.nn.functional.linear(x, base_weight(base, x.dtype), bias)
+        out = fp8_base.product(x, base.weight).float()
     elif x.is_cuda:
         out = torch.mm(x, base_weight(base, x.dtype).t(), out_dtype=torch.float32)
     else:
@@ -179,13 +176,20 @@ class _AdapterIn(torch.autograd.Function):
         return None, (grad_a.t() @ x).to(ctx.a_dtype)
 
 
-def summed_once(base, x: torch.Tensor, adapter: torch.Tensor) -> torch.Tensor:
-    """adapter + x W^T (+ b) with one rounding: the base product accumulates onto the adapter's
+def summed_once(base, x: torch.Tensor, a: torch.Tensor, b_weight: torch.Tensor) -> torch.Tensor:
+    """a B^T + x W^T (+ b) with one rounding: the base product accumulates onto the adapter's
     term inside the GEMM (cuBLAS's beta = 1, fp32 epilogue). Rounded first and summed after, a
     young adapter's share, far below half a bf16 step of the base output, rounds away every time;
-    summed inside, the rounding keeps it on average. The bias comes last for the same reason."""
-    out = adapter.addmm_(x, base_weight(base, x.dtype).t())
-    return out if base.bias is None else out.add_(base.bias.to(out.dtype))
+    summed inside, the rounding keeps it on average. The bias comes last for the same reason.
+    Where the base is FP8-routed, its product writes its own rounded output and the adapter's
+    term accumulates onto that."""
+    bias = None if base.bias is None else base.bias.to(x.dtype)
+    if _in_fp8(base, x):
+        out = fp8_base.product(x, base.weight)
+        out = out if bias is None else out.add_(bias)
+        return out.addmm_(a, b_weight.t())
+    out = (a @ b_weight.t()).addmm_(x, base_weight(base, x.dtype).t())
+    return out if bias is None else out.add_(bias)
 
 
 class _BaseAndAdapterOut(torch.autograd.Function):
@@ -193,12 +197,10 @@ class _BaseAndAdapterOut(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, b_weight: torch.Tensor, layer, name: str) -> torch.Tensor:
         wide, scaling = getattr(layer, "_fp32_out", False), layer.scaling[name]
         if wide:  # fp32 out, as the recipe's bnb layers hand it to fp32 norms
-            out = base_product(layer.base_layer, x, wide)
+            out = base_product(layer.base_layer, x)
             out.addmm_(a.float(), compute_copy(b_weight, torch.float32, scaling).t())
-        elif _in_fp8(layer.base_layer, x):  # the FP8 product writes its own rounded output
-            out = base_product(layer.base_layer, x).addmm_(a, compute_copy(b_weight, x.dtype, scaling).t())
         else:
-            out = summed_once(layer.base_layer, x, a @ compute_copy(b_weight, x.dtype, scaling).t())
+            out = summed_once(layer.base_layer, x, a, compute_copy(b_weight, x.dtype, scaling))
         # held, not saved: a is rows x r, and the saved-tensor hooks must not see this function
         ctx.a, ctx.b_weight, ctx.layer, ctx.name = a, b_weight, layer, name
         return out
