@@ -62,15 +62,25 @@ def _loragate(cfg_dict: dict, load, tokenizer, data: list[dict], out: str, **ove
 
 def _with_lever(levers: str, cfg: dict, load, tokenizer, data: list[dict], out: str) -> tuple[str, list[float]]:
     """loragate's losses with train params switched from their defaults: `levers` names one
-    (a boolean flipped: fp8_base on, liger off), one set (fp8_base=grads), or several joined by '+'."""
+    (a boolean flipped: fp8_base on, liger off), one set (fp8_base=grads), or several joined by '+';
+    fp32_out=residual keeps fused LoRA's fp32 outputs to the projections that feed the residual (o, down)."""
     from tasks.config import config_from_dict
 
-    train, names = dict(cfg["train"]), []
+    from tasks.training import fused_lora
+
+    train, names, narrow = dict(cfg["train"]), [], fused_lora.NARROW_OUTPUTS
     for lever in levers.split("+"):
         key, _, value = lever.partition("=")
+        if key == "fp32_out":  # not a param: which fused outputs stay fp32 (residual: o/down only)
+            fused_lora.NARROW_OUTPUTS = fused_lora.ATTENTION_INPUTS + (fused_lora.MLP_INPUTS if value == "residual" else ())
+            names.append(f"fp32_out_{value}")
+            continue
         train[key] = value or not getattr(config_from_dict(cfg).train, key)
         names.append(f"{key}_{value}" if value else f"with_{key}" if train[key] else f"no_{key}")
-    return "_".join(names), _loragate(cfg | {"train": train}, load, tokenizer, data, out)
+    try:
+        return "_".join(names), _loragate(cfg | {"train": train}, load, tokenizer, data, out)
+    finally:
+        fused_lora.NARROW_OUTPUTS = narrow
 
 
 def _widened(model):
@@ -82,6 +92,24 @@ def _widened(model):
     return model
 
 
+def _unsloth_curve(a, site: str) -> list[float] | str:
+    """Unsloth's losses on the same rows (run in a child process: its pinned trl shadows loragate's,
+    and it must patch transformers before anything imports it); the error line where it fails."""
+    import os
+    import subprocess
+
+    env = dict(os.environ) | {"PYTHONPATH": os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")])),
+                              "UNSLOTH_DISABLE_STATISTICS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one-unsloth"], capture_output=True,
+                          text=True, env=env)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    Path(a.out, "stderr-equivalence-unsloth.txt").write_text(proc.stderr[-20000:])
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        return ([line for line in proc.stderr.splitlines() if "Error" in line] or ["no result"])[-1][:500]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def _diffs(base: list[float], other: list[float]) -> dict:
     diff = [abs(x - y) for x, y in zip(base, other)]
     return {"max_abs_diff": max(diff), "mean_abs_diff": sum(diff) / len(diff),
@@ -89,12 +117,6 @@ def _diffs(base: list[float], other: list[float]) -> dict:
 
 
 def main() -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tasks.training.models import resolve_model
-    from tasks.training.train import bnb_config
-    from tasks.config import QuantizationConfig
-
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--batch", type=int, default=4)
@@ -110,9 +132,21 @@ def main() -> None:
                    "bf16 autocast as on a GPU: the recipe, loragate, and loragate without train.fp32_residual")
     p.add_argument("--levers", default="fused_lora,fp8_base,fp8_base=grads,liger_kernels",
                    help="--gpu: loragate with train params switched from their defaults, one run per comma-"
-                        "separated item: a boolean flipped (fused_lora), a value set (fp8_base=grads), '+' joins")
+                        "separated item: a boolean flipped (fused_lora), a value set (fp8_base=grads), '+' joins; "
+                        "fp32_out=residual: fused LoRA's fp32 outputs on o/down only")
     p.add_argument("--out", default=str(ROOT / "bench/results"))
+    p.add_argument("--unsloth-site", default=str(ROOT / ".gpu-carry/site-uns"),
+                   help="--gpu: folder holding Unsloth; where it exists, Unsloth's path runs on the same rows too")
+    p.add_argument("--one-unsloth", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.one_unsloth:
+        import unsloth  # noqa: F401  (patches transformers and trl: must come before them)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.config import QuantizationConfig
+    from tasks.training.models import resolve_model
+    from tasks.training.train import bnb_config
+
     model_dir = resolve_model("smollm2-135m-instruct", "~/.cache/loragate/models")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -126,6 +160,13 @@ def main() -> None:
         model_dir, attn_implementation=attn, **({"dtype": torch.bfloat16} if half else {}),
         **({"quantization_config": quant, "device_map": "cuda" if a.gpu else "cpu"} if quant else {}))
     targets = ["q_proj", "k_proj", "v_proj", "o_proj"] + (["gate_proj", "up_proj", "down_proj"] if quantized else [])
+    if a.one_unsloth:  # the child _unsloth_curve starts: Unsloth's FastLanguageModel, rows unpacked, in order
+        from bench.train_throughput import unsloth_trainer
+
+        with tempfile.TemporaryDirectory() as out:
+            trainer = unsloth_trainer(Path(model_dir), data, targets, a.batch, a.steps, a.max_len, out, packing=False)
+            print("RESULT " + json.dumps(losses(trainer)))
+        return
     cfg = {"lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": targets},
            "train": {"batch_size": a.batch, "max_steps": a.steps, "logging_steps": 1, "learning_rate": 2e-4, "seed": 42}}
     if quant:
@@ -148,6 +189,9 @@ def main() -> None:
             for lever in a.levers.split(","):  # one lever switched at a time: which one moves the curve
                 name, curve = _with_lever(lever, cfg, load, tokenizer, data, out)
                 result[f"{name}_losses"], result[name] = curve, _diffs(base, curve)
+            if Path(a.unsloth_site).is_dir():
+                curve = _unsloth_curve(a, a.unsloth_site)
+                result["unsloth_losses"], result["unsloth"] = curve, _diffs(base, curve) if isinstance(curve, list) else curve
         elif a.cpu_autocast:  # the bf16 residual and outputs, as loragate had them before
             result["recipe_other_init_losses"] = other = recipe(1)
             result["noise"] = _diffs(base, other)

@@ -275,22 +275,23 @@ def saved_model(arch: str) -> Path:
     return path
 
 
-def unsloth_trainer(arch: str, data: list[dict], targets: list[str], batch: int, steps: int, max_len: int, out: str):
-    """Unsloth's own path, as its documentation writes it: FastLanguageModel (4-bit), its LoRA with
-    use_gradient_checkpointing="unsloth" (activations to host memory), its patched SFTTrainer with
-    packing. The defaults its patch rewrites (gradient accumulation, optimizer, weight decay) are
-    set explicitly to the loragate case's values; trainer.ran_with records what it ran with."""
+def unsloth_trainer(model_dir: Path, data: list[dict], targets: list[str], batch: int, steps: int, max_len: int,
+                    out: str, packing: bool = True, optim: str = "adamw_torch_fused"):
+    """Unsloth's own path, as its documentation writes it: FastLanguageModel (4-bit from bf16), its
+    LoRA with use_gradient_checkpointing="unsloth" (activations to host memory), its patched
+    SFTTrainer (packing unless told). The defaults its patch rewrites (gradient accumulation,
+    optimizer, weight decay) are set explicitly; trainer.ran_with records what it ran with."""
     from unsloth import FastLanguageModel  # before transformers/trl: it patches them on import
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(saved_model(arch)), max_seq_length=max_len,
+    model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(model_dir), max_seq_length=max_len,
                                                          dtype=torch.bfloat16, load_in_4bit=True)
     model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32, lora_dropout=0, target_modules=targets,
                                              bias="none", use_gradient_checkpointing="unsloth", random_state=0)
     args = SFTConfig(output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
                      max_steps=steps, learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=0,
-                     optim="adamw_torch_fused", weight_decay=0.0, packing=True, max_length=max_len, bf16=True,
+                     optim=optim, weight_decay=0.0, packing=packing, max_length=max_len, bf16=True,
                      logging_steps=1, save_strategy="no", report_to="none", completion_only_loss=True,
                      include_num_input_tokens_seen="non_padding", seed=42, data_seed=42, dataset_num_proc=1)
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(data), args=args)
@@ -350,7 +351,8 @@ def run_case(case: str, a) -> dict:
     stream left in bf16, as every result before 2026-12-02 ran); or sets: m<GiB> (memory budget),
     b<N> (rows a step), fp8 (FP8 base products), fp8g (FP8 for the recompute and the input gradients
     only), compile, offload.
-    fused variants: nocache (the adapter cast and the block scales un-nested at every product).
+    fused variants: nocache (the adapter cast and the block scales un-nested at every product),
+    resout (fp32 outputs on the projections that feed the residual only: o, down).
     lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
     --unsloth-site); variant xf: with xformers on its path (--xformers-site), which Unsloth uses for
     packed rows where flash-attn is missing."""
@@ -366,7 +368,7 @@ def run_case(case: str, a) -> dict:
     data = rows(kind, n_rows, a.max_len, vocab)
     with tempfile.TemporaryDirectory() as out:
         if path == "unsloth":
-            trainer = unsloth_trainer(a.arch, data, targets, batch, steps, a.max_len, out)
+            trainer = unsloth_trainer(saved_model(a.arch), data, targets, batch, steps, a.max_len, out)
             n_params = arch_params(a.arch)
         else:
             attn = "sdpa" if path == "recipe" or "sdpa" in variants else attention("auto")
@@ -380,6 +382,9 @@ def run_case(case: str, a) -> dict:
                     train_module.adapter_first = lambda model: 0
                 if "nocache" in variants:  # fused LoRA casting the adapter and un-nesting the scales at every product
                     _uncached_fused_lora()
+                if "resout" in variants:  # fused LoRA's fp32 outputs on o/down only (gate/up left bf16)
+                    from tasks.training import fused_lora
+                    fused_lora.NARROW_OUTPUTS = fused_lora.ATTENTION_INPUTS + fused_lora.MLP_INPUTS
                 trainer = loragate_trainer(model, tokenizer_for(vocab), data, targets, batch, steps, a.max_len, out,
                                            **_loragate_params(path, variants, a))
         if torch.cuda.is_available():

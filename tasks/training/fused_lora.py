@@ -240,6 +240,9 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 
 # projections whose outputs attention takes: it computes in bf16 whatever it gets
 ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn", "Wqkv")
+# projections whose outputs the MLP's nonlinearity takes (its output goes to down_proj in bf16 either way)
+MLP_INPUTS = ("gate_proj", "up_proj", "gate_up_proj", "w1", "w3")
+NARROW_OUTPUTS = ATTENTION_INPUTS  # fuse_lora leaves these bf16 under fp32_out
 
 
 def fuse_lora(model, fp32_out: bool = False) -> int:
@@ -257,5 +260,5 @@ def fuse_lora(model, fp32_out: bool = False) -> int:
     adapter_first(model)
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
-            module._fp32_out = fp32_out and not name.endswith(ATTENTION_INPUTS)
+            module._fp32_out = fp32_out and not name.endswith(NARROW_OUTPUTS)
     return replace_forward(model, LoraLayer, _fused_forward, keep="_unfused_forward")
