@@ -72,7 +72,7 @@ def _with_lever(levers: str, cfg: dict, load, tokenizer, data: list[dict], out: 
     for lever in levers.split("+"):
         key, _, value = lever.partition("=")
         if key == "fp32_out":  # not a param: which fused outputs stay fp32 (residual: o/down only)
-            fused_lora.NARROW_OUTPUTS = fused_lora.ATTENTION_INPUTS + (fused_lora.MLP_INPUTS if value == "residual" else ())
+            fused_lora.NARROW_OUTPUTS = fused_lora.RESIDUAL_FEEDERS_ONLY if value == "residual" else fused_lora.ATTENTION_INPUTS
             names.append(f"fp32_out_{value}")
             continue
         train[key] = value or not getattr(config_from_dict(cfg).train, key)
@@ -93,21 +93,13 @@ def _widened(model):
 
 
 def _unsloth_curve(a, site: str) -> list[float] | str:
-    """Unsloth's losses on the same rows (run in a child process: its pinned trl shadows loragate's,
-    and it must patch transformers before anything imports it); the error line where it fails."""
-    import os
-    import subprocess
+    """Unsloth's losses on the same rows, in a child process (it must patch transformers before
+    anything imports it); the error line where it fails."""
+    from bench.train_throughput import in_child
 
-    env = dict(os.environ) | {"PYTHONPATH": os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")])),
-                              "UNSLOTH_DISABLE_STATISTICS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one-unsloth"], capture_output=True,
-                          text=True, env=env)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    Path(a.out, "stderr-equivalence-unsloth.txt").write_text(proc.stderr[-20000:])
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        return ([line for line in proc.stderr.splitlines() if "Error" in line] or ["no result"])[-1][:500]
-    return json.loads(lines[-1][len("RESULT "):])
+    curve, error = in_child([__file__, *sys.argv[1:], "--one-unsloth"], [site],
+                            Path(a.out, "stderr-equivalence-unsloth.txt"))
+    return error or curve
 
 
 def _diffs(base: list[float], other: list[float]) -> dict:

@@ -276,7 +276,7 @@ def saved_model(arch: str) -> Path:
 
 
 def unsloth_trainer(model_dir: Path, data: list[dict], targets: list[str], batch: int, steps: int, max_len: int,
-                    out: str, packing: bool = True, optim: str = "adamw_torch_fused"):
+                    out: str, packing: bool = True):
     """Unsloth's own path, as its documentation writes it: FastLanguageModel (4-bit from bf16), its
     LoRA with use_gradient_checkpointing="unsloth" (activations to host memory), its patched
     SFTTrainer (packing unless told). The defaults its patch rewrites (gradient accumulation,
@@ -291,7 +291,7 @@ def unsloth_trainer(model_dir: Path, data: list[dict], targets: list[str], batch
                                              bias="none", use_gradient_checkpointing="unsloth", random_state=0)
     args = SFTConfig(output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
                      max_steps=steps, learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=0,
-                     optim=optim, weight_decay=0.0, packing=packing, max_length=max_len, bf16=True,
+                     optim="adamw_torch_fused", weight_decay=0.0, packing=packing, max_length=max_len, bf16=True,
                      logging_steps=1, save_strategy="no", report_to="none", completion_only_loss=True,
                      include_num_input_tokens_seen="non_padding", seed=42, data_seed=42, dataset_num_proc=1)
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(data), args=args)
@@ -384,7 +384,7 @@ def run_case(case: str, a) -> dict:
                     _uncached_fused_lora()
                 if "resout" in variants:  # fused LoRA's fp32 outputs on o/down only (gate/up left bf16)
                     from tasks.training import fused_lora
-                    fused_lora.NARROW_OUTPUTS = fused_lora.ATTENTION_INPUTS + fused_lora.MLP_INPUTS
+                    fused_lora.NARROW_OUTPUTS = fused_lora.RESIDUAL_FEEDERS_ONLY
                 trainer = loragate_trainer(model, tokenizer_for(vocab), data, targets, batch, steps, a.max_len, out,
                                            **_loragate_params(path, variants, a))
         if torch.cuda.is_available():
@@ -429,26 +429,35 @@ def arch_params(arch: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def isolated(case: str, a_) -> dict:
-    """One case in a fresh process: no allocator state or leaked references carry between cases,
-    so each peak-memory figure is that case's own. A failing lever does not lose the others."""
+def in_child(argv: list[str], sites: list[str], stderr_file: Path) -> tuple[object | None, str]:
+    """Run this bench's script `argv` in a fresh process with `sites` first on its path (Unsloth's
+    pinned trl shadows loragate's: set before any import); (its RESULT json, "") or (None, the
+    error line). What it said goes to stderr_file (Unsloth's banner names its kernels)."""
     import os
     import subprocess
 
     env = dict(os.environ)
-    if case.startswith("unsloth"):  # its pinned trl shadows loragate's; set before any import
-        extra = [a_.xformers_site] if "xf" in case.split("-") else []  # packed rows through xformers' kernels
-        env |= {"PYTHONPATH": os.pathsep.join(filter(None, [*extra, a_.unsloth_site, env.get("PYTHONPATH")])),
+    if sites:
+        env |= {"PYTHONPATH": os.pathsep.join(filter(None, [*sites, env.get("PYTHONPATH")])),
                 "UNSLOTH_DISABLE_STATISTICS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", case], capture_output=True,
-                          text=True, env=env)
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env)
+    stderr_file.parent.mkdir(parents=True, exist_ok=True)
+    stderr_file.write_text(proc.stderr[-20000:])
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    Path(a_.out).mkdir(parents=True, exist_ok=True)  # what it said (Unsloth's banner names its kernels)
-    Path(a_.out, f"stderr-{case}.txt").write_text(proc.stderr[-20000:])
     if proc.returncode or not lines:
         errors = [line for line in proc.stderr.splitlines() if "Error" in line] or ["no result (see stderr)"]
-        return {"case": case, "error": errors[-1][:500]}
-    return json.loads(lines[-1][len("RESULT "):])
+        return None, errors[-1][:500]
+    return json.loads(lines[-1][len("RESULT "):]), ""
+
+
+def isolated(case: str, a_) -> dict:
+    """One case in a fresh process: no allocator state or leaked references carry between cases,
+    so each peak-memory figure is that case's own. A failing lever does not lose the others."""
+    sites = []
+    if case.startswith("unsloth"):  # packed rows through xformers' kernels in the xf variant
+        sites = [*([a_.xformers_site] if "xf" in case.split("-") else []), a_.unsloth_site]
+    result, error = in_child([__file__, *sys.argv[1:], "--one", case], sites, Path(a_.out, f"stderr-{case}.txt"))
+    return {"case": case, "error": error} if error else result
 
 
 def ratios(results: dict[str, dict]) -> dict[str, dict]:
