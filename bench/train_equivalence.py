@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import tasks  # noqa: E402,F401  (offline defaults)
+from bench.plot_results import plot_if_possible  # noqa: E402
 from bench.train_throughput import recipe_trainer  # noqa: E402
 
 
@@ -200,6 +201,7 @@ def main() -> None:
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / name).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    plot_if_possible(Path(a.out) / name)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.plot_results import plot_if_possible  # noqa: E402
+
 ARCHS = {  # architecture configs as published for the open-weight models (random weights here)
     "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                        num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, rope_theta=1e6,
@@ -515,6 +517,7 @@ def main() -> None:
         name = f"train_throughput-{a.arch}" + (f"-{a.max_len}" if a.max_len != 512 else "")
         (Path(a.out) / f"{name}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary["ratios"], indent=2))
+    plot_if_possible(Path(a.out) / f"{name}.json")
 
 
 if __name__ == "__main__":

@@ -666,3 +666,28 @@ def test_the_memory_plan_is_tagged_on_the_run_and_a_resume_may_change_it(tmp_pat
     tags = client.get_run(run_id).data.tags
     assert (tags["train.plan.micro_batch"], tags["train.plan.offload"], tags["train.plan.budget_gib"]) == ("8", "True", "7.1")
     log_memory_plan(client, run_id, None)  # no GPU: nothing to say
+
+
+def test_bench_results_are_plotted_beside_their_json_and_other_files_refused(tmp_path):
+    """A loss-curve result and a throughput result each get a PNG beside them; any other file is
+    one error line naming it, exit != 0, no PNG written."""
+    equivalence = tmp_path / "train_equivalence-x.json"
+    equivalence.write_text(json.dumps({"device": "cpu", "recipe_losses": [3.0, 2.0, 1.5],
+                                       "recipe_other_init_losses": [3.0, 2.1, 1.4], "loragate_losses": [3.0, 2.05, 1.5],
+                                       "noise": {"mean_abs_diff": 0.07}}))
+    throughput = tmp_path / "train_throughput-x.json"
+    throughput.write_text(json.dumps({"device": "cpu", "headline": {
+        "unsloth-fixed": {"tokens_per_s": 100.0, "peak_allocated_gib": 7.6},
+        "loragate-fixed-m7.6": {"tokens_per_s": 126.0, "peak_allocated_gib": 7.0},
+        "recipe-fixed": {"case": "recipe-fixed", "error": "out of memory"}}}))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"rows": 3}))
+    run = [sys.executable, str(Path(__file__).resolve().parents[1] / "bench/plot_results.py")]
+    done = subprocess.run([*run, str(equivalence), str(throughput)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for path in (equivalence, throughput):
+        assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    refused = subprocess.run([*run, str(other)], capture_output=True, text=True)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip() == f"error: {other}: neither a train_equivalence nor a train_throughput result"
+    assert not other.with_suffix(".png").exists()
