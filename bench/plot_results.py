@@ -55,23 +55,26 @@ def equivalence_plot(result: dict, title: str):
 
 
 def throughput_plot(result: dict, title: str):
-    """One bar per case: tokens/s, annotated with peak GPU memory and the ratio to Unsloth's run."""
+    """One bar per case: tokens/s (whiskers: the slowest and fastest of --repeat rounds), annotated
+    with peak GPU memory and the ratio to Unsloth's run."""
     plt = _plt()
     cases = {c: r for c, r in result["headline"].items() if "tokens_per_s" in r}
     unsloth = next((r["tokens_per_s"] for c, r in cases.items() if c.startswith("unsloth")), None)
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(cases) + 1.6))
     names = list(cases)[::-1]
     speeds = [cases[c]["tokens_per_s"] for c in names]
-    ax.barh(names, speeds, color=[COLOURS.get(c.split("-")[0], "tab:blue") for c in names])
-    for y, case in enumerate(names):
+    rounds = [cases[c].get("tokens_per_s_rounds", [cases[c]["tokens_per_s"]]) for c in names]
+    spread = [[s - min(r) for s, r in zip(speeds, rounds)], [max(r) - s for s, r in zip(speeds, rounds)]]
+    ax.barh(names, speeds, xerr=spread, capsize=3, color=[COLOURS.get(c.split("-")[0], "tab:blue") for c in names])
+    for y, (case, r_) in enumerate(zip(names, rounds)):
         r = cases[case]
-        note = f" {r['tokens_per_s']:,.0f}, {r.get('peak_allocated_gib', 0):.2f} GiB"
+        note = f" {r['tokens_per_s']:,.0f}" + (f", {r['peak_allocated_gib']:.2f} GiB" if "peak_allocated_gib" in r else "")
         note += f", {r['tokens_per_s'] / unsloth:.2f}x Unsloth" if unsloth else ""
-        ax.text(r["tokens_per_s"], y, note, va="center", fontsize=8)
+        ax.text(max(r_), y, note, va="center", fontsize=8)
     if unsloth:
         ax.axvline(TARGET * unsloth, color="tab:orange", linestyle="--", linewidth=1, label=f"{TARGET}x Unsloth")
         ax.legend(loc="lower right", fontsize=8)
-    ax.set(xlabel="useful tokens/s", xlim=(0, max(speeds) * 1.45), title=title)
+    ax.set(xlabel="useful tokens/s", xlim=(0, max(map(max, rounds)) * 1.45), title=title)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig

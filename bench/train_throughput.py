@@ -3,6 +3,7 @@
     python bench/train_throughput.py                       # Qwen2.5-7B architecture, all cases (H100)
     python bench/train_throughput.py --arch llama-3.1-8b --cases recipe-fixed,loragate-fixed
     python bench/train_throughput.py --arch tiny --steps 3  # CPU smoke run of the same code
+    python bench/train_throughput.py --repeat 3 --cases unsloth-fixed,loragate-fixed-m7.6   # median of 3 rounds
 
 Models are random-init from an architecture written below (no hub), quantized to nf4 in place
 (Unsloth loads the same weights from a folder written once: it only loads from disk).
@@ -476,9 +477,19 @@ def ratios(results: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def median_run(runs: list[dict]) -> dict:
+    """A case's run with the median tokens/s (the lower middle of an even count), every round's
+    tokens/s beside it; failed rounds are reported only when none succeeded."""
+    ok = sorted((r for r in runs if "error" not in r), key=lambda r: r["tokens_per_s"])
+    if not ok:
+        return runs[-1]
+    rounds = {"tokens_per_s_rounds": [r["tokens_per_s"] for r in runs if "error" not in r]} if len(runs) > 1 else {}
+    return ok[(len(ok) - 1) // 2] | rounds
+
+
 def headline(results: dict[str, dict]) -> dict[str, dict]:
     """Per case, what a reader compares first: tokens/s, MFU, peak memory and the step-time spread."""
-    keys = ("tokens_per_s", "mfu", "step_s", "step_s_min_max", "tokens_per_step", "peak_allocated_gib",
+    keys = ("tokens_per_s", "tokens_per_s_rounds", "mfu", "step_s", "step_s_min_max", "tokens_per_step", "peak_allocated_gib",
             "host_peak_gib", "plan", "error")
     return {case: {k: r[k] for k in keys if k in r} for case, r in results.items()}
 
@@ -490,6 +501,8 @@ def main() -> None:
                                       "recipe-var,loragate-var,unsloth-var")
     p.add_argument("--steps", type=int, default=8, help="timed steps, after --warmup")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=1, help="rounds over all cases (interleaved); each case reports "
+                   "its median round, the others' tokens/s beside it")
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--tokens", type=int, default=8192, help="loragate/unsloth: tokens a step (rows of max-len)")
     p.add_argument("--recipe-tokens", type=int, default=2048, help="the recipe: tokens a step (4 rows of 512)")
@@ -506,16 +519,18 @@ def main() -> None:
             import unsloth  # noqa: F401  (patches transformers and trl: must come before them)
         print("RESULT " + json.dumps(run_case(a.one, a)), flush=True)
         return
-    results = {}
-    for case in a.cases.split(","):  # the JSON is rewritten after each case: a later crash loses nothing
-        results[case] = isolated(case, a)
-        print(json.dumps({k: v for k, v in results[case].items() if k != "losses"}), flush=True)
-        summary = {"arch": a.arch, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                   "torch": torch.__version__, "args": vars(a), "headline": headline(results),
-                   "results": results, "ratios": ratios(results)}
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-        name = f"train_throughput-{a.arch}" + (f"-{a.max_len}" if a.max_len != 512 else "")
-        (Path(a.out) / f"{name}.json").write_text(json.dumps(summary, indent=2))
+    runs: dict[str, list[dict]] = {}
+    for _ in range(a.repeat):  # rounds interleave the cases: a GPU whose speed drifts moves them all alike
+        for case in a.cases.split(","):  # the JSON is rewritten after each case: a later crash loses nothing
+            runs.setdefault(case, []).append(isolated(case, a))
+            print(json.dumps({k: v for k, v in runs[case][-1].items() if k != "losses"}), flush=True)
+            results = {c: median_run(r) for c, r in runs.items()}
+            summary = {"arch": a.arch, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                       "torch": torch.__version__, "args": vars(a), "headline": headline(results),
+                       "results": results, "ratios": ratios(results)}
+            Path(a.out).mkdir(parents=True, exist_ok=True)
+            name = f"train_throughput-{a.arch}" + (f"-{a.max_len}" if a.max_len != 512 else "")
+            (Path(a.out) / f"{name}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary["ratios"], indent=2))
     plot_if_possible(Path(a.out) / f"{name}.json")
 

@@ -691,3 +691,14 @@ def test_bench_results_are_plotted_beside_their_json_and_other_files_refused(tmp
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert refused.stderr.strip() == f"error: {other}: neither a train_equivalence nor a train_throughput result"
     assert not other.with_suffix(".png").exists()
+
+
+def test_throughput_rounds_report_the_median_round_and_skip_failed_ones():
+    from bench.train_throughput import median_run
+
+    runs = [{"tokens_per_s": 90.0, "peak_allocated_gib": 7.0}, {"case": "c", "error": "out of memory"},
+            {"tokens_per_s": 120.0, "peak_allocated_gib": 7.2}, {"tokens_per_s": 100.0, "peak_allocated_gib": 7.1}]
+    assert median_run(runs) == {"tokens_per_s": 100.0, "peak_allocated_gib": 7.1,
+                                "tokens_per_s_rounds": [90.0, 120.0, 100.0]}
+    assert median_run(runs[:1]) == runs[0]  # one round: as before, no rounds listed
+    assert median_run([runs[1]]) == runs[1]  # every round failed: the failure is the result
