@@ -489,9 +489,22 @@ def median_run(runs: list[dict]) -> dict:
 
 def headline(results: dict[str, dict]) -> dict[str, dict]:
     """Per case, what a reader compares first: tokens/s, MFU, peak memory and the step-time spread."""
-    keys = ("tokens_per_s", "tokens_per_s_rounds", "mfu", "step_s", "step_s_min_max", "tokens_per_step", "peak_allocated_gib",
-            "host_peak_gib", "plan", "error")
+    keys = ("tokens_per_s", "tokens_per_s_rounds", "mfu", "step_s", "step_s_min_max", "tokens_per_step",
+            "peak_allocated_gib", "host_peak_gib", "plan", "error")
     return {case: {k: r[k] for k in keys if k in r} for case, r in results.items()}
+
+
+def write_summary(runs: dict[str, list[dict]], a) -> tuple[Path, dict]:
+    """bench/results/train_throughput-<arch>[-<max_len>].json from the rounds so far: each case's
+    median round, the headline and the ratios."""
+    results = {case: median_run(r) for case, r in runs.items()}
+    summary = {"arch": a.arch, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+               "torch": torch.__version__, "args": vars(a), "headline": headline(results),
+               "results": results, "ratios": ratios(results)}
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    path = Path(a.out) / (f"train_throughput-{a.arch}" + (f"-{a.max_len}" if a.max_len != 512 else "") + ".json")
+    path.write_text(json.dumps(summary, indent=2))
+    return path, summary
 
 
 def main() -> None:
@@ -514,6 +527,8 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="write profile-<case>.txt: top kernels, GPU time by kind")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process, print its JSON
     a = p.parse_args()
+    if a.repeat < 1:
+        p.error(f"--repeat: must be 1 or more (got {a.repeat})")
     if a.one:
         if a.one.startswith("unsloth"):
             import unsloth  # noqa: F401  (patches transformers and trl: must come before them)
@@ -524,15 +539,9 @@ def main() -> None:
         for case in a.cases.split(","):  # the JSON is rewritten after each case: a later crash loses nothing
             runs.setdefault(case, []).append(isolated(case, a))
             print(json.dumps({k: v for k, v in runs[case][-1].items() if k != "losses"}), flush=True)
-            results = {c: median_run(r) for c, r in runs.items()}
-            summary = {"arch": a.arch, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                       "torch": torch.__version__, "args": vars(a), "headline": headline(results),
-                       "results": results, "ratios": ratios(results)}
-            Path(a.out).mkdir(parents=True, exist_ok=True)
-            name = f"train_throughput-{a.arch}" + (f"-{a.max_len}" if a.max_len != 512 else "")
-            (Path(a.out) / f"{name}.json").write_text(json.dumps(summary, indent=2))
+            path, summary = write_summary(runs, a)
     print(json.dumps(summary["ratios"], indent=2))
-    plot_if_possible(Path(a.out) / f"{name}.json")
+    plot_if_possible(path)
 
 
 if __name__ == "__main__":
