@@ -4,7 +4,7 @@ the recipe pads every row to max_length; loragate's path (tasks.training.train.m
 rows padding-free with per-sequence positions and scores only the answer tokens in chunks.
 
     python bench/train_equivalence.py [--steps 12]     # CPU is enough; writes bench/results/train_equivalence.json
-    python bench/train_equivalence.py --gpu --steps 40 # QLoRA on a GPU, then one lever switched at a time
+    python bench/train_equivalence.py --gpu --steps 40 # QLoRA on a GPU, then one lever switched at a time, and Unsloth
     python bench/train_equivalence.py --qlora --bf16-weights --steps 6 --max-len 128   # CPU: the bf16 residual
     python bench/train_equivalence.py --cpu-autocast --steps 12 --max-len 128  # CPU, bf16 autocast as on a GPU
 """
@@ -123,7 +123,8 @@ def main() -> None:
                    "fp32_residual, set by hand: on the CPU the trainer runs without autocast)")
     p.add_argument("--cpu-autocast", action="store_true", help="CPU, 4-bit from bf16 weights, both trainers under "
                    "bf16 autocast as on a GPU: the recipe, loragate, and loragate without train.fp32_residual")
-    p.add_argument("--levers", default="fused_lora,fp8_base,fp8_base=grads,liger_kernels",
+    # default: the modes the throughput table compares with Unsloth (bf16 stream, with FP8 grads) and FP8 grads alone
+    p.add_argument("--levers", default="fp32_residual,fp32_residual+fp8_base=grads,fp8_base=grads",
                    help="--gpu: loragate with train params switched from their defaults, one run per comma-"
                         "separated item: a boolean flipped (fused_lora), a value set (fp8_base=grads), '+' joins; "
                         "fp32_out=residual: fused LoRA's fp32 outputs on o/down only")
