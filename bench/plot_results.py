@@ -66,11 +66,11 @@ def throughput_plot(result: dict, title: str):
     rounds = [cases[c].get("tokens_per_s_rounds", [cases[c]["tokens_per_s"]]) for c in names]
     spread = [[s - min(r) for s, r in zip(speeds, rounds)], [max(r) - s for s, r in zip(speeds, rounds)]]
     ax.barh(names, speeds, xerr=spread, capsize=3, color=[COLOURS.get(c.split("-")[0], "tab:blue") for c in names])
-    for y, (case, r_) in enumerate(zip(names, rounds)):
+    for y, (case, fastest) in enumerate(zip(names, map(max, rounds))):
         r = cases[case]
         note = f" {r['tokens_per_s']:,.0f}" + (f", {r['peak_allocated_gib']:.2f} GiB" if "peak_allocated_gib" in r else "")
         note += f", {r['tokens_per_s'] / unsloth:.2f}x Unsloth" if unsloth else ""
-        ax.text(max(r_), y, note, va="center", fontsize=8)
+        ax.text(fastest, y, note, va="center", fontsize=8)
     if unsloth:
         ax.axvline(TARGET * unsloth, color="tab:orange", linestyle="--", linewidth=1, label=f"{TARGET}x Unsloth")
         ax.legend(loc="lower right", fontsize=8)

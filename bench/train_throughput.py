@@ -480,11 +480,11 @@ def ratios(results: dict[str, dict]) -> dict[str, dict]:
 def median_run(runs: list[dict]) -> dict:
     """A case's run with the median tokens/s (the lower middle of an even count), every round's
     tokens/s beside it; failed rounds are reported only when none succeeded."""
-    ok = sorted((r for r in runs if "error" not in r), key=lambda r: r["tokens_per_s"])
+    ok = [r for r in runs if "error" not in r]
     if not ok:
         return runs[-1]
-    rounds = {"tokens_per_s_rounds": [r["tokens_per_s"] for r in runs if "error" not in r]} if len(runs) > 1 else {}
-    return ok[(len(ok) - 1) // 2] | rounds
+    middle = sorted(ok, key=lambda r: r["tokens_per_s"])[(len(ok) - 1) // 2]
+    return middle | ({"tokens_per_s_rounds": [r["tokens_per_s"] for r in ok]} if len(runs) > 1 else {})
 
 
 def headline(results: dict[str, dict]) -> dict[str, dict]:
