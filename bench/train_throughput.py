@@ -214,6 +214,39 @@ def make_profiler(start: int, steps: int, path: Path):
     return Profile()
 
 
+def make_sync_report(step: int, path: Path):
+    """Trainer callback: every operation that makes the host wait for the GPU during step `step`
+    (torch.cuda's sync debug mode), counted by the Python lines that called it, into `path`."""
+    import collections
+    import traceback
+    import warnings
+
+    from transformers import TrainerCallback
+
+    class SyncReport(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                self.sites, self.shown, self.filters = collections.Counter(), warnings.showwarning, warnings.filters[:]
+                warnings.showwarning = self.record
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+
+        def record(self, message, category, *args, **kwargs):
+            if "synchroniz" not in str(message):
+                return self.shown(message, category, *args, **kwargs)
+            frames = [f for f in traceback.extract_stack()[:-2] if "/torch/" not in f.filename][-3:]
+            self.sites[" <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))] += 1
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step + 1:
+                torch.cuda.set_sync_debug_mode(0)
+                warnings.showwarning, warnings.filters[:] = self.shown, self.filters
+                path.write_text(json.dumps({"step": step, "syncs": sum(self.sites.values()),
+                                            "sites": self.sites.most_common()}, indent=1))
+
+    return SyncReport()
+
+
 def recipe_trainer(model, data: list[dict], targets: list[str], batch: int, steps: int, max_len: int, pad: int,
                    out: str, dropout: float = 0.05, optim: str | None = None, gradient_checkpointing: bool = True,
                    seed: int = 0, bf16: bool | None = None):
@@ -304,8 +337,10 @@ def unsloth_trainer(model_dir: Path, data: list[dict], targets: list[str], batch
     return trainer
 
 
-def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | None = None) -> dict:
-    """Clock steps warmup+1..warmup+timed; a profile, if asked for, covers the 2 steps after them."""
+def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | None = None,
+            syncs: Path | None = None) -> dict:
+    """Clock steps warmup+1..warmup+timed; a profile, if asked for, covers the 2 steps after them,
+    a sync report the first of them."""
     static = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     clock = make_clock()
     trainer.add_callback(clock)
@@ -313,6 +348,8 @@ def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | Non
     if profiler:
         profile.parent.mkdir(parents=True, exist_ok=True)
         trainer.add_callback(profiler)
+    if syncs and torch.cuda.is_available():  # the step after the timed ones (sync checks slow the host)
+        trainer.add_callback(make_sync_report(warmup + timed, syncs))
     trainer.train()
     (t0, k0), (t1, k1) = clock.marks[warmup - 1], clock.marks[warmup + timed - 1]
     tps = (k1 - k0) / (t1 - t0)
@@ -356,6 +393,9 @@ def run_case(case: str, a) -> dict:
     only), compile, offload.
     fused variants: nocache (the adapter cast and the block scales un-nested at every product),
     resout (fp32 outputs on the projections that feed the residual only: o, down).
+    syncembed: a host table's rows gathered in the forward, the ids copied back from the GPU
+    first (as before 2026-12-03; now gathered ahead as the batch is collated).
+    emptycache: trl's offloader empties CUDA's allocator cache every step (as before 2026-12-03).
     lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
     --unsloth-site); variant xf: with xformers on its path (--xformers-site), which Unsloth uses for
     packed rows where flash-attn is missing."""
@@ -364,7 +404,7 @@ def run_case(case: str, a) -> dict:
     parts = case.split("-")
     path, kind, variants = parts[0], parts[1], set(parts[2:])
     vocab, targets = ARCHS[a.arch]["vocab_size"], QKVO if "qkvo" in variants else ALL_LINEAR
-    steps = a.warmup + a.steps + (2 if a.profile else 0)
+    steps = a.warmup + a.steps + (2 if a.profile else 1 if a.syncs else 0)
     tokens = a.recipe_tokens if path == "recipe" else a.tokens
     batch = next((int(v[1:]) for v in variants if v[0] == "b" and v[1:].isdigit()), max(1, tokens // a.max_len))
     n_rows = batch * steps * (3 if kind == "var" and path != "recipe" else 1)  # packed bins take ~3 var rows
@@ -383,6 +423,12 @@ def run_case(case: str, a) -> dict:
                 if "peftorder" in variants:  # the lever off: make_trainer leaves peft's forward in place
                     import tasks.training.train as train_module
                     train_module.adapter_first = lambda model: 0
+                if "syncembed" in variants:  # the host table's rows gathered in the forward, after a wait for the GPU
+                    import tasks.training.train as train_module
+                    train_module.rows_ahead = lambda trainer: False
+                if "emptycache" in variants:  # trl's offloader emptying CUDA's allocator cache every step
+                    import tasks.training.train as train_module
+                    train_module.keep_allocator_cache = lambda trainer: False
                 if "nocache" in variants:  # fused LoRA casting the adapter and un-nesting the scales at every product
                     _uncached_fused_lora()
                 if "resout" in variants:  # fused LoRA's fp32 outputs on o/down only (gate/up left bf16)
@@ -394,7 +440,8 @@ def run_case(case: str, a) -> dict:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()  # build-time bf16 copies are not training memory
         profile = Path(a.out) / f"profile-{case}.txt" if a.profile else None
-        result = {"case": case, "n_params": n_params, **measure(trainer, a.warmup, a.steps, n_params, profile),
+        syncs = Path(a.out) / f"syncs-{case}.json" if a.syncs else None
+        result = {"case": case, "n_params": n_params, **measure(trainer, a.warmup, a.steps, n_params, profile, syncs),
                   **_ran_with(trainer)}
     return result
 
@@ -525,6 +572,8 @@ def main() -> None:
                    help="folder holding xformers, for unsloth-*-xf cases (its packed-row attention)")
     p.add_argument("--out", default=str(ROOT / "bench/results"))
     p.add_argument("--profile", action="store_true", help="write profile-<case>.txt: top kernels, GPU time by kind")
+    p.add_argument("--syncs", action="store_true", help="write syncs-<case>.json: where the host waits for the "
+                   "GPU in one step after the timed ones, by calling line")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process, print its JSON
     a = p.parse_args()
     if a.repeat < 1:

@@ -6,6 +6,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -371,9 +372,17 @@ def test_a_plan_with_the_table_on_host_trains(tmp_path, untied_model, train_file
     monkeypatch.setattr(budget, "plan_for", lambda cfg, model: on_host)
     cfg = config_from_dict(tiny_params(untied_model, train={"max_steps": 2}))
     trainer = build_trainer(cfg, untied_model, train_file, tmp_path / "h")
-    assert isinstance(trainer.model.get_input_embeddings(), HostEmbedding)
+    host = trainer.model.get_input_embeddings()
+    assert isinstance(host, HostEmbedding)
+    threads = []  # where each lookup's rows were gathered: ahead (the host thread) or in the forward
+    gather = host.gather
+    monkeypatch.setattr(host, "gather", lambda ids: threads.append(threading.current_thread().name) or gather(ids))
     report = train(cfg, untied_model, train_file, tmp_path / "h", trainer=trainer)
     assert report.steps == 2 and report.plan["embedding_on_host"] is True
+    assert len(threads) >= 2 and all(t.startswith("host-embedding") for t in threads), threads
+    ids = torch.randint(0, 500, (1, 30), generator=torch.Generator().manual_seed(3))
+    host.pending = host.ahead(ids)
+    assert torch.equal(host(ids), host(ids)) and host.pending is None  # ahead and in the forward alike
     from transformers import AutoModelForCausalLM
 
     base = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(untied_model).parameters())
@@ -702,3 +711,20 @@ def test_throughput_rounds_report_the_median_round_and_skip_failed_ones():
                                 "tokens_per_s_rounds": [90.0, 120.0, 100.0]}
     assert median_run(runs[:1]) == runs[0]  # one round: as before, no rounds listed
     assert median_run([runs[1]]) == runs[1]  # every round failed: the failure is the result
+
+
+def test_the_offloader_keeps_the_allocator_cache_and_everything_else_of_torch_cuda(monkeypatch):
+    from types import SimpleNamespace
+
+    from tasks.training.offload import CacheKept, keep_allocator_cache
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    trainer = SimpleNamespace(maybe_activation_offload_context=SimpleNamespace(device_module=torch.cuda))
+    assert keep_allocator_cache(trainer) and not keep_allocator_cache(trainer)  # wrapped once
+    seen = trainer.maybe_activation_offload_context.device_module
+    assert isinstance(seen, CacheKept) and seen.Stream is torch.cuda.Stream and seen.stream is torch.cuda.stream
+    seen.empty_cache()
+    torch.cuda.empty_cache()
+    assert emptied == [1]  # only torch.cuda's own call emptied it
+    assert not keep_allocator_cache(SimpleNamespace())  # no offloader: nothing to change

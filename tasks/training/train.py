@@ -27,7 +27,8 @@ from tasks.training.adapter_first import adapter_first
 from tasks.training.fp8_base import supported as fp8_supported
 from tasks.training.fp8_base import use_fp8_base
 from tasks.training.fused_lora import fuse_lora
-from tasks.training.host_embedding import HostEmbedding, embedding_on_host
+from tasks.training.host_embedding import HostEmbedding, embedding_on_host, rows_ahead
+from tasks.training.offload import keep_allocator_cache
 from tasks.io import atomic_path, file_sha256, read_json, read_jsonl, write_json
 from tasks.orchestration import stage_task
 
@@ -244,6 +245,7 @@ def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(cfg))
     fp32_adapter(trainer.model)
+    keep_allocator_cache(trainer)  # trl's offloader would empty CUDA's cache every step
     # the fp32 stream and fused LoRA's fp32 outputs need autocast: it casts them back for each product
     widen = cfg.train.fp32_residual and (args.bf16 or args.fp16)
     if widen:
@@ -252,6 +254,7 @@ def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **
         trainer.add_callback(budget.partial_recompute_callback(plan.recomputed_layers))
     if plan and plan.embedding_on_host:
         embedding_on_host(trainer.model)
+        rows_ahead(trainer)
         torch.cuda.empty_cache()
     if cfg.train.fused_lora:
         fuse_lora(trainer.model, fp32_out=widen)
