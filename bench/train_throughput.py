@@ -420,15 +420,7 @@ def run_case(case: str, a) -> dict:
                 trainer = recipe_trainer(model, data, targets, batch, steps, a.max_len, vocab - 1, out,
                                          dropout=0.0 if "nodrop" in variants else 0.05)
             else:
-                if "peftorder" in variants:  # the lever off: make_trainer leaves peft's forward in place
-                    import tasks.training.train as train_module
-                    train_module.adapter_first = lambda model: 0
-                if "syncembed" in variants:  # the host table's rows gathered in the forward, after a wait for the GPU
-                    import tasks.training.train as train_module
-                    train_module.rows_ahead = lambda trainer: False
-                if "emptycache" in variants:  # trl's offloader emptying CUDA's allocator cache every step
-                    import tasks.training.train as train_module
-                    train_module.keep_allocator_cache = lambda trainer: False
+                _levers_off(variants)
                 if "nocache" in variants:  # fused LoRA casting the adapter and un-nesting the scales at every product
                     _uncached_fused_lora()
                 if "resout" in variants:  # fused LoRA's fp32 outputs on o/down only (gate/up left bf16)
@@ -444,6 +436,20 @@ def run_case(case: str, a) -> dict:
         result = {"case": case, "n_params": n_params, **measure(trainer, a.warmup, a.steps, n_params, profile, syncs),
                   **_ran_with(trainer)}
     return result
+
+
+# variant -> the step of make_trainer it skips (each returns "nothing changed" there)
+LEVERS_OFF = {"peftorder": "adapter_first",  # peft's forward left in place
+              "syncembed": "rows_ahead",  # the host table's rows gathered in the forward, after a wait for the GPU
+              "emptycache": "keep_allocator_cache"}  # trl's offloader emptying CUDA's allocator cache every step
+
+
+def _levers_off(variants: set[str]) -> None:
+    """Turn off the make_trainer steps the case's variants name (in this case's own process)."""
+    import tasks.training.train as train_module
+
+    for variant in variants & LEVERS_OFF.keys():
+        setattr(train_module, LEVERS_OFF[variant], lambda *_: 0)
 
 
 def _uncached_fused_lora() -> None:

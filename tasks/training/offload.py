@@ -6,8 +6,8 @@ bitsandbytes is imported (against cached blocks piling up under MoE + packing + 
 bitsandbytes' dequantization buffers). Emptying it waits for the GPU and hands every block back, so
 each step then maps its activations' memory again while the GPU idles. loragate's 4-bit layers
 dequantize into blocks the allocator reuses step after step, so the cache is kept; the throughput
-bench's `emptycache` variant restores trl's flush, and its peak_reserved_gib shows the cache
-does not grow step over step.
+bench's `emptycache` variant restores trl's flush. Qwen2.5-7B at 7.6 GiB, 8 steps (H200): peak
+reserved 7.35-7.51 GiB kept, 7.45-7.49 flushed; peak allocated 7.04 both.
 
     python -m pytest -q tests/test_train.py -k offload
 """
