@@ -112,20 +112,54 @@ def tokenizer_for(vocab: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=f"t{vocab - 1}", eos_token=f"t{vocab - 2}")
 
 
-def make_clock():
-    """Trainer callback: wall time and non-pad tokens seen at each step end (GPU synchronized)."""
+def make_clock(host_waits: bool = False):
+    """Trainer callback: when each step ended and the non-pad tokens seen by then. host_waits: the
+    host waits for the GPU at each step end and reads the trainer's token count (two waits a step,
+    as every result before 2026-12-04 ran); else a CUDA event marks each step end on the GPU's own
+    timeline and the tokens are counted on the host as batches are collated (`count_batches`),
+    read once at the end (`marks`)."""
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
         def __init__(self):
-            self.marks: list[tuple[float, int]] = []
+            self.ends: list[tuple[object, int]] = []
+            self.batch_tokens: list[int] = []  # each collated batch's non-pad tokens, in order
 
         def on_step_end(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
+            gpu = torch.cuda.is_available()
+            seen = (int(state.num_input_tokens_seen) if host_waits
+                    else sum(self.batch_tokens[:state.global_step * args.gradient_accumulation_steps]))
+            if gpu and not host_waits:
+                event = torch.cuda.Event(enable_timing=True)
+                event.record()
+                self.ends.append((event, seen))
+                return
+            if gpu:
                 torch.cuda.synchronize()
-            self.marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
+            self.ends.append((time.perf_counter(), seen))
+
+        def marks(self) -> list[tuple[float, int]]:
+            if not self.ends or not isinstance(self.ends[0][0], torch.cuda.Event):
+                return self.ends
+            self.ends[-1][0].synchronize()
+            first = self.ends[0][0]
+            return [(first.elapsed_time(e) / 1e3, n) for e, n in self.ends]
 
     return Clock()
+
+
+def count_batches(trainer, into: list[int]) -> None:
+    """Append each batch's non-pad tokens to `into` as the trainer's collator builds it (on the
+    host, before the batch reaches the GPU), counted as the trainer's own "non_padding" count is."""
+    collate, pad = trainer.data_collator, getattr(trainer.processing_class, "pad_token_id", None)
+
+    def counted(features):
+        batch = collate(features)
+        into.append(int(batch["attention_mask"].sum()) if "attention_mask" in batch
+                    else int((batch["input_ids"] != pad).sum()) if pad is not None else batch["input_ids"].numel())
+        return batch
+
+    trainer.data_collator = counted
 
 
 KERNEL_KINDS = [("dequant", ("dequantize", "kdequant")), ("gemm", ("gemm", "nvjet", "cutlass", "sm90_x", "cublas")),
@@ -247,6 +281,38 @@ def make_sync_report(step: int, path: Path):
     return SyncReport()
 
 
+def make_host_profile(start: int, steps: int, path: Path):
+    """Trainer callback: cProfile of the host's Python over `steps` steps from `start`, top
+    functions by own time and by cumulative time, and the callers of the costliest, into `path`:
+    where a step that waits for the host spends it. The backward runs on the calling thread meanwhile (autograd's device threads
+    are out of cProfile's sight)."""
+    import cProfile
+    import io
+    import pstats
+
+    from transformers import TrainerCallback
+
+    class HostProfile(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == start:
+                self.one_thread = torch.autograd.set_multithreading_enabled(False)
+                self.prof = cProfile.Profile()
+                self.prof.enable()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == start + steps:
+                self.prof.disable()
+                self.one_thread.__exit__(None, None, None)
+                out = io.StringIO()
+                stats = pstats.Stats(self.prof, stream=out)
+                stats.sort_stats("tottime").print_stats(45)
+                stats.sort_stats("cumulative").print_stats(60)
+                stats.sort_stats("tottime").print_callers(25)  # who calls the costliest
+                path.write_text(f"{steps} steps\n" + out.getvalue())
+
+    return HostProfile()
+
+
 def recipe_trainer(model, data: list[dict], targets: list[str], batch: int, steps: int, max_len: int, pad: int,
                    out: str, dropout: float = 0.05, optim: str | None = None, gradient_checkpointing: bool = True,
                    seed: int = 0, bf16: bool | None = None):
@@ -338,25 +404,34 @@ def unsloth_trainer(model_dir: Path, data: list[dict], targets: list[str], batch
 
 
 def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | None = None,
-            syncs: Path | None = None) -> dict:
+            syncs: Path | None = None, host_waits: bool = False, log_every: int = 5,
+            host_profile: Path | None = None) -> dict:
     """Clock steps warmup+1..warmup+timed; a profile, if asked for, covers the 2 steps after them,
-    a sync report the first of them."""
+    a sync report the first of them, a host profile the 2 after them. Unless host_waits, the trainer logs every `log_every` steps
+    (loragate's default train.logging_steps) and the clock adds no waits of its own."""
     static = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-    clock = make_clock()
+    clock = make_clock(host_waits)
     trainer.add_callback(clock)
+    if not host_waits:
+        trainer.args.logging_steps, trainer.args.include_num_input_tokens_seen = log_every, "no"
+        count_batches(trainer, clock.batch_tokens)
     profiler = make_profiler(warmup + timed, 2, profile) if profile and torch.cuda.is_available() else None
     if profiler:
         profile.parent.mkdir(parents=True, exist_ok=True)
         trainer.add_callback(profiler)
     if syncs and torch.cuda.is_available():  # the step after the timed ones (sync checks slow the host)
         trainer.add_callback(make_sync_report(warmup + timed, syncs))
+    if host_profile:  # the 2 steps after the timed ones (cProfile slows the host)
+        host_profile.parent.mkdir(parents=True, exist_ok=True)
+        trainer.add_callback(make_host_profile(warmup + timed, 2, host_profile))
     trainer.train()
-    (t0, k0), (t1, k1) = clock.marks[warmup - 1], clock.marks[warmup + timed - 1]
+    marks = clock.marks()
+    (t0, k0), (t1, k1) = marks[warmup - 1], marks[warmup + timed - 1]
     tps = (k1 - k0) / (t1 - t0)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     out = {"tokens_per_s": round(tps, 1), "mfu": round(6 * n_params * tps / PEAK_FLOPS, 4),
            "step_s": round((t1 - t0) / timed, 3), "tokens_per_step": round((k1 - k0) / timed), "losses": losses}
-    steps = [b[0] - a_[0] for a_, b in zip(clock.marks[warmup - 1:warmup + timed - 1], clock.marks[warmup:warmup + timed])]
+    steps = [b[0] - a_[0] for a_, b in zip(marks[warmup - 1:warmup + timed - 1], marks[warmup:warmup + timed])]
     out["step_s_min_max"] = [round(min(steps), 3), round(max(steps), 3)]  # spread: a hiccup shows here
     out["step_s_each"] = [round(x, 3) for x in steps]
     if profiler:
@@ -396,6 +471,9 @@ def run_case(case: str, a) -> dict:
     syncembed: a host table's rows gathered in the forward, the ids copied back from the GPU
     first (as before 2026-12-03; now gathered ahead as the batch is collated).
     emptycache: trl's offloader empties CUDA's allocator cache every step (as before 2026-12-03).
+    exitsync: trl's offloader waits on the host for the GPU at the end of each backward, and
+    itemmetrics: trl's loss reads its metrics on the host and transformers counts the model's
+    parameters every micro-batch (both as before 2026-12-04).
     lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
     --unsloth-site); variant xf: with xformers on its path (--xformers-site), which Unsloth uses for
     packed rows where flash-attn is missing."""
@@ -404,7 +482,7 @@ def run_case(case: str, a) -> dict:
     parts = case.split("-")
     path, kind, variants = parts[0], parts[1], set(parts[2:])
     vocab, targets = ARCHS[a.arch]["vocab_size"], QKVO if "qkvo" in variants else ALL_LINEAR
-    steps = a.warmup + a.steps + (2 if a.profile else 1 if a.syncs else 0)
+    steps = a.warmup + a.steps + (2 if a.profile or a.host_profile else 1 if a.syncs else 0)
     tokens = a.recipe_tokens if path == "recipe" else a.tokens
     batch = next((int(v[1:]) for v in variants if v[0] == "b" and v[1:].isdigit()), max(1, tokens // a.max_len))
     n_rows = batch * steps * (3 if kind == "var" and path != "recipe" else 1)  # packed bins take ~3 var rows
@@ -433,7 +511,9 @@ def run_case(case: str, a) -> dict:
             torch.cuda.reset_peak_memory_stats()  # build-time bf16 copies are not training memory
         profile = Path(a.out) / f"profile-{case}.txt" if a.profile else None
         syncs = Path(a.out) / f"syncs-{case}.json" if a.syncs else None
-        result = {"case": case, "n_params": n_params, **measure(trainer, a.warmup, a.steps, n_params, profile, syncs),
+        host = Path(a.out) / f"host-{case}.txt" if a.host_profile else None
+        result = {"case": case, "n_params": n_params, **measure(trainer, a.warmup, a.steps, n_params, profile, syncs,
+                                                                        a.host_waits, host_profile=host),
                   **_ran_with(trainer)}
     return result
 
@@ -441,7 +521,9 @@ def run_case(case: str, a) -> dict:
 # variant -> the step of make_trainer it skips (each returns "nothing changed" there)
 LEVERS_OFF = {"peftorder": "adapter_first",  # peft's forward left in place
               "syncembed": "rows_ahead",  # the host table's rows gathered in the forward, after a wait for the GPU
-              "emptycache": "keep_allocator_cache"}  # trl's offloader emptying CUDA's allocator cache every step
+              "emptycache": "keep_allocator_cache",  # trl's offloader emptying CUDA's allocator cache every step
+              "exitsync": "exit_without_host_wait",  # ... and waiting for the GPU at the end of every backward
+              "itemmetrics": "lean_bookkeeping"}  # trl reading its metrics on the host, transformers counting parameters, each micro-batch
 
 
 def _levers_off(variants: set[str]) -> None:
@@ -580,6 +662,10 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="write profile-<case>.txt: top kernels, GPU time by kind")
     p.add_argument("--syncs", action="store_true", help="write syncs-<case>.json: where the host waits for the "
                    "GPU in one step after the timed ones, by calling line")
+    p.add_argument("--host-profile", action="store_true", help="write host-<case>.txt: cProfile of the host's "
+                   "Python over the 2 steps after the timed ones, by function")
+    p.add_argument("--host-waits", action="store_true", help="the harness as before 2026-12-04: the host waits for "
+                   "the GPU at every step end, reads the trainer's token count and logs every step (all cases)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process, print its JSON
     a = p.parse_args()
     if a.repeat < 1:

@@ -728,3 +728,63 @@ def test_the_offloader_keeps_the_allocator_cache_and_everything_else_of_torch_cu
     torch.cuda.empty_cache()
     assert emptied == [1]  # only torch.cuda's own call emptied it
     assert not keep_allocator_cache(SimpleNamespace())  # no offloader: nothing to change
+
+
+def _logged_metrics(trainer) -> list[dict]:
+    trainer.train()
+    keys = ("loss", "entropy", "mean_token_accuracy", "num_tokens")
+    return [{k: e[k] for k in keys if k in e} for e in trainer.state.log_history if "loss" in e]
+
+
+def test_lean_bookkeeping_logs_what_trl_logs_and_waits_for_the_device_only_when_logging(tmp_path, tiny_model,
+                                                                                       train_file, monkeypatch):
+    import tasks.training.train as train_module
+    from tasks.training.bookkeeping import LeanBookkeeping
+
+    cfg = config_from_dict(tiny_params(tiny_model, train={"max_steps": 4, "logging_steps": 2}))
+    lean = build_trainer(cfg, tiny_model, train_file, tmp_path / "d")
+    kept, counted = [], []  # what the metrics hold between logs (tensors, not yet read); parameter counts
+    log = LeanBookkeeping.log
+    monkeypatch.setattr(LeanBookkeeping, "log", lambda self, *a: kept.append(
+        {type(v) for v in self._metrics["train"].get("entropy", [])}) or log(self, *a))
+    count = lean.model.num_parameters
+    monkeypatch.setattr(lean.model, "num_parameters", lambda **k: counted.append(k) or count(**k), raising=False)
+    got = _logged_metrics(lean)
+    monkeypatch.setattr(train_module, "lean_bookkeeping", lambda trainer: False)
+    trl_own = build_trainer(cfg, tiny_model, train_file, tmp_path / "t")
+    want = _logged_metrics(trl_own)
+    assert isinstance(lean, LeanBookkeeping) and kept[:2] == [{torch.Tensor}, {torch.Tensor}]
+    assert [sorted(e) for e in got] == [sorted(e) for e in want] and len(got) == 2
+    for g, w in zip(got, want):
+        assert g["num_tokens"] == w["num_tokens"] > 0
+        assert all(g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-7) for k in g)
+    assert lean.state.total_flos == trl_own.state.total_flos > 0 and len(counted) == 1  # counted once, not per step
+    json.dumps(lean.state.log_history)  # numbers only: the history is written as JSON
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_offloader_ends_a_step_in_stream_order_without_a_host_wait(tiny_model):
+    from types import SimpleNamespace
+
+    from trl.models.activation_offloading import get_act_offloading_ctx_manager
+
+    from tasks.training.offload import InStreamOrder, exit_without_host_wait
+
+    model = _lora_model(tiny_model, False, 0.0, device="cuda")
+    ids = torch.randint(0, 500, (4, 256), generator=torch.Generator().manual_seed(1)).cuda()
+    grads = []
+    for ours in (False, True):
+        trainer = SimpleNamespace(maybe_activation_offload_context=get_act_offloading_ctx_manager(model))
+        if ours:
+            assert exit_without_host_wait(trainer) and not exit_without_host_wait(trainer)  # changed once
+        model.zero_grad()
+        with trainer.maybe_activation_offload_context:
+            model(input_ids=ids, labels=ids).loss.backward()
+            torch.cuda.set_sync_debug_mode("error" if ours else 0)  # a host wait in __exit__ raises
+        torch.cuda.set_sync_debug_mode(0)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert isinstance(trainer.maybe_activation_offload_context, InStreamOrder)
+    assert not trainer.maybe_activation_offload_context.fwd_stash  # emptied all the same
+    assert grads[0].keys() == grads[1].keys() and all(torch.allclose(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7) for n in grads[0])
+    assert not exit_without_host_wait(SimpleNamespace())  # no offloader: nothing to change

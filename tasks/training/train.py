@@ -28,7 +28,8 @@ from tasks.training.fp8_base import supported as fp8_supported
 from tasks.training.fp8_base import use_fp8_base
 from tasks.training.fused_lora import fuse_lora
 from tasks.training.host_embedding import HostEmbedding, embedding_on_host, rows_ahead
-from tasks.training.offload import keep_allocator_cache
+from tasks.training.bookkeeping import lean_bookkeeping
+from tasks.training.offload import exit_without_host_wait, keep_allocator_cache
 from tasks.io import atomic_path, file_sha256, read_json, read_jsonl, write_json
 from tasks.orchestration import stage_task
 
@@ -246,6 +247,8 @@ def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **
                          peft_config=lora_config(cfg))
     fp32_adapter(trainer.model)
     keep_allocator_cache(trainer)  # trl's offloader would empty CUDA's cache every step
+    exit_without_host_wait(trainer)  # ... and wait for the GPU at the end of every backward
+    lean_bookkeeping(trainer)  # trl would read its metrics on the host every micro-batch
     # the fp32 stream and fused LoRA's fp32 outputs need autocast: it casts them back for each product
     widen = cfg.train.fp32_residual and (args.bf16 or args.fp16)
     if widen:
