@@ -115,7 +115,7 @@ def tokenizer_for(vocab: int):
 def make_clock(host_waits: bool = False):
     """Trainer callback: when each step ended and the non-pad tokens seen by then. host_waits: the
     host waits for the GPU at each step end and reads the trainer's token count (two waits a step,
-    as every result before 2026-12-04 ran); else a CUDA event marks each step end on the GPU's own
+    as every result before the -fewerwaits ones ran); else a CUDA event marks each step end on the GPU's own
     timeline and the tokens are counted on the host as batches are collated (`count_batches`),
     read once at the end (`marks`)."""
     from transformers import TrainerCallback
@@ -284,8 +284,9 @@ def make_sync_report(step: int, path: Path):
 def make_host_profile(start: int, steps: int, path: Path):
     """Trainer callback: cProfile of the host's Python over `steps` steps from `start`, top
     functions by own time and by cumulative time, and the callers of the costliest, into `path`:
-    where a step that waits for the host spends it. The backward runs on the calling thread meanwhile (autograd's device threads
-    are out of cProfile's sight)."""
+    where a step that waits for the host spends it. The backward runs on the calling thread
+    meanwhile (autograd's device threads are out of cProfile's sight). cProfile counts every
+    resumption of a generator as a call: `parameters()` shows once per parameter it yields."""
     import cProfile
     import io
     import pstats
@@ -407,8 +408,9 @@ def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | Non
             syncs: Path | None = None, host_waits: bool = False, log_every: int = 5,
             host_profile: Path | None = None) -> dict:
     """Clock steps warmup+1..warmup+timed; a profile, if asked for, covers the 2 steps after them,
-    a sync report the first of them, a host profile the 2 after them. Unless host_waits, the trainer logs every `log_every` steps
-    (loragate's default train.logging_steps) and the clock adds no waits of its own."""
+    a sync report the first of them, a host profile the 2 after them. Unless host_waits, the
+    trainer logs every `log_every` steps (loragate's default train.logging_steps) and the clock
+    adds no waits of its own."""
     static = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     clock = make_clock(host_waits)
     trainer.add_callback(clock)
@@ -473,7 +475,7 @@ def run_case(case: str, a) -> dict:
     emptycache: trl's offloader empties CUDA's allocator cache every step (as before 2026-12-03).
     exitsync: trl's offloader waits on the host for the GPU at the end of each backward, and
     itemmetrics: trl's loss reads its metrics on the host and transformers counts the model's
-    parameters every micro-batch (both as before 2026-12-04).
+    parameters every micro-batch (both as before the -fewerwaits results).
     lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
     --unsloth-site); variant xf: with xformers on its path (--xformers-site), which Unsloth uses for
     packed rows where flash-attn is missing."""
@@ -523,7 +525,7 @@ LEVERS_OFF = {"peftorder": "adapter_first",  # peft's forward left in place
               "syncembed": "rows_ahead",  # the host table's rows gathered in the forward, after a wait for the GPU
               "emptycache": "keep_allocator_cache",  # trl's offloader emptying CUDA's allocator cache every step
               "exitsync": "exit_without_host_wait",  # ... and waiting for the GPU at the end of every backward
-              "itemmetrics": "lean_bookkeeping"}  # trl reading its metrics on the host, transformers counting parameters, each micro-batch
+              "itemmetrics": "lean_bookkeeping"}  # metrics read on the host, parameters counted, every micro-batch
 
 
 def _levers_off(variants: set[str]) -> None:
@@ -664,8 +666,8 @@ def main() -> None:
                    "GPU in one step after the timed ones, by calling line")
     p.add_argument("--host-profile", action="store_true", help="write host-<case>.txt: cProfile of the host's "
                    "Python over the 2 steps after the timed ones, by function")
-    p.add_argument("--host-waits", action="store_true", help="the harness as before 2026-12-04: the host waits for "
-                   "the GPU at every step end, reads the trainer's token count and logs every step (all cases)")
+    p.add_argument("--host-waits", action="store_true", help="the harness before the -fewerwaits results: the host "
+                   "waits for the GPU at every step end, reads the trainer's token count and logs every step (all cases)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process, print its JSON
     a = p.parse_args()
     if a.repeat < 1:

@@ -786,5 +786,6 @@ def test_the_offloader_ends_a_step_in_stream_order_without_a_host_wait(tiny_mode
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     assert isinstance(trainer.maybe_activation_offload_context, InStreamOrder)
     assert not trainer.maybe_activation_offload_context.fwd_stash  # emptied all the same
-    assert grads[0].keys() == grads[1].keys() and all(torch.allclose(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7) for n in grads[0])
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7) for n in grads[0])
     assert not exit_without_host_wait(SimpleNamespace())  # no offloader: nothing to change

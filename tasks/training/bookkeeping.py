@@ -2,12 +2,12 @@
 GPU and without rescanning the model: on a 7B QLoRA step the host launches kernels barely ahead
 of the GPU, so any host work beside the math slows the step.
 
-Metrics: trl 1.16's SFTTrainer.compute_loss turns each micro-batch's entropy, token accuracy and token count
-into Python numbers as it goes (`.item()`, `if num_valid > 0`): the host waits for the GPU six
-times between a step's forward and its backward, and the backward starts on an idle GPU. For the
-plain single-process loss loragate computes the same numbers as tensors and reads them all at once
-when the trainer logs (every train.logging_steps); the logged values are trl's. Any other setup
-(a custom loss, label smoothing, MoE aux loss, several processes) goes through trl unchanged.
+Metrics: trl 1.16's SFTTrainer.compute_loss turns each micro-batch's entropy, token accuracy and
+token count into Python numbers as it goes (`.item()`, `if num_valid > 0`): the host waits for the
+GPU six times between a step's forward and its backward, and the backward starts on an idle GPU.
+For the plain single-process loss loragate computes the same numbers as tensors and reads them all
+at once when the trainer logs (every train.logging_steps); the logged values are trl's. Any other
+setup (a custom loss, label smoothing, MoE aux loss, several processes) goes through trl unchanged.
 FLOPs: transformers counts the model's parameters anew for every micro-batch (every module, every
 parameter: ~2,300 modules on a 7B); the count does not change while training, so it is taken once.
 The throughput bench's `itemmetrics` variant restores trl's and transformers' own bookkeeping.
@@ -28,6 +28,7 @@ class LeanBookkeeping:
     floating_point_ops counts the parameters once."""
 
     def _plain(self, inputs, return_outputs: bool) -> bool:
+        """trl's own fused-head next-token loss in one process: the case computed here."""
         return (not return_outputs and self.compute_loss_func is None and self.label_smoother is None
                 and not self.aux_loss_enabled and self.args.loss_type in ("nll", "dft")
                 and self.accelerator.num_processes == 1 and ("attention_mask" in inputs or "position_ids" in inputs))

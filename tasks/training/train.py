@@ -24,11 +24,11 @@ import torch
 from tasks.config import Config, ConfigError, QuantizationConfig
 from tasks.training import budget
 from tasks.training.adapter_first import adapter_first
+from tasks.training.bookkeeping import lean_bookkeeping
 from tasks.training.fp8_base import supported as fp8_supported
 from tasks.training.fp8_base import use_fp8_base
 from tasks.training.fused_lora import fuse_lora
 from tasks.training.host_embedding import HostEmbedding, embedding_on_host, rows_ahead
-from tasks.training.bookkeeping import lean_bookkeeping
 from tasks.training.offload import exit_without_host_wait, keep_allocator_cache
 from tasks.io import atomic_path, file_sha256, read_json, read_jsonl, write_json
 from tasks.orchestration import stage_task
