@@ -268,7 +268,7 @@ def make_sync_report(step: int, path: Path):
         def record(self, message, category, *args, **kwargs):
             if "synchroniz" not in str(message):
                 return self.shown(message, category, *args, **kwargs)
-            frames = [f for f in traceback.extract_stack()[:-2] if "/torch/" not in f.filename][-3:]
+            frames = [f for f in traceback.extract_stack()[:-2] if "site-packages/torch/" not in f.filename][-3:]
             self.sites[" <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))] += 1
 
         def on_step_end(self, args, state, control, **kwargs):
