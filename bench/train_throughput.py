@@ -122,24 +122,24 @@ def make_clock(host_waits: bool = False):
 
     class Clock(TrainerCallback):
         def __init__(self):
-            self.ends: list[tuple[object, int]] = []
+            self.events = torch.cuda.is_available() and not host_waits  # else host times, after a wait
+            self.ends: list[tuple[object, int]] = []  # (a CUDA event or a host time, tokens seen)
             self.batch_tokens: list[int] = []  # each collated batch's non-pad tokens, in order
 
         def on_step_end(self, args, state, control, **kwargs):
-            gpu = torch.cuda.is_available()
             seen = (int(state.num_input_tokens_seen) if host_waits
                     else sum(self.batch_tokens[:state.global_step * args.gradient_accumulation_steps]))
-            if gpu and not host_waits:
+            if self.events:
                 event = torch.cuda.Event(enable_timing=True)
                 event.record()
                 self.ends.append((event, seen))
                 return
-            if gpu:
+            if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self.ends.append((time.perf_counter(), seen))
 
         def marks(self) -> list[tuple[float, int]]:
-            if not self.ends or not isinstance(self.ends[0][0], torch.cuda.Event):
+            if not self.events or not self.ends:
                 return self.ends
             self.ends[-1][0].synchronize()
             first = self.ends[0][0]
@@ -155,8 +155,10 @@ def count_batches(trainer, into: list[int]) -> None:
 
     def counted(features):
         batch = collate(features)
-        into.append(int(batch["attention_mask"].sum()) if "attention_mask" in batch
-                    else int((batch["input_ids"] != pad).sum()) if pad is not None else batch["input_ids"].numel())
+        if "attention_mask" in batch:
+            into.append(int(batch["attention_mask"].sum()))
+        else:  # padding-free rows, or padded ones the pad id tells apart
+            into.append(int((batch["input_ids"] != pad).sum()) if pad is not None else batch["input_ids"].numel())
         return batch
 
     trainer.data_collator = counted

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from tasks.training import mix_in
+
 
 def _ratio(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 0, total / count.clamp(min=1), torch.zeros((), device=total.device))
@@ -85,7 +87,4 @@ def read_all(metrics: dict[str, list]) -> None:
 def lean_bookkeeping(trainer) -> bool:
     """Make an SFTTrainer keep its per-step metrics on the device until it logs and count its
     parameters once; returns whether it changed (False: already done)."""
-    if isinstance(trainer, LeanBookkeeping):
-        return False
-    trainer.__class__ = type(type(trainer).__name__, (LeanBookkeeping, type(trainer)), {})
-    return True
+    return mix_in(trainer, LeanBookkeeping)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from torch.autograd.graph import saved_tensors_hooks
 
+from tasks.training import mix_in
+
 
 class CacheKept:
     """A device module (torch.cuda) as trl's offloader sees it, with empty_cache a no-op: streams,
@@ -72,7 +74,4 @@ def exit_without_host_wait(trainer) -> bool:
     """Make `trainer`'s activation offloader (if it has one) end each step in stream order instead
     of waiting on the host for the GPU; returns whether there was one to change."""
     ctx = _offloader(trainer)
-    if ctx is None or isinstance(ctx, InStreamOrder):
-        return False
-    ctx.__class__ = type(type(ctx).__name__, (InStreamOrder, type(ctx)), {})
-    return True
+    return ctx is not None and mix_in(ctx, InStreamOrder)
