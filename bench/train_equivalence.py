@@ -64,14 +64,21 @@ def _loragate(cfg_dict: dict, load, tokenizer, data: list[dict], out: str, **ove
 def _with_lever(levers: str, cfg: dict, load, tokenizer, data: list[dict], out: str) -> tuple[str, list[float]]:
     """loragate's losses with train params switched from their defaults: `levers` names one
     (a boolean flipped: fp8_base on, liger off), one set (fp8_base=grads), or several joined by '+';
-    fp32_out=residual keeps fused LoRA's fp32 outputs to the projections that feed the residual (o, down)."""
+    fp32_out=residual keeps fused LoRA's fp32 outputs to the projections that feed the residual (o, down);
+    fp8_accum=full accumulates the FP8 forward products in fp32 (fp8_base.FORWARD_FAST_ACCUM)."""
     from tasks.config import config_from_dict
 
     from tasks.training import fused_lora
 
+    from tasks.training import fp8_base
+
     train, names, narrow = dict(cfg["train"]), [], fused_lora.NARROW_OUTPUTS
     for lever in levers.split("+"):
         key, _, value = lever.partition("=")
+        if key == "fp8_accum":  # not a param: full = the FP8 forward products accumulated in fp32
+            fp8_base.FORWARD_FAST_ACCUM = value != "full"
+            names.append(f"fp8_accum_{value}")
+            continue
         if key == "fp32_out":  # not a param: which fused outputs stay fp32 (residual: o/down only)
             fused_lora.NARROW_OUTPUTS = fused_lora.RESIDUAL_FEEDERS_ONLY if value == "residual" else fused_lora.ATTENTION_INPUTS
             names.append(f"fp32_out_{value}")
@@ -81,7 +88,7 @@ def _with_lever(levers: str, cfg: dict, load, tokenizer, data: list[dict], out: 
     try:
         return "_".join(names), _loragate(cfg | {"train": train}, load, tokenizer, data, out)
     finally:
-        fused_lora.NARROW_OUTPUTS = narrow
+        fused_lora.NARROW_OUTPUTS, fp8_base.FORWARD_FAST_ACCUM = narrow, True
 
 
 def _widened(model):

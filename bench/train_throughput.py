@@ -469,7 +469,8 @@ def run_case(case: str, a) -> dict:
     nofused (adapter first; `fused`, the default now, is accepted as before), bf16res (the residual
     stream left in bf16, as every result before 2026-12-02 ran); or sets: m<GiB> (memory budget),
     b<N> (rows a step), fp8 (FP8 base products), fp8g (FP8 for the recompute and the input gradients
-    only), compile, offload.
+    only), fp8full (with fp8/fp8g: the forward's FP8 products accumulated in fp32, not Hopper's
+    fast accumulation), compile, offload.
     fused variants: nocache (the adapter cast and the block scales un-nested at every product),
     resout (fp32 outputs on the projections that feed the residual only: o, down).
     syncembed: a host table's rows gathered in the forward, the ids copied back from the GPU
@@ -505,6 +506,9 @@ def run_case(case: str, a) -> dict:
                 _levers_off(variants)
                 if "nocache" in variants:  # fused LoRA casting the adapter and un-nesting the scales at every product
                     _uncached_fused_lora()
+                if "fp8full" in variants:  # the FP8 forward products accumulated in full (fp32) precision
+                    from tasks.training import fp8_base
+                    fp8_base.FORWARD_FAST_ACCUM = False
                 if "resout" in variants:  # fused LoRA's fp32 outputs on o/down only (gate/up left bf16)
                     from tasks.training import fused_lora
                     fused_lora.NARROW_OUTPUTS = fused_lora.RESIDUAL_FEEDERS_ONLY

@@ -608,6 +608,64 @@ def test_fp8_kernels_match_the_torch_casts():
 
 @pytest.mark.gpu
 @FP8_GPU
+def test_fp8_kernels_launched_directly_give_triton_calls_results(monkeypatch):
+    """After the first call of a key, the kernels go straight to their compiled launcher
+    (fp8_kernels._Launcher); results equal those of Triton's own call bit for bit, for a new
+    shape (a new key) too, and for an input whose rows are not a multiple of 16."""
+    import bitsandbytes as bnb
+
+    from tasks.training import fp8_base, fp8_kernels
+
+    assert fp8_kernels._launch.usable, "this Triton's launcher API is not the one _Launcher knows"
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(576, 1536, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4").cuda()
+    x = torch.randn(37, 1536, device="cuda", dtype=torch.bfloat16)
+    first = [fp8_base.weight_fp8(layer.weight, t)[0] for t in (False, True)] + list(fp8_kernels.rowwise_fp8(x))
+    direct = len(fp8_kernels._launch.kernels)
+    assert direct >= 3  # two layouts and one cast compiled, kept
+    calls = []
+    monkeypatch.setattr(fp8_kernels._Launcher, "__call__", lambda self, *a, _f=fp8_kernels._Launcher.__call__:
+                        calls.append(a[0]) or _f(self, *a))
+    again = [fp8_base.weight_fp8(layer.weight, t)[0] for t in (False, True)] + list(fp8_kernels.rowwise_fp8(x))
+    assert len(calls) == 3 and all(key in fp8_kernels._launch.kernels for key in calls)
+    assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(first, again))
+    y = torch.randn(48, 1552, device="cuda", dtype=torch.bfloat16)  # rows % 16 == 0: another specialization
+    for _ in range(2):
+        yq, _ = fp8_kernels.rowwise_fp8(y)
+    assert len(fp8_kernels._launch.kernels) == direct + 1
+    ref = (y.float() / (y.float().abs().amax(1, keepdim=True) / 448)).to(torch.float8_e4m3fn)
+    assert (yq.float() != ref.float()).float().mean() < 1e-3
+
+
+@pytest.mark.gpu
+@FP8_GPU
+def test_projections_reading_one_input_share_its_fp8_cast(monkeypatch):
+    """q, k and v (and gate and up) read one input: it is cast to e4m3 once; a write to it, or a
+    product of another input, casts anew; results equal those of separate casts."""
+    import bitsandbytes as bnb
+
+    from tasks.training import fp8_base, fp8_kernels
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({name: bnb.nn.Linear4bit(512, 256, bias=False, compute_dtype=torch.bfloat16)
+                                 for name in ("q_proj", "k_proj", "o_proj")}).cuda()
+    assert fp8_base.use_fp8_base(model) == 3
+    assert [fp8_base.shares_input(model[n]) for n in ("q_proj", "k_proj", "o_proj")] == [True, True, False]
+    casts = []
+    monkeypatch.setattr(fp8_kernels, "rowwise_fp8", lambda t, _f=fp8_kernels.rowwise_fp8: casts.append(1) or _f(t))
+    x = torch.randn(64, 512, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        q, k = model["q_proj"](x), model["k_proj"](x)
+        assert len(casts) == 1
+        x.mul_(2)  # a new version of the same storage: cast again
+        assert torch.allclose(model["k_proj"](x), 2 * k, rtol=0.02, atol=0.02) and len(casts) == 2
+        model["o_proj"](x)  # not shared: casts, and lets the kept input go
+        assert len(casts) == 3 and fp8_base._LAST_CAST[0] is None
+        assert torch.equal(model["q_proj"](x), fp8_base.product(x, model["q_proj"].weight)) and len(casts) == 5
+
+
+@pytest.mark.gpu
+@FP8_GPU
 def test_fused_lora_with_fp8_base_products_stays_near_the_fp32_truth(tiny_model, monkeypatch):
     """Fused LoRA with the base in FP8: "all" takes the forward, the recompute and the input
     gradient in FP8, "grads" the last two only, so its logits (the loss) are bf16's bit for bit;

@@ -61,19 +61,41 @@ def weight_fp8(weight, transpose: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale.view(1, -1)
 
 
-def _fp8_mm(a: torch.Tensor, weight, transpose: bool, fast_accum: bool) -> torch.Tensor:
-    """a @ W^T (or a @ W, `transpose`) with both operands cast to e4m3, result bf16 (a's rows)."""
+_LAST_CAST: list = [None]  # (input, its version, its e4m3 rows and scales) of the last shared cast
+
+
+def _rows_fp8(a: torch.Tensor, shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """a cast row-wise to e4m3; `shared`: the input several projections take (q, k and v read one,
+    gate and up another), cast once for all of them. The kept input stays alive while cached, so
+    no other tensor can take its address; any other cast lets it go."""
     from tasks.training.fp8_kernels import rowwise_fp8
 
-    aq, a_scale = rowwise_fp8(a.contiguous())
+    last = _LAST_CAST[0]
+    if (shared and last is not None and last[0].data_ptr() == a.data_ptr() and last[0].shape == a.shape
+            and last[0].stride() == a.stride() and last[1] == a._version and last[0].dtype == a.dtype):
+        return last[2]
+    cast = rowwise_fp8(a.contiguous())
+    _LAST_CAST[0] = (a, a._version, cast) if shared else None
+    return cast
+
+
+def _fp8_mm(a: torch.Tensor, weight, transpose: bool, fast_accum: bool, shared: bool = False) -> torch.Tensor:
+    """a @ W^T (or a @ W, `transpose`) with both operands cast to e4m3, result bf16 (a's rows)."""
+    aq, a_scale = _rows_fp8(a, shared)
     wq, w_scale = weight_fp8(weight, transpose)
     return torch._scaled_mm(aq, wq.t(), scale_a=a_scale, scale_b=w_scale, out_dtype=torch.bfloat16,
                             use_fast_accum=fast_accum)[:a.shape[0]]
 
 
-def product(x: torch.Tensor, weight) -> torch.Tensor:
-    """x (rows, in) @ W^T in FP8 -> bf16 (rows, out); fast accumulation, as the forward can take it."""
-    return _fp8_mm(x, weight, transpose=False, fast_accum=True)
+# Hopper's fast FP8 accumulation keeps fewer bits than fp32 over long sums (a 7B's products sum 3,584 or
+# 18,944 terms); full accumulation promotes to fp32 as it goes
+FORWARD_FAST_ACCUM = True
+
+
+def product(x: torch.Tensor, weight, shared: bool = False) -> torch.Tensor:
+    """x (rows, in) @ W^T in FP8 -> bf16 (rows, out), accumulated as FORWARD_FAST_ACCUM says.
+    `shared`: x is an input other projections take too (see _rows_fp8)."""
+    return _fp8_mm(x, weight, transpose=False, fast_accum=FORWARD_FAST_ACCUM, shared=shared)
 
 
 def input_grad(grad: torch.Tensor, weight) -> torch.Tensor:
@@ -90,28 +112,40 @@ def routed(base, backward: bool = False) -> bool:
     return mode == "all" or (mode == "grads" and (backward or torch._C._current_graph_task_id() != -1))
 
 
+def shares_input(base) -> bool:
+    """Is this base one of the projections that read one input (q, k, v; gate, up)? Their casts
+    of it are shared (_rows_fp8)."""
+    return getattr(base, "_fp8_shared", False)
+
+
+def _shared_name(name: str) -> bool:
+    """A module name (peft's base_layer under its projection's name, or the projection itself)
+    whose input other projections read too."""
+    return any(part in fused_lora.ATTENTION_INPUTS + fused_lora.MLP_INPUTS for part in name.split(".")[-2:])
+
+
 class _FP8Product(torch.autograd.Function):
     """x @ W^T with W the frozen 4-bit weight, result bf16; FP8 where routed() says so (the input
     gradient always); grad for x only."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight, fp8: bool) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight, fp8: bool, shared: bool) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        out = product(flat, weight) if fp8 else flat @ fused_lora.dequantized(weight, torch.bfloat16).t()
+        out = product(flat, weight, shared) if fp8 else flat @ fused_lora.dequantized(weight, torch.bfloat16).t()
         ctx.weight, ctx.in_shape = weight, x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         dx = input_grad(grad.reshape(-1, grad.shape[-1]).to(torch.bfloat16), ctx.weight)
-        return dx.view(ctx.in_shape), None, None
+        return dx.view(ctx.in_shape), None, None, None
 
 
 def _fp8_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     # tiny batches (generation) gain nothing and _scaled_mm wants 16-aligned inner sizes
     if x.numel() // x.shape[-1] < 16 or not x.is_cuda:
         return self._bnb_forward(x, *args, **kwargs)
-    out = _FP8Product.apply(x, self.weight, routed(self))
+    out = _FP8Product.apply(x, self.weight, routed(self), shares_input(self))
     if self.bias is not None:
         out = out + self.bias.to(out.dtype)
     return out.to(x.dtype)
@@ -124,10 +158,11 @@ def use_fp8_base(model, mode: str = "all") -> int:
     import bitsandbytes as bnb
 
     count = 0
-    for module in model.modules():
+    for name, module in model.named_modules():
         if (isinstance(module, bnb.nn.Linear4bit) and not hasattr(module, "_bnb_forward")
                 and module.in_features % 16 == 0 and module.out_features % 16 == 0):
             module._bnb_forward, module._fp8_base = module.forward, mode
+            module._fp8_shared = _shared_name(name)
             module.forward = types.MethodType(_fp8_forward, module)
             count += 1
     return count

@@ -147,7 +147,7 @@ def base_product(base, x: torch.Tensor) -> torch.Tensor:
     writes its fp32 accumulator; elsewhere the bf16 result widened."""
     bias = None if base.bias is None else base.bias.to(torch.float32)
     if _in_fp8(base, x):  # row-wise scaled FP8 products write bf16 only (some torch versions)
-        out = fp8_base.product(x, base.weight).float()
+        out = fp8_base.product(x, base.weight, fp8_base.shares_input(base)).float()
     elif x.is_cuda:
         out = torch.mm(x, base_weight(base, x.dtype).t(), out_dtype=torch.float32)
     else:
@@ -185,7 +185,7 @@ def summed_once(base, x: torch.Tensor, a: torch.Tensor, b_weight: torch.Tensor) 
     term accumulates onto that."""
     bias = None if base.bias is None else base.bias.to(x.dtype)
     if _in_fp8(base, x):
-        out = fp8_base.product(x, base.weight)
+        out = fp8_base.product(x, base.weight, fp8_base.shares_input(base))
         out = out if bias is None else out.add_(bias)
         return out.addmm_(a, b_weight.t())
     out = (a @ b_weight.t()).addmm_(x, base_weight(base, x.dtype).t())
