@@ -471,6 +471,8 @@ def run_case(case: str, a) -> dict:
     b<N> (rows a step), fp8 (FP8 base products), fp8g (FP8 for the recompute and the input gradients
     only), fp8full (with fp8/fp8g: the forward's FP8 products accumulated in fp32, not Hopper's
     fast accumulation), compile, offload.
+    oldlaunch: every FP8 kernel launched through Triton's own call and each projection casting its
+    input itself (as before the -directlaunch results).
     fused variants: nocache (the adapter cast and the block scales un-nested at every product),
     resout (fp32 outputs on the projections that feed the residual only: o, down).
     syncembed: a host table's rows gathered in the forward, the ids copied back from the GPU
@@ -506,6 +508,8 @@ def run_case(case: str, a) -> dict:
                 _levers_off(variants)
                 if "nocache" in variants:  # fused LoRA casting the adapter and un-nesting the scales at every product
                     _uncached_fused_lora()
+                if "oldlaunch" in variants:  # as before the -directlaunch results
+                    _old_fp8_launch()
                 if "fp8full" in variants:  # the FP8 forward products accumulated in full (fp32) precision
                     from tasks.training import fp8_base
                     fp8_base.FORWARD_FAST_ACCUM = False
@@ -540,6 +544,14 @@ def _levers_off(variants: set[str]) -> None:
 
     for variant in variants & LEVERS_OFF.keys():
         setattr(train_module, LEVERS_OFF[variant], lambda *_: 0)
+
+
+def _old_fp8_launch() -> None:
+    """The oldlaunch variant: every FP8 kernel through Triton's own call, each projection casting its input."""
+    from tasks.training import fp8_base, fp8_kernels
+
+    fp8_kernels._launch.usable = False
+    fp8_base.shares_input = lambda base: False
 
 
 def _uncached_fused_lora() -> None:
