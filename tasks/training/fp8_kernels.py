@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+
 def _no_hooks(hook) -> bool:
     """A launch hook that is unset (None, or an empty chain of them in newer Triton)."""
     return hook is None or not getattr(hook, "calls", True)
@@ -39,7 +40,8 @@ class _Launcher:
         (Triton's own call, which returns the kernel it compiled and ran) and keep its kernel."""
         kernel = self.kernels.get(key)
         runtime = triton.knobs.runtime if self.usable else None
-        if kernel is None or not (_no_hooks(runtime.launch_enter_hook) and _no_hooks(runtime.launch_exit_hook)):
+        if kernel is None or runtime is None or not (_no_hooks(runtime.launch_enter_hook)
+                                                     and _no_hooks(runtime.launch_exit_hook)):
             kernel = first_call()
             if self.usable and kernel is not None and hasattr(kernel, "run"):
                 self.kernels[key] = kernel
