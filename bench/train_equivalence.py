@@ -72,7 +72,7 @@ def _with_lever(levers: str, cfg: dict, load, tokenizer, data: list[dict], out: 
 
     from tasks.training import fp8_base
 
-    train, names, narrow = dict(cfg["train"]), [], fused_lora.NARROW_OUTPUTS
+    train, names, narrow, accum = dict(cfg["train"]), [], fused_lora.NARROW_OUTPUTS, fp8_base.FORWARD_FAST_ACCUM
     for lever in levers.split("+"):
         key, _, value = lever.partition("=")
         if key == "fp8_accum":  # not a param: full = the FP8 forward products accumulated in fp32
@@ -88,7 +88,7 @@ def _with_lever(levers: str, cfg: dict, load, tokenizer, data: list[dict], out: 
     try:
         return "_".join(names), _loragate(cfg | {"train": train}, load, tokenizer, data, out)
     finally:
-        fused_lora.NARROW_OUTPUTS, fp8_base.FORWARD_FAST_ACCUM = narrow, True
+        fused_lora.NARROW_OUTPUTS, fp8_base.FORWARD_FAST_ACCUM = narrow, accum
 
 
 def _widened(model):

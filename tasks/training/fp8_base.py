@@ -98,6 +98,11 @@ def product(x: torch.Tensor, weight, shared: bool = False) -> torch.Tensor:
     return _fp8_mm(x, weight, transpose=False, fast_accum=FORWARD_FAST_ACCUM, shared=shared)
 
 
+def layer_product(base, x: torch.Tensor) -> torch.Tensor:
+    """product() for a routed 4-bit Linear `base`, sharing its input's cast where the layer does."""
+    return product(x, base.weight, shares_input(base))
+
+
 def input_grad(grad: torch.Tensor, weight) -> torch.Tensor:
     """grad (rows, out) @ W in FP8 -> bf16 (rows, in); full-precision accumulation for gradients."""
     return _fp8_mm(grad, weight, transpose=True, fast_accum=False)

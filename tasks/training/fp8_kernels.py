@@ -132,7 +132,7 @@ def nf4_to_fp8(packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, s
                          dtype=torch.float8_e4m3fn)
     args = (packed, absmax, code, inv_scale, result, n_out, n_in)
     if tile is None:
-        key = ("nf4", packed.device.index, tuple(shape), blocksize, transpose, packed.dtype, _aligned(*args[:5]))
+        key = ("nf4", packed.device.index, shape, blocksize, transpose, packed.dtype, _aligned(*args[:5]))
         _launch_tuned(key, args, blocksize, transpose)
     else:
         bo, bi, warps, join = tile

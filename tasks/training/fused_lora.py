@@ -21,7 +21,7 @@ results match peft's to bf16 rounding, not bit for bit. Taken only where it is e
 autocast on with the input in its dtype, one plain adapter, no dropout (dropout's mask would sit
 between the two shares of x's gradient), a 4-bit or plain Linear base; elsewhere the layer runs
 adapter first (4-bit) or peft's forward. A base routed through FP8 (train.fp8_base) has both of its
-products, x W^T and g W, taken by fp8_base.product / input_grad, with the adapter's sums added after.
+products, x W^T and g W, taken by fp8_base.layer_product / input_grad, with the adapter's sums added after.
 
     python -m pytest -q tests/test_train.py -k fused     # same outputs and gradients as peft's, to bf16 rounding
 """
@@ -147,7 +147,7 @@ def base_product(base, x: torch.Tensor) -> torch.Tensor:
     writes its fp32 accumulator; elsewhere the bf16 result widened."""
     bias = None if base.bias is None else base.bias.to(torch.float32)
     if _in_fp8(base, x):  # row-wise scaled FP8 products write bf16 only (some torch versions)
-        out = fp8_base.product(x, base.weight, fp8_base.shares_input(base)).float()
+        out = fp8_base.layer_product(base, x).float()
     elif x.is_cuda:
         out = torch.mm(x, base_weight(base, x.dtype).t(), out_dtype=torch.float32)
     else:
@@ -185,7 +185,7 @@ def summed_once(base, x: torch.Tensor, a: torch.Tensor, b_weight: torch.Tensor) 
     term accumulates onto that."""
     bias = None if base.bias is None else base.bias.to(x.dtype)
     if _in_fp8(base, x):
-        out = fp8_base.product(x, base.weight, fp8_base.shares_input(base))
+        out = fp8_base.layer_product(base, x)
         out = out if bias is None else out.add_(bias)
         return out.addmm_(a, b_weight.t())
     out = (a @ b_weight.t()).addmm_(x, base_weight(base, x.dtype).t())
