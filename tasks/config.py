@@ -187,7 +187,8 @@ class TrainConfig:
     fp32_residual: StrictBool = True
     # frozen 4-bit base multiplied in FP8 on GPUs that have FP8 tensor cores (tasks/training/fp8_base.py); LoRA
     # stays bf16. true/auto: every base product (+17% on a 7B at 7.6 GiB, but the loss itself is then computed in
-    # FP8: SmolLM2's curve sits 0.06 above bf16's); grads: only the recompute and the input gradients, the loss
+    # FP8: SmolLM2's curve sits 0.06 above bf16's, and with a bf16 stream 0.157 from the recipe's where Unsloth
+    # sits 0.102; fp32 accumulation does not help); grads: only the recompute and the input gradients, the loss
     # stays bf16's (+18%, curve 0.014 above, ~3x the noise between two inits); off by default
     fp8_base: StrictBool | StrictStr = False
     # GPU memory the run may use: auto (the card's free memory) or a number of GiB; micro-batch, which
