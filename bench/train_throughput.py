@@ -481,6 +481,8 @@ def run_case(case: str, a) -> dict:
     exitsync: trl's offloader waits on the host for the GPU at the end of each backward, and
     itemmetrics: trl's loss reads its metrics on the host and transformers counts the model's
     parameters every micro-batch (both as before the -fewerwaits results).
+    walks: model.train(), zero_grad() and the gradient clip walk every module each step (as before
+    2026-12-04).
     lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
     --unsloth-site); variant xf: with xformers on its path (--xformers-site), which Unsloth uses for
     packed rows where flash-attn is missing."""
@@ -535,7 +537,8 @@ LEVERS_OFF = {"peftorder": "adapter_first",  # peft's forward left in place
               "syncembed": "rows_ahead",  # the host table's rows gathered in the forward, after a wait for the GPU
               "emptycache": "keep_allocator_cache",  # trl's offloader emptying CUDA's allocator cache every step
               "exitsync": "exit_without_host_wait",  # ... and waiting for the GPU at the end of every backward
-              "itemmetrics": "lean_bookkeeping"}  # metrics read on the host, parameters counted, every micro-batch
+              "itemmetrics": "lean_bookkeeping",  # metrics read on the host, parameters counted, every micro-batch
+              "walks": "lean_walks"}  # train(), zero_grad() and the clip walking every module each step
 
 
 def _levers_off(variants: set[str]) -> None:

@@ -812,12 +812,50 @@ def test_lean_bookkeeping_logs_what_trl_logs_and_waits_for_the_device_only_when_
     trl_own = build_trainer(cfg, tiny_model, train_file, tmp_path / "t")
     want = _logged_metrics(trl_own)
     assert isinstance(lean, LeanBookkeeping) and kept[:2] == [{torch.Tensor}, {torch.Tensor}]
+    assert hasattr(lean.model, "_lean_walks")  # grad_norm below: clipped over its list, as trl's own walk
     assert [sorted(e) for e in got] == [sorted(e) for e in want] and len(got) == 2
     for g, w in zip(got, want):
         assert g["num_tokens"] == w["num_tokens"] > 0
         assert all(g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-7) for k in g)
     assert lean.state.total_flos == trl_own.state.total_flos > 0 and len(counted) == 1  # counted once, not per step
     json.dumps(lean.state.log_history)  # numbers only: the history is written as JSON
+
+
+def test_lean_walks_follow_the_model_as_it_changes(tiny_model):
+    """train() is skipped only where it would change nothing; the lists follow a submodule or
+    parameter registered later; zero_grad clears every gradient, the new parameter's too."""
+    from tasks.training.bookkeeping import lean_walks
+
+    model = _lora_model(tiny_model, False, 0.0)
+    walks = lean_walks(model)
+    model.train()
+    assert walks.in_mode(True) and not walks.in_mode(False)
+    mlp = model.base_model.model.model.layers[0].mlp
+    mlp.eval()  # a submodule switched by hand: the next train() must walk again
+    assert not walks.in_mode(True)
+    model.train()
+    assert all(m.training for m in model.modules())
+    model.eval()
+    assert not any(m.training for m in model.modules()) and walks.in_mode(False)
+    mlp.extra = torch.nn.Linear(4, 4)  # registered after the lists were taken
+    assert [id(p) for p in walks.parameters()] == [id(p) for p in model.parameters()]
+    assert any(p is mlp.extra.weight for p in walks.parameters())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    model.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+    model.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+    class OwnTrain(torch.nn.Linear):  # a train() with its own work (as DoRA's) is never skipped
+        def train(self, mode=True):
+            self.calls = getattr(self, "calls", 0) + 1
+            return super().train(mode)
+
+    mlp.extra = OwnTrain(4, 4)
+    model.train()
+    model.train()
+    assert mlp.extra.calls == 2 and not walks.in_mode(True)
 
 
 @pytest.mark.gpu

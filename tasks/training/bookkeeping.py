@@ -10,15 +10,37 @@ at once when the trainer logs (every train.logging_steps); the logged values are
 setup (a custom loss, label smoothing, MoE aux loss, several processes) goes through trl unchanged.
 FLOPs: transformers counts the model's parameters anew for every micro-batch (every module, every
 parameter: ~2,300 modules on a 7B); the count does not change while training, so it is taken once.
-The throughput bench's `itemmetrics` variant restores trl's and transformers' own bookkeeping.
+Walks: every step the trainer calls model.train(), model.zero_grad() and clips the gradients of
+model.parameters(), and each walks every module (~2,300 on a 7B under LoRA; 7 + 2.5 + 2.4 ms on 2
+CPU cores here) while the GPU waits for the step's first kernel. ModelWalks lists the modules and
+parameters once, and again after any module anywhere registers a submodule, parameter or buffer
+(torch's global registration hooks); train() is skipped where every module is already in that mode
+and none has a train() of its own (DoRA's clears a cache). The throughput bench's `itemmetrics`
+variant restores trl's and transformers' own bookkeeping, `walks` only the walks.
 
     python -m pytest -q tests/test_train.py -k bookkeeping
 """
 from __future__ import annotations
 
+import types
+
 import torch
+from torch.nn.modules.module import (register_module_buffer_registration_hook,
+                                     register_module_module_registration_hook,
+                                     register_module_parameter_registration_hook)
 
 from tasks.training import mix_in
+
+_STRUCTURE = [0]  # moves whenever any module registers a submodule, parameter or buffer
+
+
+def _registered(*_) -> None:
+    _STRUCTURE[0] += 1
+
+
+for _hook in (register_module_module_registration_hook, register_module_parameter_registration_hook,
+              register_module_buffer_registration_hook):
+    _hook(_registered)
 
 
 def _ratio(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -65,6 +87,12 @@ class LeanBookkeeping:
             self._total_train_tokens = int(self._total_train_tokens)
         return super().log(logs, start_time)
 
+    def _clip_grad_norm(self, model):
+        walks = getattr(model, "_lean_walks", None)
+        if walks is None or self.accelerator.num_processes != 1:  # sharded gradients: the library's own walk
+            return super()._clip_grad_norm(model)
+        return self.accelerator.clip_grad_norm_(walks.parameters(), self.args.max_grad_norm)
+
     def floating_point_ops(self, inputs) -> int:
         main = getattr(self.model, "main_input_name", "input_ids")
         if main not in inputs or not hasattr(self.model, "num_parameters"):
@@ -88,3 +116,52 @@ def lean_bookkeeping(trainer) -> bool:
     """Make an SFTTrainer keep its per-step metrics on the device until it logs and count its
     parameters once; returns whether it changed (False: already done)."""
     return mix_in(trainer, LeanBookkeeping)
+
+
+def _plain_train_methods() -> tuple:
+    """train() methods that only set the mode when the mode does not change."""
+    from transformers import PreTrainedModel
+
+    return torch.nn.Module.train, PreTrainedModel.train
+
+
+class ModelWalks:
+    """A model's modules and parameters, listed again only after a registration anywhere."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self._at = model, None
+
+    def _lists(self) -> tuple[list, list]:
+        if self._at != _STRUCTURE[0]:
+            self._modules, self._params = list(self.model.modules()), list(self.model.parameters())
+            plain = _plain_train_methods()
+            self._plain = all(type(m).train in plain for m in self._modules)
+            self._at = _STRUCTURE[0]
+        return self._modules, self._params
+
+    def parameters(self) -> list:
+        return self._lists()[1]
+
+    def in_mode(self, mode: bool) -> bool:
+        """Would model.train(mode) change nothing?"""
+        modules = self._lists()[0]
+        return self._plain and all(m.training == mode for m in modules)
+
+
+def lean_walks(model: torch.nn.Module) -> ModelWalks:
+    """Give `model` train() and zero_grad() that walk ModelWalks' lists (the trainer's clip uses
+    them too); returns them."""
+    walks = ModelWalks(model)
+
+    def train(self, mode: bool = True):
+        return self if walks.in_mode(mode) else type(self).train(self, mode)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not set_to_none:
+            return type(self).zero_grad(self, set_to_none)
+        for p in walks.parameters():
+            p.grad = None
+
+    model.train, model.zero_grad = types.MethodType(train, model), types.MethodType(zero_grad, model)
+    model._lean_walks = walks
+    return walks

@@ -24,7 +24,7 @@ import torch
 from tasks.config import Config, ConfigError, QuantizationConfig
 from tasks.training import budget
 from tasks.training.adapter_first import adapter_first
-from tasks.training.bookkeeping import lean_bookkeeping
+from tasks.training.bookkeeping import lean_bookkeeping, lean_walks
 from tasks.training.fp8_base import supported as fp8_supported
 from tasks.training.fp8_base import use_fp8_base
 from tasks.training.fused_lora import fuse_lora
@@ -249,6 +249,7 @@ def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **
     keep_allocator_cache(trainer)  # trl's offloader would empty CUDA's cache every step
     exit_without_host_wait(trainer)  # ... and wait for the GPU at the end of every backward
     lean_bookkeeping(trainer)  # trl would read its metrics on the host every micro-batch
+    lean_walks(trainer.model)  # ... and the trainer walk every module three times a step
     # the fp32 stream and fused LoRA's fp32 outputs need autocast: it casts them back for each product
     widen = cfg.train.fp32_residual and (args.bf16 or args.fp16)
     if widen:
