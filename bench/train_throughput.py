@@ -621,8 +621,10 @@ def isolated(case: str, a_) -> dict:
     return {"case": case, "error": error} if error else result
 
 
-def ratios(results: dict[str, dict]) -> dict[str, dict]:
-    """Each loragate/lean case against each recipe and Unsloth case on the same data kind and targets."""
+def ratios(results: dict[str, dict], runs: dict[str, list[dict]] | None = None) -> dict[str, dict]:
+    """Each loragate/lean case against each recipe and Unsloth case on the same data kind and
+    targets; with `runs` (each case's rounds in order) also round by round, each round's pair run
+    side by side on the same host (a host's speed moves loragate's steps, not Unsloth's)."""
     ok = {n: r for n, r in results.items() if "error" not in r}
     key = lambda n: (n.split("-")[1], "qkvo" in n.split("-"))  # noqa: E731
     out = {}
@@ -632,6 +634,10 @@ def ratios(results: dict[str, dict]) -> dict[str, dict]:
                 out[f"{name} / {base}"] = {
                     "tokens_per_s": round(r["tokens_per_s"] / b["tokens_per_s"], 2),
                     "peak_allocated": round(r.get("peak_allocated_gib", 0) / max(b.get("peak_allocated_gib", 1), 1e-9), 2)}
+                paired = [round(x["tokens_per_s"] / y["tokens_per_s"], 2) for x, y in zip(runs[name], runs[base])
+                          if "error" not in x and "error" not in y] if runs and len(runs[name]) > 1 else []
+                if paired:
+                    out[f"{name} / {base}"]["tokens_per_s_rounds"] = paired
     return out
 
 
@@ -658,7 +664,7 @@ def write_summary(runs: dict[str, list[dict]], a) -> tuple[Path, dict]:
     results = {case: median_run(r) for case, r in runs.items()}
     summary = {"arch": a.arch, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                "torch": torch.__version__, "args": vars(a), "headline": headline(results),
-               "results": results, "ratios": ratios(results)}
+               "results": results, "ratios": ratios(results, runs)}
     Path(a.out).mkdir(parents=True, exist_ok=True)
     path = Path(a.out) / (f"train_throughput-{a.arch}" + (f"-{a.max_len}" if a.max_len != 512 else "") + ".json")
     path.write_text(json.dumps(summary, indent=2))
