@@ -18,7 +18,7 @@ parameters once, and again after any module anywhere registers a submodule, para
 and none has a train() of its own (DoRA's clears a cache). The throughput bench's `itemmetrics`
 variant restores trl's and transformers' own bookkeeping, `walks` only the walks.
 
-    python -m pytest -q tests/test_train.py -k bookkeeping
+    python -m pytest -q tests/test_train.py -k "bookkeeping or walks"
 """
 from __future__ import annotations
 
