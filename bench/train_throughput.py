@@ -695,6 +695,8 @@ def main() -> None:
                    "Python over the 2 steps after the timed ones, by function")
     p.add_argument("--host-waits", action="store_true", help="the harness before the -fewerwaits results: the host "
                    "waits for the GPU at every step end, reads the trainer's token count and logs every step (all cases)")
+    p.add_argument("--deadline-s", type=float, help="seconds from the start after which no round may end: a "
+                   "round is left out whole, not cut midway (the GPU machine's calls end at 10 minutes)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process, print its JSON
     a = p.parse_args()
     if a.repeat < 1:
@@ -705,13 +707,26 @@ def main() -> None:
         print("RESULT " + json.dumps(run_case(a.one, a)), flush=True)
         return
     runs: dict[str, list[dict]] = {}
-    for _ in range(a.repeat):  # rounds interleave the cases: a GPU whose speed drifts moves them all alike
+    start, longest = time.monotonic(), 0.0
+    for n in range(a.repeat):  # rounds interleave the cases: a GPU whose speed drifts moves them all alike
+        if not round_fits(time.monotonic() - start, longest, a.deadline_s):
+            print(f"stopping after {n} of {a.repeat} rounds: another would end past --deadline-s {a.deadline_s:g}",
+                  file=sys.stderr, flush=True)
+            break
+        began = time.monotonic()
         for case in a.cases.split(","):  # the JSON is rewritten after each case: a later crash loses nothing
             runs.setdefault(case, []).append(isolated(case, a))
             print(json.dumps({k: v for k, v in runs[case][-1].items() if k != "losses"}), flush=True)
             path, summary = write_summary(runs, a)
+        longest = max(longest, time.monotonic() - began)
     print(json.dumps(summary["ratios"], indent=2))
     plot_if_possible(path)
+
+
+def round_fits(elapsed: float, longest_round: float, deadline: float | None) -> bool:
+    """Start another round only if it would end by the deadline, judged by the longest round so far
+    (a round cut midway leaves its cases unpaired; the first round always runs)."""
+    return deadline is None or longest_round == 0.0 or elapsed + longest_round <= deadline
 
 
 if __name__ == "__main__":

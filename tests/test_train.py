@@ -761,7 +761,7 @@ def test_bench_results_are_plotted_beside_their_json_and_other_files_refused(tmp
 
 
 def test_throughput_rounds_report_the_median_round_and_skip_failed_ones():
-    from bench.train_throughput import median_run, ratios
+    from bench.train_throughput import median_run, ratios, round_fits
 
     runs = [{"tokens_per_s": 90.0, "peak_allocated_gib": 7.0}, {"case": "c", "error": "out of memory"},
             {"tokens_per_s": 120.0, "peak_allocated_gib": 7.2}, {"tokens_per_s": 100.0, "peak_allocated_gib": 7.1}]
@@ -772,6 +772,8 @@ def test_throughput_rounds_report_the_median_round_and_skip_failed_ones():
     rounds = {"loragate-fixed": runs, "unsloth-fixed": [{"tokens_per_s": 100.0}] * 2 + [{"tokens_per_s": 80.0}]}
     got = ratios({n: median_run(r) for n, r in rounds.items()}, rounds)["loragate-fixed / unsloth-fixed"]
     assert got["tokens_per_s"] == 1.0 and got["tokens_per_s_rounds"] == [0.9, 1.5]  # round by round, failed one left out
+    assert round_fits(0.0, 0.0, 10.0) and round_fits(500.0, 0.0, 10.0)  # the first round always runs
+    assert round_fits(200.0, 190.0, 400.0) and not round_fits(200.0, 210.0, 400.0) and round_fits(9e9, 1.0, None)
 
 
 def test_the_offloader_keeps_the_allocator_cache_and_everything_else_of_torch_cuda(monkeypatch):
