@@ -67,10 +67,7 @@ def _with_lever(levers: str, cfg: dict, load, tokenizer, data: list[dict], out: 
     fp32_out=residual keeps fused LoRA's fp32 outputs to the projections that feed the residual (o, down);
     fp8_accum=full accumulates the FP8 forward products in fp32 (fp8_base.FORWARD_FAST_ACCUM)."""
     from tasks.config import config_from_dict
-
-    from tasks.training import fused_lora
-
-    from tasks.training import fp8_base
+    from tasks.training import fp8_base, fused_lora
 
     train, names, narrow, accum = dict(cfg["train"]), [], fused_lora.NARROW_OUTPUTS, fp8_base.FORWARD_FAST_ACCUM
     for lever in levers.split("+"):

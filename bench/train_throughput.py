@@ -634,11 +634,16 @@ def ratios(results: dict[str, dict], runs: dict[str, list[dict]] | None = None) 
                 out[f"{name} / {base}"] = {
                     "tokens_per_s": round(r["tokens_per_s"] / b["tokens_per_s"], 2),
                     "peak_allocated": round(r.get("peak_allocated_gib", 0) / max(b.get("peak_allocated_gib", 1), 1e-9), 2)}
-                paired = [round(x["tokens_per_s"] / y["tokens_per_s"], 2) for x, y in zip(runs[name], runs[base])
-                          if "error" not in x and "error" not in y] if runs and len(runs[name]) > 1 else []
+                paired = _paired(runs[name], runs[base]) if runs and len(runs[name]) > 1 else []
                 if paired:
                     out[f"{name} / {base}"]["tokens_per_s_rounds"] = paired
     return out
+
+
+def _paired(rounds: list[dict], base_rounds: list[dict]) -> list[float]:
+    """tokens/s ratio of each round against the base's same round, rounds where either failed left out."""
+    return [round(x["tokens_per_s"] / y["tokens_per_s"], 2) for x, y in zip(rounds, base_rounds)
+            if "error" not in x and "error" not in y]
 
 
 def median_run(runs: list[dict]) -> dict:
