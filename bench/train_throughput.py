@@ -450,7 +450,6 @@ def _loragate_params(path: str, variants: set[str], a) -> dict:
     """train params for a loragate/lean case: params' defaults less what a variant turns off."""
     extra = {"liger_kernels": "noliger" not in variants, "packing": False if "nopack" in variants else "auto",
              "dropout": 0.05 if "drop" in variants else None, "fused_lora": "nofused" not in variants,
-             "merged_projections": "nomerge" not in variants,
              "fp32_residual": "bf16res" not in variants,
              "fp8_base": "grads" if "fp8g" in variants else "fp8" in variants,
              "sft": {"torch_compile": True} if "compile" in variants else {}}
@@ -483,8 +482,7 @@ def run_case(case: str, a) -> dict:
     itemmetrics: trl's loss reads its metrics on the host and transformers counts the model's
     parameters every micro-batch (both as before the -fewerwaits results).
     walks: model.train(), zero_grad() and the gradient clip walk every module each step (as before
-    2026-12-04). nomerge: q/k/v and gate/up as their own products (train.merged_projections off);
-    nojoin: merged, the adapter's term added onto the base product's output (not inside it).
+    2026-12-04).
     lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
     --unsloth-site); variant xf: with xformers on its path (--xformers-site), which Unsloth uses for
     packed rows where flash-attn is missing."""
@@ -517,9 +515,6 @@ def run_case(case: str, a) -> dict:
                 if "fp8full" in variants:  # the FP8 forward products accumulated in full (fp32) precision
                     from tasks.training import fp8_base
                     fp8_base.FORWARD_FAST_ACCUM = False
-                if "nojoin" in variants:  # merged groups adding the adapter's term after the base product
-                    from tasks.training import merged_lora
-                    merged_lora.Group.joins = lambda self, x: False
                 if "resout" in variants:  # fused LoRA's fp32 outputs on o/down only (gate/up left bf16)
                     from tasks.training import fused_lora
                     fused_lora.NARROW_OUTPUTS = fused_lora.RESIDUAL_FEEDERS_ONLY
@@ -581,8 +576,6 @@ def _ran_with(trainer) -> dict:
         out["plan"] = dataclasses.asdict(plan)
     if getattr(trainer, "fp8_base_layers", 0):
         out["fp8_base_layers"] = trainer.fp8_base_layers
-    if getattr(trainer, "merged_groups", 0):
-        out["merged_groups"] = trainer.merged_groups
     if getattr(trainer, "ran_with", None):
         out["ran_with"] = trainer.ran_with
     return out

@@ -180,9 +180,6 @@ class TrainConfig:
     # adapter added in the GEMM epilogues (tasks/training/fused_lora.py), where autocast runs (GPU, bf16): +6% tokens/s
     # on a 7B at 7.6 GiB (H200), +0.38 GiB; real SmolLM2 on the GPU learns as adapter first does (curves within noise)
     fused_lora: StrictBool = True
-    # with fused_lora, q/k/v and gate/up each one product over their stacked 4-bit weights, adapters stacked beside
-    # (tasks/training/merged_lora.py): 4 products a layer a pass instead of 7, fewer host calls; same curve
-    merged_projections: StrictBool = True
     # residual stream and fused LoRA's outputs in fp32 from a bf16/fp16 checkpoint (tasks/training/train.py
     # fp32_residual): summed in bf16, a young adapter's share of each output rounds away; SmolLM2 from bf16 weights
     # then trailed the recipe (GPU 0.886 vs 0.837; CPU under autocast, 12 steps: mean |diff| 0.176, with it 0.0058,

@@ -248,48 +248,6 @@ def test_fused_lora_matches_adapter_first_and_skips_the_same_product(tiny_model,
         assert not _close(model(input_ids=ids).logits, logits_f, 1e-3)
 
 
-@pytest.mark.parametrize("fp32_out", [False, True], ids=["bf16", "fp32out"])
-def test_merged_projections_match_fused_lora_with_fewer_products(tiny_model, fp32_out, monkeypatch):
-    """q/k/v and gate/up as one product each (train.merged_projections), under bf16 autocast on the
-    CPU: logits as fused LoRA's, adapter gradients as close to fp32's as fused LoRA's, each group's base
-    product taken once a pass (4 a layer a pass instead of 7), down_proj's still skipped in the recompute."""
-    import collections
-
-    from tasks.training import fused_lora, merged_lora
-    from tasks.training.train import fp32_adapter
-
-    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(1))
-    products, weight = collections.Counter(), fused_lora.base_weight
-    monkeypatch.setattr(fused_lora, "base_weight", lambda base, dtype: products.update([base]) or weight(base, dtype))
-    reference = _checkpointed_step(_fp32_reference(_lora_model(tiny_model, True, 0.0, "bfloat16")), ids)[1]
-    runs = []
-    for merge in (False, True):
-        model = _lora_model(tiny_model, True, 0.0, dtype="bfloat16")
-        fp32_adapter(model)
-        fused_lora.fuse_lora(model, fp32_out=fp32_out)
-        if merge:
-            assert merged_lora.merge_projections(model) == 2 * 2 and merged_lora.merge_projections(model) == 0
-        products.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            runs.append((*_checkpointed_step(model, ids), products.copy(), model))
-    (logits_f, grads_f, _, _, _), (logits_m, grads_m, _, products, model) = runs
-    assert grads_f.keys() == grads_m.keys() and len(grads_m) == 28
-    # x's gradient summed over the group inside one product (rounded once) instead of per member
-    assert _close(logits_f, logits_m, 1e-2) and _rel(reference, grads_m) <= 1.1 * _rel(reference, grads_f)
-    assert all(grads_m[n].dtype == torch.float32 and grads_m[n].shape == grads_f[n].shape for n in grads_m)
-    groups = collections.Counter(type(base).__name__ for base in products.elements())
-    # forward, recompute and backward for q/k/v, gate/up and o; down_proj's recompute stops before its product
-    assert groups == {"Group": 2 * 2 * 3, "Linear4bit": 2 * (3 + 2)}
-    layer = model.base_model.model.model.layers[0]
-    x = torch.randn(2, 5, layer.self_attn.k_proj.in_features, generator=torch.Generator().manual_seed(4))
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # k_proj on a tensor q_proj never saw runs its own product
-        assert _close(layer.self_attn.k_proj._unfused_forward(x), layer.self_attn.k_proj(x))
-        q, k = layer.self_attn.q_proj(x), layer.self_attn.k_proj(x)  # ... and after q_proj, q_proj's share of it
-        assert _close(layer.self_attn.q_proj._unfused_forward(x), q) and _close(layer.self_attn.k_proj._unfused_forward(x), k)
-    with model.disable_adapter(), torch.autocast("cpu", dtype=torch.bfloat16):  # adapters off: the bare base
-        assert not _close(model(input_ids=ids).logits, logits_m, 1e-3)
-
-
 def test_fused_lora_takes_fp32_inputs_under_autocast(tiny_model, monkeypatch):
     """An fp32 input (a residual stream in fp32 through a norm left unhooked) still takes the fused
     path, cast as autocast casts it for peft's product, with peft's result to bf16 rounding."""
@@ -740,54 +698,6 @@ def test_fused_lora_with_fp8_base_products_stays_near_the_fp32_truth(tiny_model,
                       "grads": {"product": 2 * 6, "input_grad": 2 * 7}}
     assert torch.equal(logits["grads"], logits[None]) and not torch.equal(logits["all"], logits[None])
     assert errors[None] < 3e-2 and errors["all"] < 0.1 and errors["grads"] < 0.1, errors
-
-
-@pytest.mark.gpu
-@FP8_GPU
-def test_merged_projections_on_the_gpu_match_fused_lora_in_every_fp8_mode(tiny_model, monkeypatch):
-    """On CUDA the group's weights are written into one buffer (bf16, or e4m3 per output channel as
-    each member's own cast, or transposed with one scale per input channel for the group) and gate/up
-    go through Liger's fused gate-up SwiGLU, the adapter's term riding in the base product as extra
-    inner columns: logits and gradients as fused LoRA's, each FP8 mode."""
-    from tasks.training import fp8_base, fused_lora, merged_lora
-    from tasks.training.train import fp32_adapter
-
-    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(1)).cuda()
-    reference = _checkpointed_step(_fp32_reference(_lora_model(tiny_model, True, 0.0, "bfloat16", "cuda")), ids)[1]
-    for mode in (None, "grads", "all"):
-        runs = []
-        for merge in (False, True):
-            model = _lora_model(tiny_model, True, 0.0, "bfloat16", "cuda")
-            fp32_adapter(model)
-            fused_lora.fuse_lora(model)
-            assert not merge or merged_lora.merge_projections(model) == 2 * 2
-            if mode:
-                fp8_base.use_fp8_base(model, mode)
-            joined = []
-            if merge:
-                group = model.base_model.model.model.layers[0].self_attn.q_proj._merged_group
-                real = type(group).joined_product
-                monkeypatch.setattr(type(group), "joined_product", lambda *a, _f=real: joined.append(
-                    (a[1].shape, torch.is_grad_enabled(), torch._C._current_graph_task_id())) or _f(*a))
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                runs.append(_checkpointed_step(model, ids)[:2])
-            assert len(joined) == (2 * 2 * 2 if merge else 0), joined  # forward and recompute of both groups, 2 layers
-        (logits_f, grads_f), (logits_m, grads_m) = runs
-        assert _close(logits_f, logits_m, 1e-2), mode
-        assert _rel(reference, grads_m) <= 1.1 * _rel(reference, grads_f) + 5e-3, mode
-    mlp = model.base_model.model.model.layers[0].mlp
-    stacked = mlp._merged_group.weight
-    members = [mlp.gate_proj.base_layer.weight, mlp.up_proj.base_layer.weight]
-    q, scale = stacked.fp8(False)
-    assert torch.equal(q.float(), torch.cat([fp8_base.weight_fp8(w, False)[0].float() for w in members]))
-    assert torch.equal(scale, torch.cat([fp8_base.weight_fp8(w, False)[1] for w in members], 1))
-    q, scale = stacked.fp8(True)
-    dense = torch.cat([fused_lora.dequantized(w, torch.float32) for w in members]).t()
-    assert q.shape == dense.shape and ((q.float() * scale.view(-1, 1) - dense).norm() / dense.norm()) < 0.04
-    dense = torch.cat([fused_lora.dequantized(w, torch.bfloat16) for w in members])
-    assert torch.equal(stacked.dense(torch.bfloat16), dense)
-    extra = torch.randn(dense.shape[0], 32, device="cuda", dtype=torch.bfloat16)
-    assert torch.equal(stacked.dense_joined(extra), torch.cat([dense, extra], 1))  # adapter columns beside W
 
 
 def test_a_tight_memory_budget_splits_the_batch_and_is_reported(tmp_path, tiny_model, train_file, monkeypatch):

@@ -50,12 +50,9 @@ def _channel_scales(weight) -> tuple[torch.Tensor, torch.Tensor]:
 def weight_fp8(weight, transpose: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen 4-bit weight in e4m3: (out, in) with a scale per output channel for the forward,
     or (in, out) with a scale per input channel for the input gradient, so each scale follows the
-    axis the product keeps. Scales come back as (1, n) rows, the shape _scaled_mm takes. A merged
-    group's weights (merged_lora.py) make their own stacked copy."""
+    axis the product keeps. Scales come back as (1, n) rows, the shape _scaled_mm takes."""
     from tasks.training.fp8_kernels import nf4_to_fp8  # Triton: CUDA only
 
-    if hasattr(weight, "fp8"):
-        return weight.fp8(transpose)
     state = weight.quant_state
     rows, cols, inv_rows, inv_cols = fused_lora.per_weight(weight, "_fp8_scales", _scales)
     scale, inverse = (cols, inv_cols) if transpose else (rows, inv_rows)

@@ -60,7 +60,7 @@ def _aligned(*tensors: torch.Tensor) -> tuple[bool, ...]:
 
 
 @triton.jit
-def _nf4_to_fp8_kernel(packed, absmax, code, inv_scale, out, OUT, IN, LD, BLOCKSIZE: tl.constexpr,
+def _nf4_to_fp8_kernel(packed, absmax, code, inv_scale, out, OUT, IN, BLOCKSIZE: tl.constexpr,
                        TRANSPOSE: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr, JOIN: tl.constexpr):
     # one byte holds two neighbours (the earlier one in the high nibble, as bitsandbytes packs them);
     # both are decoded from one read (decoding the nibble each column needs, each byte read twice,
@@ -75,22 +75,21 @@ def _nf4_to_fp8_kernel(packed, absmax, code, inv_scale, out, OUT, IN, LD, BLOCKS
     lo = tl.load(code + (b & 15)) * block_scale
     if JOIN:
         cols = tl.program_id(1) * BI + tl.arange(0, BI).to(tl.int64)
-        _store_fp8(out, tl.reshape(tl.join(hi, lo), (BO, BI)), rows, cols, inv_scale, OUT, IN, LD, TRANSPOSE)
+        _store_fp8(out, tl.reshape(tl.join(hi, lo), (BO, BI)), rows, cols, inv_scale, OUT, IN, TRANSPOSE)
     else:
-        _store_fp8(out, hi, rows, 2 * pairs, inv_scale, OUT, IN, LD, TRANSPOSE)
-        _store_fp8(out, lo, rows, 2 * pairs + 1, inv_scale, OUT, IN, LD, TRANSPOSE)
+        _store_fp8(out, hi, rows, 2 * pairs, inv_scale, OUT, IN, TRANSPOSE)
+        _store_fp8(out, lo, rows, 2 * pairs + 1, inv_scale, OUT, IN, TRANSPOSE)
 
 
 @triton.jit
-def _store_fp8(out, w, rows, cols, inv_scale, OUT, IN, LD, TRANSPOSE: tl.constexpr):
-    # LD: the output's row stride, wider than the weight where it fills its part of a merged one
+def _store_fp8(out, w, rows, cols, inv_scale, OUT, IN, TRANSPOSE: tl.constexpr):
     keep = (rows[:, None] < OUT) & (cols[None, :] < IN)
     if TRANSPOSE:
         w = w * tl.load(inv_scale + cols, mask=cols < IN, other=0.0)[None, :]
-        tl.store(out + cols[None, :] * LD + rows[:, None], w.to(out.dtype.element_ty), mask=keep)
+        tl.store(out + cols[None, :] * OUT + rows[:, None], w.to(tl.float8e4nv), mask=keep)
     else:
         w = w * tl.load(inv_scale + rows, mask=rows < OUT, other=0.0)[:, None]
-        tl.store(out + rows[:, None] * LD + cols[None, :], w.to(out.dtype.element_ty), mask=keep)
+        tl.store(out + rows[:, None] * IN + cols[None, :], w.to(tl.float8e4nv), mask=keep)
 
 
 # (rows, columns, warps, interleaved in registers): the first was 0.15-0.18 ms for a 7B's largest
@@ -124,23 +123,16 @@ _tuned_kernel = triton.autotune(
 
 def nf4_to_fp8(packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, shape: torch.Size,
                blocksize: int, inv_scale: torch.Tensor, transpose: bool,
-               tile: tuple[int, int, int, bool] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+               tile: tuple[int, int, int, bool] | None = None) -> torch.Tensor:
     """The 4-bit weight of `shape` (out, in) as e4m3 * inv_scale: (out, in) with inv_scale (out,),
     or (in, out) with inv_scale (in,) when `transpose`. absmax: the fp32 per-block scales. `tile`:
-    one of TILES, else the fastest of them for this shape and layout. `out`: a view of that shape
-    with unit column stride to write into (a weight's part of a merged one), else a new tensor; a
-    bf16 `out` takes the weight dequantized (inv_scale ones), as bitsandbytes writes it."""
+    one of TILES, else the fastest of them for this shape and layout."""
     n_out, n_in = shape
-    wanted = (n_in, n_out) if transpose else (n_out, n_in)
-    result = torch.empty(wanted, device=packed.device, dtype=torch.float8_e4m3fn) if out is None else out
-    if (tuple(result.shape) != wanted or result.stride(1) != 1
-            or result.dtype not in (torch.float8_e4m3fn, torch.bfloat16)):
-        raise ValueError(f"nf4_to_fp8: out must be e4m3 or bf16 {wanted} with unit column stride, "
-                         f"got {result.dtype} {tuple(result.shape)} strides {result.stride()}")
-    args = (packed, absmax, code, inv_scale, result, n_out, n_in, result.stride(0))
+    result = torch.empty((n_in, n_out) if transpose else (n_out, n_in), device=packed.device,
+                         dtype=torch.float8_e4m3fn)
+    args = (packed, absmax, code, inv_scale, result, n_out, n_in)
     if tile is None:
-        key = ("nf4", packed.device.index, shape, blocksize, transpose, packed.dtype, result.dtype, result.stride(0),
-               _aligned(*args[:5]))
+        key = ("nf4", packed.device.index, shape, blocksize, transpose, packed.dtype, _aligned(*args[:5]))
         _launch_tuned(key, args, blocksize, transpose)
     else:
         bo, bi, warps, join = tile

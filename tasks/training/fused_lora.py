@@ -98,10 +98,8 @@ def dequantized(weight, dtype: torch.dtype) -> torch.Tensor:
 
 def base_weight(base, dtype: torch.dtype) -> torch.Tensor:
     """The frozen base weight (out, in) in `dtype`: dequantized where it is 4-bit, as bitsandbytes'
-    own product does for large inputs; a merged group's weights stacked (merged_lora.py)."""
+    own product does for large inputs."""
     weight = base.weight
-    if hasattr(weight, "dense"):
-        return weight.dense(dtype)
     return weight.to(dtype) if getattr(weight, "quant_state", None) is None else dequantized(weight, dtype)
 
 

@@ -28,7 +28,6 @@ from tasks.training.bookkeeping import lean_bookkeeping, lean_walks
 from tasks.training.fp8_base import supported as fp8_supported
 from tasks.training.fp8_base import use_fp8_base
 from tasks.training.fused_lora import fuse_lora
-from tasks.training.merged_lora import merge_projections
 from tasks.training.host_embedding import HostEmbedding, embedding_on_host, rows_ahead
 from tasks.training.offload import exit_without_host_wait, keep_allocator_cache
 from tasks.io import atomic_path, file_sha256, read_json, read_jsonl, write_json
@@ -265,7 +264,6 @@ def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **
         fuse_lora(trainer.model, fp32_out=widen)
     else:  # peft's arithmetic with the adapter first: a recomputed layer stops before its last base product
         adapter_first(trainer.model)
-    trainer.merged_groups = merge_projections(trainer.model) if cfg.train.fused_lora and cfg.train.merged_projections else 0
     mode = fp8_base(cfg)
     trainer.fp8_base_layers = use_fp8_base(trainer.model, mode) if mode else 0
     trainer.memory_plan = plan
