@@ -482,7 +482,10 @@ def run_case(case: str, a) -> dict:
     itemmetrics: trl's loss reads its metrics on the host and transformers counts the model's
     parameters every micro-batch (both as before the -fewerwaits results).
     walks: model.train(), zero_grad() and the gradient clip walk every module each step (as before
-    2026-12-04).
+    2026-12-04). ahead: trl's offloader starts copying the next offloaded tensor back as soon as
+    one is handed back (tasks/training/offload.py fetch_ahead; not in make_trainer yet).
+    nopackedwait: transformers' packed-sequence detection without its host wait
+    (tasks/training/packed_mask.py; not in make_trainer yet).
     lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
     --unsloth-site); variant xf: with xformers on its path (--xformers-site), which Unsloth uses for
     packed rows where flash-attn is missing."""
@@ -520,6 +523,12 @@ def run_case(case: str, a) -> dict:
                     fused_lora.NARROW_OUTPUTS = fused_lora.RESIDUAL_FEEDERS_ONLY
                 trainer = loragate_trainer(model, tokenizer_for(vocab), data, targets, batch, steps, a.max_len, out,
                                            **_loragate_params(path, variants, a))
+                if "ahead" in variants:
+                    from tasks.training.offload import fetch_ahead
+                    fetch_ahead(trainer)
+                if "nopackedwait" in variants:
+                    from tasks.training.packed_mask import without_packed_wait
+                    without_packed_wait()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()  # build-time bf16 copies are not training memory

@@ -863,6 +863,115 @@ def test_lean_walks_follow_the_model_as_it_changes(tiny_model):
     assert mlp.extra.calls == 2 and not walks.in_mode(True)
 
 
+def test_packed_sequence_ids_without_the_host_wait_give_the_same_logits(tiny_model, monkeypatch):
+    """While gradients are taken, transformers' packed-sequence detection returns the sequence ids
+    without asking the GPU whether any row is packed: packed rows (three sequences in one, two in
+    another) and unpacked ones give transformers' logits; generation (no grad) goes to its own."""
+    from transformers import AutoModelForCausalLM, masking_utils
+
+    from tasks.training import packed_mask
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    ids = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(5))
+    rows = {"packed": torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]]),
+            "plain": torch.arange(12).expand(2, 12)}
+    logits = lambda pos: model(input_ids=ids, position_ids=pos, use_cache=False).logits  # noqa: E731
+    ref = {name: logits(pos) for name, pos in rows.items()}
+    real, asked = masking_utils.find_packed_sequence_indices, []
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda p: None)
+    assert not torch.equal(logits(rows["packed"]), ref["packed"])  # the sequence ids do change the attention
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda p: asked.append(1) or real(p))
+    monkeypatch.setattr(packed_mask, "_ASKS", [])
+    assert packed_mask.without_packed_wait() and not packed_mask.without_packed_wait()
+    for name, pos in rows.items():
+        assert torch.equal(logits(pos), ref[name]), name
+    assert not asked  # never transformers' own while gradients are taken
+    with torch.no_grad():
+        assert torch.equal(logits(rows["packed"]), ref["packed"]) and asked == [1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_packed_sequence_ids_need_no_host_wait_on_the_gpu(monkeypatch):
+    from transformers import masking_utils
+
+    from tasks.training import packed_mask
+
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2]], device="cuda")
+    monkeypatch.setattr(packed_mask, "_ASKS", [])
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", masking_utils.find_packed_sequence_indices)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError):  # transformers' own asks the GPU
+            masking_utils.find_packed_sequence_indices(pos)
+        packed_mask.without_packed_wait()
+        ids = masking_utils.find_packed_sequence_indices(pos)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert ids.tolist() == [[0, 0, 0, 1, 1, 2, 2, 2]]
+
+
+def test_the_next_offloaded_tensor_is_the_latest_saved_still_on_the_host():
+    """What fetch_ahead copies back next: saved before the one just handed back, offloaded (not
+    kept on the GPU in trl's forward stash or as too small), not fetched already."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from tasks.training.offload import _next_on_host, fetch_ahead
+
+    host, gpu = torch.zeros(2), torch.zeros(2, device="meta")
+    ctx = SimpleNamespace(tracker={1: (host, True), 2: (host, False), 3: (gpu, True), 4: (host, True), 6: (host, True),
+                                   7: (host, True)}, fwd_stash={4: None})
+    assert _next_on_host(ctx, 7) == 6 and _next_on_host(ctx, 6) == 1 and _next_on_host(ctx, 1) is None
+    assert not fetch_ahead(SimpleNamespace())  # no offloader: nothing to change
+    # through the hook, as trl's unpack pops each entry: one copy on its way at a time, started
+    # after the wait trl's unpack makes (the "meta" device stands in for the GPU here)
+    ctx.tracker = {i: (torch.full((2,), float(i)), True) for i in range(1, 6)}
+    events = []
+    ctx.use_streams, ctx.fwd_stash, ctx.s1, ctx.accelerator_type = True, {5: None}, None, "meta"
+    ctx.device_module = SimpleNamespace(stream=lambda _: contextlib.nullcontext())
+    ctx.unpack_hook = lambda i: events.append(("wait for", i, ctx.tracker[i][0].device.type)) or ctx.tracker.pop(i)[0]
+    assert fetch_ahead(SimpleNamespace(maybe_activation_offload_context=ctx, device_module=None))
+    for i in (5, 4, 3, 2, 1):
+        ctx.unpack_hook(i)
+        events.append(("on their way", sorted(j for j, e in ctx.tracker.items() if e[0].device.type == "meta")))
+    assert events == [("wait for", 5, "cpu"), ("on their way", [4]), ("wait for", 4, "meta"), ("on their way", [3]),
+                      ("wait for", 3, "meta"), ("on their way", [2]), ("wait for", 2, "meta"), ("on their way", [1]),
+                      ("wait for", 1, "meta"), ("on their way", [])]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_offloader_fetches_the_next_layer_input_ahead_with_the_same_gradients(tiny_model):
+    """Under gradient checkpointing (the offload plan's path) offloaded tensors are mostly back on
+    the GPU already when the backward asks for them (the first one is not); gradients equal trl's order's."""
+    from types import SimpleNamespace
+
+    from trl.models.activation_offloading import get_act_offloading_ctx_manager
+
+    from tasks.training import offload
+
+    model = _lora_model(tiny_model, False, 0.0, device="cuda")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    ids = torch.randint(0, 500, (4, 256), generator=torch.Generator().manual_seed(1)).cuda()
+    grads, handed = [], []
+    for ahead in (False, True):
+        ctx = get_act_offloading_ctx_manager(model, max_fwd_stash_size=1)
+        trainer = SimpleNamespace(maybe_activation_offload_context=ctx)
+        if ahead:
+            assert offload.fetch_ahead(trainer) and not offload.fetch_ahead(trainer)  # changed once
+            unpack = ctx.unpack_hook
+            ctx.unpack_hook = lambda i: (handed.append(ctx.tracker[i][0].device.type)  # where an offloaded one is
+                                         if ctx.tracker[i][1] and i not in ctx.fwd_stash else None) or unpack(i)
+        model.zero_grad()
+        with ctx:
+            model(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert handed.count("cuda") > handed.count("cpu"), handed  # most were on their way before asked for
+    assert grads[0].keys() == grads[1].keys() and all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_the_offloader_ends_a_step_in_stream_order_without_a_host_wait(tiny_model):
