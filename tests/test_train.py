@@ -931,7 +931,7 @@ def test_the_next_offloaded_tensor_is_the_latest_saved_still_on_the_host():
     ctx.use_streams, ctx.fwd_stash, ctx.s1, ctx.accelerator_type = True, {5: None}, None, "meta"
     ctx.device_module = SimpleNamespace(stream=lambda _: contextlib.nullcontext())
     ctx.unpack_hook = lambda i: events.append(("wait for", i, ctx.tracker[i][0].device.type)) or ctx.tracker.pop(i)[0]
-    assert fetch_ahead(SimpleNamespace(maybe_activation_offload_context=ctx, device_module=None))
+    assert fetch_ahead(SimpleNamespace(maybe_activation_offload_context=ctx))
     for i in (5, 4, 3, 2, 1):
         ctx.unpack_hook(i)
         events.append(("on their way", sorted(j for j, e in ctx.tracker.items() if e[0].device.type == "meta")))
@@ -944,7 +944,7 @@ def test_the_next_offloaded_tensor_is_the_latest_saved_still_on_the_host():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_the_offloader_fetches_the_next_layer_input_ahead_with_the_same_gradients(tiny_model):
     """Under gradient checkpointing (the offload plan's path) offloaded tensors are mostly back on
-    the GPU already when the backward asks for them (the first one is not); gradients equal trl's order's."""
+    the GPU already when the backward asks for them; gradients equal those of trl's own order."""
     from types import SimpleNamespace
 
     from trl.models.activation_offloading import get_act_offloading_ctx_manager
