@@ -185,10 +185,12 @@ def kernel_kinds(events) -> dict[str, float]:
 
 def stream_gaps(events, steps: int, top: int = 12) -> dict:
     """Idle time between kernels on the busiest GPU stream, per step: late = the host had not yet
-    launched the next kernel (launch-bound), waiting = it had (a dependency: another stream, a copy)."""
+    launched the next kernel or copy (launch-bound), waiting = it had (a dependency: another stream,
+    a copy). A copy is launched by cudaMemcpyAsync/cudaMemsetAsync, a kernel by a *LaunchKernel call."""
     gpu = [e for e in events if e.device_type() == torch.autograd.DeviceType.CUDA and e.duration_ns() > 0]
     launched = {e.correlation_id(): e.end_ns() for e in events
-                if e.device_type() == torch.autograd.DeviceType.CPU and "launch" in e.name().lower()}
+                if e.device_type() == torch.autograd.DeviceType.CPU
+                and any(call in e.name().lower() for call in ("launch", "memcpy", "memset"))}
     busy: dict[int, int] = {}
     for e in gpu:
         busy[e.device_resource_id()] = busy.get(e.device_resource_id(), 0) + e.duration_ns()

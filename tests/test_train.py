@@ -735,6 +735,34 @@ def test_the_memory_plan_is_tagged_on_the_run_and_a_resume_may_change_it(tmp_pat
     log_memory_plan(client, run_id, None)  # no GPU: nothing to say
 
 
+def test_bench_stream_gaps_tell_a_late_host_from_a_wait_for_copies_too():
+    """A gap before a kernel or a copy counts as the host's lateness up to when the host launched
+    it (a kernel launch or cudaMemcpyAsync), the rest as waiting; before 2026-12-04 copies counted
+    as waiting whole, so a host late with a batch's rows read as a dependency."""
+    from bench.train_throughput import stream_gaps
+
+    cuda, cpu, ms = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU, 1_000_000
+
+    class Event:
+        def __init__(self, device, name, start, end, corr):
+            self._d, self._n, self._s, self._e, self._c = device, name, start, end, corr
+
+        def device_type(self): return self._d  # noqa: E704
+        def duration_ns(self): return self._e - self._s  # noqa: E704
+        def correlation_id(self): return self._c  # noqa: E704
+        def start_ns(self): return self._s  # noqa: E704
+        def end_ns(self): return self._e  # noqa: E704
+        def device_resource_id(self): return 7  # noqa: E704
+        def name(self): return self._n  # noqa: E704
+
+    events = [Event(cuda, "gemm", 0, 100 * ms, 1), Event(cpu, "cudaMemcpyAsync", 140 * ms, 150 * ms, 2),
+              Event(cuda, "Memcpy HtoD (Pinned -> Device)", 200 * ms, 210 * ms, 2),  # 100 ms idle: 50 late
+              Event(cpu, "cudaLaunchKernel", 150 * ms, 160 * ms, 3), Event(cuda, "addmm", 230 * ms, 300 * ms, 3)]
+    gaps = stream_gaps(events, steps=1)  # ... then 20 ms waiting: the kernel was launched before the copy ended
+    assert (gaps["main_idle_late_ms"], gaps["main_idle_waiting_ms"]) == (50.0, 70.0)
+    assert [(g["us"], g["late_us"]) for g in gaps["largest_gaps"]] == [(100_000, 50_000), (20_000, 0)]
+
+
 def test_bench_results_are_plotted_beside_their_json_and_other_files_refused(tmp_path):
     """A loss-curve result and a throughput result each get a PNG beside them; any other file is
     one error line naming it, exit != 0, no PNG written."""
