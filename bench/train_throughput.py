@@ -252,6 +252,46 @@ def make_profiler(start: int, steps: int, path: Path):
     return Profile()
 
 
+def make_gc_meter(warmup: int, timed: int):
+    """Trainer callback: the host's time in Python's garbage collector over the timed steps, by
+    generation (a full collection walks every live object while the GPU may run dry). H200,
+    2026-12-04: 3.6 ms a step; gc.freeze() at the start of training made steps slower and erratic
+    (-gcfreeze results), so nothing is done about it."""
+    import gc
+
+    from transformers import TrainerCallback
+
+    class GcMeter(TrainerCallback):
+        def __init__(self):
+            self.on, self.started, self.ms, self.count = False, 0.0, [0.0] * 3, [0] * 3
+
+        def collected(self, phase, info):
+            if not self.on:
+                return
+            if phase == "start":
+                self.started = time.perf_counter()
+                return
+            self.ms[info["generation"]] += (time.perf_counter() - self.started) * 1e3
+            self.count[info["generation"]] += 1
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            gc.callbacks.append(self.collected)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.on = self.on or state.global_step == warmup
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == warmup + timed:
+                self.on = False
+                gc.callbacks.remove(self.collected)
+
+        def summary(self) -> dict:
+            return {"ms_per_step": round(sum(self.ms) / timed, 2), "collections_by_generation": self.count,
+                    "ms_by_generation": [round(m, 1) for m in self.ms]}
+
+    return GcMeter()
+
+
 def make_sync_report(step: int, path: Path):
     """Trainer callback: every operation that makes the host wait for the GPU during step `step`
     (torch.cuda's sync debug mode), counted by the Python lines that called it, into `path`."""
@@ -427,6 +467,8 @@ def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | Non
         trainer.add_callback(profiler)
     if syncs and torch.cuda.is_available():  # the step after the timed ones (sync checks slow the host)
         trainer.add_callback(make_sync_report(warmup + timed, syncs))
+    gc_meter = make_gc_meter(warmup, timed)
+    trainer.add_callback(gc_meter)
     if host_profile:  # the 2 steps after the timed ones (cProfile slows the host)
         host_profile.parent.mkdir(parents=True, exist_ok=True)
         trainer.add_callback(make_host_profile(warmup + timed, 2, host_profile))
@@ -440,6 +482,7 @@ def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | Non
     steps = [b[0] - a_[0] for a_, b in zip(marks[warmup - 1:warmup + timed - 1], marks[warmup:warmup + timed])]
     out["step_s_min_max"] = [round(min(steps), 3), round(max(steps), 3)]  # spread: a hiccup shows here
     out["step_s_each"] = [round(x, 3) for x in steps]
+    out["gc"] = gc_meter.summary()
     if profiler:
         out["profile"] = profiler.summary
     if torch.cuda.is_available():
@@ -484,10 +527,10 @@ def run_case(case: str, a) -> dict:
     itemmetrics: trl's loss reads its metrics on the host and transformers counts the model's
     parameters every micro-batch (both as before the -fewerwaits results).
     walks: model.train(), zero_grad() and the gradient clip walk every module each step (as before
-    2026-12-04). ahead: trl's offloader starts copying the next offloaded tensor back as soon as
-    one is handed back (tasks/training/offload.py fetch_ahead; not in make_trainer yet).
-    nopackedwait: transformers' packed-sequence detection without its host wait
-    (tasks/training/packed_mask.py; not in make_trainer yet).
+    2026-12-04). ondemand: trl's offloader copies each offloaded tensor back only when the backward
+    asks for it (as before 2026-12-04, late; now offload.fetch_ahead starts the next copy as one is
+    handed back; `ahead` is accepted as before). nopackedwait: transformers' packed-sequence
+    detection without its host wait (tasks/training/packed_mask.py; not in make_trainer yet).
     lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
     --unsloth-site); variant xf: with xformers on its path (--xformers-site), which Unsloth uses for
     packed rows where flash-attn is missing."""
@@ -525,9 +568,6 @@ def run_case(case: str, a) -> dict:
                     fused_lora.NARROW_OUTPUTS = fused_lora.RESIDUAL_FEEDERS_ONLY
                 trainer = loragate_trainer(model, tokenizer_for(vocab), data, targets, batch, steps, a.max_len, out,
                                            **_loragate_params(path, variants, a))
-                if "ahead" in variants:
-                    from tasks.training.offload import fetch_ahead
-                    fetch_ahead(trainer)
                 if "nopackedwait" in variants:
                     from tasks.training.packed_mask import without_packed_wait
                     without_packed_wait()
@@ -549,7 +589,8 @@ LEVERS_OFF = {"peftorder": "adapter_first",  # peft's forward left in place
               "emptycache": "keep_allocator_cache",  # trl's offloader emptying CUDA's allocator cache every step
               "exitsync": "exit_without_host_wait",  # ... and waiting for the GPU at the end of every backward
               "itemmetrics": "lean_bookkeeping",  # metrics read on the host, parameters counted, every micro-batch
-              "walks": "lean_walks"}  # train(), zero_grad() and the clip walking every module each step
+              "walks": "lean_walks",  # train(), zero_grad() and the clip walking every module each step
+              "ondemand": "fetch_ahead"}  # offloaded layer inputs copied back only when the backward asks
 
 
 def _levers_off(variants: set[str]) -> None:

@@ -29,7 +29,7 @@ from tasks.training.fp8_base import supported as fp8_supported
 from tasks.training.fp8_base import use_fp8_base
 from tasks.training.fused_lora import fuse_lora
 from tasks.training.host_embedding import HostEmbedding, embedding_on_host, rows_ahead
-from tasks.training.offload import exit_without_host_wait, keep_allocator_cache
+from tasks.training.offload import exit_without_host_wait, fetch_ahead, keep_allocator_cache
 from tasks.io import atomic_path, file_sha256, read_json, read_jsonl, write_json
 from tasks.orchestration import stage_task
 
@@ -248,6 +248,7 @@ def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **
     fp32_adapter(trainer.model)
     keep_allocator_cache(trainer)  # trl's offloader would empty CUDA's cache every step
     exit_without_host_wait(trainer)  # ... and wait for the GPU at the end of every backward
+    fetch_ahead(trainer)  # ... and bring each layer input back only when the backward asks for it
     lean_bookkeeping(trainer)  # trl would read its metrics on the host every micro-batch
     lean_walks(trainer.model)  # ... and the trainer walk every module three times a step
     # the fp32 stream and fused LoRA's fp32 outputs need autocast: it casts them back for each product
