@@ -531,6 +531,9 @@ def run_case(case: str, a) -> dict:
     asks for it (as before 2026-12-04, late; now offload.fetch_ahead starts the next copy as one is
     handed back; `ahead` is accepted as before). nopackedwait: transformers' packed-sequence
     detection without its host wait (tasks/training/packed_mask.py; not in make_trainer yet).
+    nocompact: trl's fused loss scores every position instead of picking the labelled ones with a
+    boolean index, which waits on the host for the whole forward (3x the loss head's work here,
+    where a third of each row is labelled: what the wait costs, bounded from below).
     lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
     --unsloth-site); variant xf: with xformers on its path (--xformers-site), which Unsloth uses for
     packed rows where flash-attn is missing."""
@@ -571,6 +574,9 @@ def run_case(case: str, a) -> dict:
                 if "nopackedwait" in variants:
                     from tasks.training.packed_mask import without_packed_wait
                     without_packed_wait()
+                if "nocompact" in variants:  # trl then scores every position, labelled or not
+                    import trl.trainer.utils as trl_utils
+                    trl_utils._use_triton = lambda device: False
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()  # build-time bf16 copies are not training memory
