@@ -263,26 +263,21 @@ def make_gc_meter(warmup: int, timed: int):
 
     class GcMeter(TrainerCallback):
         def __init__(self):
-            self.on, self.started, self.ms, self.count = False, 0.0, [0.0] * 3, [0] * 3
+            self.started, self.ms, self.count = 0.0, [0.0] * 3, [0] * 3
 
         def collected(self, phase, info):
-            if not self.on:
-                return
             if phase == "start":
                 self.started = time.perf_counter()
                 return
             self.ms[info["generation"]] += (time.perf_counter() - self.started) * 1e3
             self.count[info["generation"]] += 1
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            gc.callbacks.append(self.collected)
-
         def on_step_begin(self, args, state, control, **kwargs):
-            self.on = self.on or state.global_step == warmup
+            if state.global_step == warmup:  # listening only over the timed steps
+                gc.callbacks.append(self.collected)
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == warmup + timed:
-                self.on = False
                 gc.callbacks.remove(self.collected)
 
         def summary(self) -> dict:
@@ -467,8 +462,7 @@ def measure(trainer, warmup: int, timed: int, n_params: int, profile: Path | Non
         trainer.add_callback(profiler)
     if syncs and torch.cuda.is_available():  # the step after the timed ones (sync checks slow the host)
         trainer.add_callback(make_sync_report(warmup + timed, syncs))
-    gc_meter = make_gc_meter(warmup, timed)
-    trainer.add_callback(gc_meter)
+    trainer.add_callback(gc_meter := make_gc_meter(warmup, timed))
     if host_profile:  # the 2 steps after the timed ones (cProfile slows the host)
         host_profile.parent.mkdir(parents=True, exist_ok=True)
         trainer.add_callback(make_host_profile(warmup + timed, 2, host_profile))
