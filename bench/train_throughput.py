@@ -525,9 +525,10 @@ def run_case(case: str, a) -> dict:
     asks for it (as before 2026-12-04, late; now offload.fetch_ahead starts the next copy as one is
     handed back; `ahead` is accepted as before). nopackedwait: transformers' packed-sequence
     detection without its host wait (tasks/training/packed_mask.py; not in make_trainer yet).
-    nocompact: trl's fused loss scores every position instead of picking the labelled ones with a
-    boolean index, which waits on the host for the whole forward (3x the loss head's work here,
-    where a third of each row is labelled: what the wait costs, bounded from below).
+    maskedindex: trl's fused loss picks the labelled positions with a boolean index, which waits on
+    the host for the whole forward (as before 2026-12-04, evening; now counted_labels picks as many
+    as the collator counted). nocompact: trl's fused loss scores every position, with no pick and
+    no wait (3x the loss head's work here, where a third of each row is labelled).
     lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
     --unsloth-site); variant xf: with xformers on its path (--xformers-site), which Unsloth uses for
     packed rows where flash-attn is missing."""
@@ -552,7 +553,7 @@ def run_case(case: str, a) -> dict:
                 trainer = recipe_trainer(model, data, targets, batch, steps, a.max_len, vocab - 1, out,
                                          dropout=0.0 if "nodrop" in variants else 0.05)
             else:
-                _levers_off(variants)
+                _levers_off(variants | ({"maskedindex"} if "nocompact" in variants else set()))
                 if "nocache" in variants:  # fused LoRA casting the adapter and un-nesting the scales at every product
                     _uncached_fused_lora()
                 if "oldlaunch" in variants:  # as before the -directlaunch results
@@ -590,7 +591,8 @@ LEVERS_OFF = {"peftorder": "adapter_first",  # peft's forward left in place
               "exitsync": "exit_without_host_wait",  # ... and waiting for the GPU at the end of every backward
               "itemmetrics": "lean_bookkeeping",  # metrics read on the host, parameters counted, every micro-batch
               "walks": "lean_walks",  # train(), zero_grad() and the clip walking every module each step
-              "ondemand": "fetch_ahead"}  # offloaded layer inputs copied back only when the backward asks
+              "ondemand": "fetch_ahead",  # offloaded layer inputs copied back only when the backward asks
+              "maskedindex": "counted_labels"}  # trl's loss picking the labelled positions by a boolean index
 
 
 def _levers_off(variants: set[str]) -> None:

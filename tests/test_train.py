@@ -1,4 +1,5 @@
 import ast
+import contextlib
 import dataclasses
 import json
 import os
@@ -852,6 +853,106 @@ def test_lean_bookkeeping_logs_what_trl_logs_and_waits_for_the_device_only_when_
         assert all(g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-7) for k in g)
     assert lean.state.total_flos == trl_own.state.total_flos > 0 and len(counted) == 1  # counted once, not per step
     json.dumps(lean.state.log_history)  # numbers only: the history is written as JSON
+
+
+def _adapter_after(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def test_counted_labels_train_as_trl_does_scoring_only_the_positions_counted_at_collation(tmp_path, tiny_model,
+                                                                                         train_file, monkeypatch):
+    from types import SimpleNamespace
+
+    import tasks.training.train as train_module
+    from tasks.training import counted_labels
+
+    cfg = config_from_dict(tiny_params(tiny_model, train={"max_steps": 4, "logging_steps": 2}))
+    counted = build_trainer(cfg, tiny_model, train_file, tmp_path / "c")
+    picked = []  # per micro-batch: positions scored, positions in the batch
+    scoring = counted_labels.scoring
+    monkeypatch.setattr(counted_labels, "scoring", lambda idx: picked.append(idx.numel()) or scoring(idx))
+    apply = counted_labels._LIBRARY["_ChunkedLogProbFunction"].apply
+    rows = []  # rows trl's scoring function was given
+    monkeypatch.setitem(counted_labels._LIBRARY, "_ChunkedLogProbFunction", SimpleNamespace(
+        apply=lambda h, *a: rows.append(h.shape[0]) or apply(h, *a)))
+    got, got_adapter = _logged_metrics(counted), _adapter_after(counted)
+    monkeypatch.setattr(train_module, "counted_labels", lambda trainer: False)
+    trl_own = build_trainer(cfg, tiny_model, train_file, tmp_path / "t")
+    rows_picked, rows[:] = list(rows), []
+    want, want_adapter = _logged_metrics(trl_own), _adapter_after(trl_own)
+    assert isinstance(counted, counted_labels.CountedLoss) and not isinstance(trl_own, counted_labels.CountedLoss)
+    assert len(picked) == 4 and rows_picked == picked  # every micro-batch scored just the counted rows ...
+    assert all(r > p for r, p in zip(rows, picked))  # trl scores every row on the CPU (its index only with Triton)
+    assert [sorted(e) for e in got] == [sorted(e) for e in want] and len(got) == 2
+    for g, w in zip(got, want):
+        assert all(g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-7) for k in g)
+    assert all(torch.allclose(got_adapter[n], want_adapter[n], rtol=1e-5, atol=1e-7) for n in want_adapter)
+
+
+def test_a_count_that_disagrees_with_the_labels_stops_training_at_the_next_log(tmp_path, tiny_model, train_file):
+    from tasks.training.counted_labels import KEY, CountingCollator, CountMismatch
+
+    cfg = config_from_dict(tiny_params(tiny_model, train={"max_steps": 4, "logging_steps": 2}))
+    trainer = build_trainer(cfg, tiny_model, train_file, tmp_path / "d")
+    counting = trainer.data_collator
+    assert isinstance(counting, CountingCollator) and counting.padding_free == counting.inner.padding_free
+
+    def one_short(examples):  # as if something changed the labels after they were counted
+        return {**counting(examples), KEY: counting(examples)[KEY] - 1}
+
+    trainer.data_collator = one_short
+    with pytest.raises(CountMismatch, match=r"^training stopped at step 2: .* in 2 micro-batch\(es\)"):
+        trainer.train()
+    shifted = CountingCollator(lambda ex: {"labels": torch.zeros(1, 4, dtype=torch.long), "shift_labels": 1})([])
+    assert KEY not in shifted  # pre-shifted labels: trl's own path
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_counted_labels_score_as_trl_on_the_gpu_without_its_host_wait(tiny_model):
+    """trl's boolean index waits for the GPU (with Triton it picks the labelled rows itself); the
+    counted pick does not, and gives trl's scores and gradients."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tasks.training import counted_labels
+
+    model = _lora_model(tiny_model, False, 0.0, device="cuda")
+    add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))
+    counted_labels._patch_trl()
+    ids = torch.randint(0, 500, (4, 256), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[:, :170], labels[1, 200:] = -100, -100  # prompts masked, one row padded
+    n, ids, labels = counted_labels.count_labelled(labels), ids.cuda(), labels.cuda()
+    # from the backbone's output on, which is where trl picks the rows, a host wait raises
+    watching = [True]
+    model.get_base_model().model.register_forward_hook(
+        lambda *_: torch.cuda.set_sync_debug_mode("error" if watching[0] else 0))
+    runs = []
+    for counted in (False, True):
+        model.zero_grad()
+        watching[0] = True
+        try:
+            torch.cuda.set_sync_debug_mode("error")  # the pick itself (CountedLoss.compute_loss's) must not wait
+            mask = (labels[:, 1:] != -100).reshape(-1)
+            picked = torch.nonzero_static(mask, size=n, fill_value=0).squeeze(1)
+            torch.cuda.set_sync_debug_mode(0)
+            with counted_labels.scoring(picked) if counted else contextlib.nullcontext():
+                out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        except RuntimeError as waited:  # waited for the GPU: trl's own; run it again to compare
+            assert not counted, waited
+            torch.cuda.set_sync_debug_mode(0)
+            watching[0] = False
+            out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        else:
+            assert counted, "trl's own pick did not wait: nothing to remove"
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        (-out.log_probs.sum() / n).backward()
+        runs.append((out.log_probs.detach(), out.entropy, out.is_top1,
+                     {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}))
+    (lp0, e0, t0, g0), (lp1, e1, t1, g1) = runs
+    assert torch.equal(t0, t1) and torch.allclose(lp0, lp1, atol=1e-5) and torch.allclose(e0, e1, atol=1e-5)
+    assert all(torch.allclose(g0[k], g1[k], rtol=1e-4, atol=1e-6) for k in g0)
 
 
 def test_lean_walks_follow_the_model_as_it_changes(tiny_model):

@@ -1,8 +1,9 @@
 """Training: model resolution without a hub (models), LoRA/QLoRA with trl (train), the memory
 budget (budget), the LoRA term fused into the GEMM epilogue (fused_lora), FP8 products for the
 frozen base (fp8_base, fp8_kernels), the input table in host memory (host_embedding), and what
-loragate changes in trl's offloader (offload), trainer bookkeeping (bookkeeping) and
-transformers' packed-sequence detection (packed_mask)."""
+loragate changes in trl's offloader (offload), trainer bookkeeping (bookkeeping), trl's fused loss
+picking labelled positions by a count taken at collation (counted_labels) and transformers'
+packed-sequence detection (packed_mask)."""
 
 
 def mix_in(obj, mixin: type) -> bool:

@@ -25,6 +25,7 @@ from tasks.config import Config, ConfigError, QuantizationConfig
 from tasks.training import budget
 from tasks.training.adapter_first import adapter_first
 from tasks.training.bookkeeping import lean_bookkeeping, lean_walks
+from tasks.training.counted_labels import counted_labels
 from tasks.training.fp8_base import supported as fp8_supported
 from tasks.training.fp8_base import use_fp8_base
 from tasks.training.fused_lora import fuse_lora
@@ -251,6 +252,7 @@ def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **
     fetch_ahead(trainer)  # ... and bring each layer input back only when the backward asks for it
     lean_bookkeeping(trainer)  # trl would read its metrics on the host every micro-batch
     lean_walks(trainer.model)  # ... and the trainer walk every module three times a step
+    counted_labels(trainer)  # ... and its loss wait for the whole forward to pick the labelled positions
     # the fp32 stream and fused LoRA's fp32 outputs need autocast: it casts them back for each product
     widen = cfg.train.fp32_residual and (args.bf16 or args.fp16)
     if widen:
