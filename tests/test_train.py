@@ -868,7 +868,7 @@ def test_counted_labels_train_as_trl_does_scoring_only_the_positions_counted_at_
 
     cfg = config_from_dict(tiny_params(tiny_model, train={"max_steps": 4, "logging_steps": 2}))
     counted = build_trainer(cfg, tiny_model, train_file, tmp_path / "c")
-    picked = []  # per micro-batch: positions scored, positions in the batch
+    picked = []  # per micro-batch: positions scored
     scoring = counted_labels.scoring
     monkeypatch.setattr(counted_labels, "scoring", lambda idx: picked.append(idx.numel()) or scoring(idx))
     apply = counted_labels._LIBRARY["_ChunkedLogProbFunction"].apply
@@ -933,8 +933,7 @@ def test_counted_labels_score_as_trl_on_the_gpu_without_its_host_wait(tiny_model
         watching[0] = True
         try:
             torch.cuda.set_sync_debug_mode("error")  # the pick itself (CountedLoss.compute_loss's) must not wait
-            mask = (labels[:, 1:] != -100).reshape(-1)
-            picked = torch.nonzero_static(mask, size=n, fill_value=0).squeeze(1)
+            picked = counted_labels.pick(labels, n)
             torch.cuda.set_sync_debug_mode(0)
             with counted_labels.scoring(picked) if counted else contextlib.nullcontext():
                 out = model(input_ids=ids, labels=labels, fused_lm_head=True)

@@ -33,9 +33,18 @@ class CountMismatch(RuntimeError):
     """The collator's count of labelled positions disagreed with the labels the loss saw."""
 
 
+def _kept(labels: torch.Tensor) -> torch.Tensor:
+    """Where the next token's label is kept, flat over batch x (length - 1): what trl's fused head scores."""
+    return (labels[:, 1:] != -100).reshape(-1)
+
+
 def count_labelled(labels: torch.Tensor) -> int:
-    """Positions whose next-token label is kept: those trl's fused head scores."""
-    return int((labels[:, 1:] != -100).sum())
+    return int(_kept(labels).sum())
+
+
+def pick(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """The n flat positions whose label is kept, in a tensor of known size: no wait for the device."""
+    return torch.nonzero_static(_kept(labels), size=n, fill_value=0).squeeze(1)
 
 
 class CountingCollator:
@@ -92,13 +101,12 @@ class CountedLoss:
         n, labels = inputs.pop(KEY, None), inputs.get("labels")
         if not n or labels is None or "shift_labels" in inputs:  # nothing counted, or nothing to score
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        mask = (labels[:, 1:] != -100).reshape(-1)
-        self._count_misses = getattr(self, "_count_misses", 0) + (mask.sum() != n)
-        with scoring(torch.nonzero_static(mask, size=n, fill_value=0).squeeze(1)):
+        self._count_misses = self._count_misses + (_kept(labels).sum() != n)
+        with scoring(pick(labels, n)):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def log(self, logs, start_time=None):
-        misses, self._count_misses = int(getattr(self, "_count_misses", 0)), 0
+        misses, self._count_misses = int(self._count_misses), 0
         if misses:
             raise CountMismatch(f"training stopped at step {self.state.global_step}: the labelled-position count "
                                 f"taken at collation disagreed with the labels the loss saw in {misses} micro-batch(es)"
@@ -106,24 +114,24 @@ class CountedLoss:
         return super().log(logs, start_time)
 
 
-def _patch_trl() -> None:
+def _patch_trl() -> bool:
+    """Route trl's fused head through the pick above; False where this trl lacks the pieces."""
     import trl.trainer.utils as trl_utils  # here: importing trl wakes bitsandbytes, which a refused run need not
 
     if not _LIBRARY:
+        if not all(hasattr(trl_utils, f) for f in ("_use_triton", "_ChunkedLogProbFunction")):
+            return False
         _LIBRARY.update(_use_triton=trl_utils._use_triton, _ChunkedLogProbFunction=trl_utils._ChunkedLogProbFunction)
         trl_utils._use_triton, trl_utils._ChunkedLogProbFunction = _use_triton, _PickedLogProb
+    return True
 
 
 def counted_labels(trainer) -> bool:
     """Make an SFTTrainer's fused loss pick its labelled positions by a count taken at collation;
     returns whether it changed (False: already done, or a setup it does not cover)."""
-    import trl.trainer.utils as trl_utils
-
-    known = all(hasattr(trl_utils, f) for f in ("_use_triton", "_ChunkedLogProbFunction"))
-    if trainer.accelerator.num_processes != 1 or not known:
-        return False  # several processes dispatch batches themselves; other trl versions: their own path
-    if not mix_in(trainer, CountedLoss):
+    # several processes dispatch batches themselves; other trl versions: their own path
+    if trainer.accelerator.num_processes != 1 or not _patch_trl() or not mix_in(trainer, CountedLoss):
         return False
-    _patch_trl()
+    trainer._count_misses = 0
     trainer.data_collator = CountingCollator(trainer.data_collator)
     return True
