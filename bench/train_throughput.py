@@ -489,7 +489,7 @@ def _loragate_params(path: str, variants: set[str], a) -> dict:
     """train params for a loragate/lean case: params' defaults less what a variant turns off."""
     extra = {"liger_kernels": "noliger" not in variants, "packing": False if "nopack" in variants else "auto",
              "dropout": 0.05 if "drop" in variants else None, "fused_lora": "nofused" not in variants,
-             "fp32_residual": "bf16res" not in variants,
+             "fp32_residual": "bf16res" not in variants, "cuda_graphs": "graphs" in variants,
              "fp8_base": "grads" if "fp8g" in variants else "fp8" in variants,
              "sft": {"torch_compile": True} if "compile" in variants else {}}
     budget = next((float(v[1:]) for v in variants if v[0] == "m" and v[1:].replace(".", "").isdigit()), None)
@@ -529,6 +529,8 @@ def run_case(case: str, a) -> dict:
     the host for the whole forward (as before 2026-12-04, evening; now counted_labels picks as many
     as the collator counted). nocompact: trl's fused loss scores every position, with no pick and
     no wait (3x the loss head's work here, where a third of each row is labelled).
+    graphs: each decoder layer's forward and recompute + backward replayed as CUDA graphs
+    (train.cuda_graphs, tasks/training/graphed_layers.py).
     lean: loragate under --lean-gib. unsloth: Unsloth's path on the same rows (needs its packages:
     --unsloth-site); variant xf: with xformers on its path (--xformers-site), which Unsloth uses for
     packed rows where flash-attn is missing."""
@@ -628,6 +630,8 @@ def _ran_with(trainer) -> dict:
     out = {"host_peak_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
     if plan:
         out["plan"] = dataclasses.asdict(plan)
+    if getattr(trainer, "graphed_layers", 0):
+        out["graphed_layers"] = trainer.graphed_layers
     if getattr(trainer, "fp8_base_layers", 0):
         out["fp8_base_layers"] = trainer.fp8_base_layers
     if getattr(trainer, "ran_with", None):

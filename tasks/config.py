@@ -191,6 +191,10 @@ class TrainConfig:
     # sits 0.102; fp32 accumulation does not help); grads: only the recompute and the input gradients, the loss
     # stays bf16's (+18%, curve 0.014 above, ~3x the noise between two inits); off by default
     fp8_base: StrictBool | StrictStr = False
+    # each decoder layer's forward and its recompute + backward replayed as CUDA graphs where every layer is
+    # recomputed (tasks/training/graphed_layers.py): the host launches one graph a layer instead of ~100 kernels;
+    # calls of other shapes run eagerly. Tiny model on the H200: same losses as eager; not yet measured on a 7B: off
+    cuda_graphs: StrictBool = False
     # GPU memory the run may use: auto (the card's free memory) or a number of GiB; micro-batch, which
     # layers recompute and activation offload are chosen to fit (tasks/training/budget.py); off:
     # batch_size/grad_accum/gradient_checkpointing as written. No GPU: ignored

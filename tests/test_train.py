@@ -1127,3 +1127,93 @@ def test_the_offloader_ends_a_step_in_stream_order_without_a_host_wait(tiny_mode
     assert grads[0].keys() == grads[1].keys()
     assert all(torch.allclose(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7) for n in grads[0])
     assert not exit_without_host_wait(SimpleNamespace())  # no offloader: nothing to change
+
+
+def _fixed_rows(n: int, length: int) -> "Dataset":
+    """Rows of one length, so every batch has the shape the layers' graphs were captured with."""
+    from datasets import Dataset
+
+    gen = torch.Generator().manual_seed(3)
+    return Dataset.from_list([{"input_ids": torch.randint(4, 500, (length,), generator=gen).tolist()} for _ in range(n)])
+
+
+def _graphed_trainer(tmp_path, tiny_model, graphs: bool, **train_params):
+    from transformers import AutoTokenizer
+
+    from tasks.training.fp8_base import supported
+    from tasks.training.train import load_base, make_trainer
+
+    cfg = config_from_dict(tiny_params(tiny_model, quantization={"enabled": True, "compute_dtype": "bfloat16"}, train={
+        "max_steps": 5, "batch_size": 4, "max_length": 128, "gradient_checkpointing": True, "packing": False,
+        "optimizer": "adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch", "memory_budget_gib": "off",
+        "fp8_base": "grads" if supported() else False, "cuda_graphs": graphs, **train_params}))
+    torch.manual_seed(0)
+    return make_trainer(cfg, load_base(cfg, tiny_model), AutoTokenizer.from_pretrained(tiny_model), _fixed_rows(24, 128),
+                        tmp_path / f"graphs-{graphs}", save_strategy="no")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fp32_residual", [False, True], ids=["bf16-stream", "fp32-stream"])
+def test_graphed_layers_train_as_the_eager_layers_do(tmp_path, tiny_model, fp32_residual):
+    """4-bit base, fused LoRA, FP8 recompute and input gradients, flex attention, checkpointing:
+    replayed as CUDA graphs, the same losses and adapter as run eagerly; a batch of another shape
+    runs eagerly and still trains."""
+    from tasks.training.graphed_layers import decoder_layers
+
+    runs = []
+    for graphs in (False, True):
+        trainer = _graphed_trainer(tmp_path, tiny_model, graphs, fp32_residual=fp32_residual)
+        start = _adapter_after(trainer)
+        runs.append((start, _logged_metrics(trainer), _adapter_after(trainer), trainer))
+    (eager_start, eager_log, eager_adapter, eager), (graph_start, graph_log, graph_adapter, graphed) = runs
+    layers = decoder_layers(graphed.model)
+    assert eager.graphed_layers == 0 and graphed.graphed_layers == len(layers) == 2
+    assert [layer._loragate_graphs.broken for layer in layers] == [None, None]  # replayed throughout
+    assert all(layer._loragate_graphs.backward_graph is not None for layer in layers)
+    assert len(graph_log) == len(eager_log) == 5
+    assert [e["loss"] for e in graph_log] == pytest.approx([e["loss"] for e in eager_log], rel=1e-3)
+    assert all(torch.equal(graph_start[n], eager_start[n]) for n in eager_start)
+    # Adam turns a gradient's last-bit noise into whole steps where it is near 0, so the updates are
+    # compared in direction and size: a layer whose gradients went missing would not move at all
+    for n in eager_adapter:
+        moved_e, moved_g = (eager_adapter[n] - eager_start[n]).flatten(), (graph_adapter[n] - graph_start[n]).flatten()
+        assert moved_e.norm() > 0 and torch.cosine_similarity(moved_e, moved_g, dim=0) > 0.98, n
+        assert moved_g.norm() == pytest.approx(moved_e.norm().item(), rel=0.05), n
+    model = graphed.model
+    ids = torch.randint(4, 500, (2, 64), device="cuda")
+    model.zero_grad()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        model(input_ids=ids, labels=ids).loss.backward()
+    assert all("unlike the captured" in layer._loragate_graphs.broken for layer in layers)  # eager from then on
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_graphed_layers_stay_off_on_the_cpu_and_inputs_outside_tensors_are_refused(tmp_path, tiny_model):
+    from types import SimpleNamespace
+
+    from tasks.training.graphed_layers import Ungraphable, _flatten
+
+    trainer = _graphed_trainer(tmp_path, tiny_model, True, max_steps=1)
+    assert trainer.graphed_layers == 0  # no GPU: the layers run as before
+    trainer.train()
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    def padding_mask(m):  # as transformers' padding mask function closes over the mask
+        return lambda b, h, q, k: m[b, q]
+
+    closes_over = padding_mask(mask)
+    found: list = []
+    signature = _flatten(({"mask_mod": closes_over, "cos": torch.zeros(4)}, None, 3), found)
+    assert found[0] is mask and found[1].shape == (4,)
+    again: list = []
+    assert _flatten(({"mask_mod": padding_mask(mask.clone()), "cos": torch.ones(4)}, None, 3),
+                    again) == signature  # other values, same kind and shapes: the same graph
+    assert _flatten(({"mask_mod": closes_over, "cos": torch.zeros(5)}, None, 3), []) != signature
+    with pytest.raises(Ungraphable):
+        _flatten({"past_key_values": SimpleNamespace(layers=[])}, [])
+    nested = closes_over
+    for _ in range(10):  # and_masks of closures over closures, as packed rows' mask functions nest
+        nested = (lambda inner: lambda *a: inner(*a))((nested,))
+    deep: list = []
+    _flatten({"mask_mod": nested}, deep)
+    assert len(deep) == 1 and deep[0] is mask

@@ -20,6 +20,7 @@ loss is bf16's bit for bit and only the gradients carry FP8's rounding.
 """
 from __future__ import annotations
 
+import contextlib
 import types
 
 import torch
@@ -108,13 +109,31 @@ def input_grad(grad: torch.Tensor, weight) -> torch.Tensor:
     return _fp8_mm(grad, weight, transpose=True, fast_accum=False)
 
 
+_RECOMPUTING = [False]  # a recompute outside autograd's backward (a graph of it being captured: graphed_layers)
+
+
+@contextlib.contextmanager
+def recomputing():
+    """Route products as in a recompute under the backward, though autograd is not running one."""
+    _RECOMPUTING[0] = True
+    try:
+        yield
+    finally:
+        _RECOMPUTING[0] = False
+
+
+def forget_shared_cast() -> None:
+    """Let the shared input cast go (a graph's capture must not hand its memory to later code)."""
+    _LAST_CAST[0] = None
+
+
 def routed(base, backward: bool = False) -> bool:
     """Does this product of a frozen 4-bit Linear run in FP8 now? Every one under use_fp8_base's
     "all"; under "grads" only those whose results feed gradients alone: the input gradient
     (`backward`) and the forward that gradient checkpointing recomputes, which autograd runs
     inside the backward pass. The loss is then computed from bf16 products, as without FP8."""
     mode = getattr(base, "_fp8_base", None)
-    return mode == "all" or (mode == "grads" and (backward or torch._C._current_graph_task_id() != -1))
+    return mode == "all" or (mode == "grads" and (backward or _RECOMPUTING[0] or torch._C._current_graph_task_id() != -1))
 
 
 def shares_input(base) -> bool:

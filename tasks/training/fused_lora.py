@@ -118,6 +118,8 @@ def compute_copy(param: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) ->
     product (the forward, the recompute and the backward each cast the adapter's weights otherwise).
     The copy is stale once any optimizer steps (fused AdamW writes the weights without moving their
     version counter), a write moves the version (load_state_dict) or the storage changes."""
+    if param.is_cuda and torch.cuda.is_current_stream_capturing():  # a graph casts at every replay
+        return param.detach().to(dtype, copy=True).mul_(scale)
     stamp = (_UPDATES[0], param._version, param.data_ptr())
     cached = getattr(param, "_compute_copy", {})
     if cached.get((scale, dtype), (None,))[0] != stamp:

@@ -29,6 +29,7 @@ from tasks.training.counted_labels import counted_labels
 from tasks.training.fp8_base import supported as fp8_supported
 from tasks.training.fp8_base import use_fp8_base
 from tasks.training.fused_lora import fuse_lora
+from tasks.training.graphed_layers import graph_layers
 from tasks.training.host_embedding import HostEmbedding, embedding_on_host, rows_ahead
 from tasks.training.offload import exit_without_host_wait, fetch_ahead, keep_allocator_cache
 from tasks.io import atomic_path, file_sha256, read_json, read_jsonl, write_json
@@ -269,8 +270,14 @@ def make_trainer(cfg: Config, model, tokenizer, dataset, out_dir: str | Path, **
         adapter_first(trainer.model)
     mode = fp8_base(cfg)
     trainer.fp8_base_layers = use_fp8_base(trainer.model, mode) if mode else 0
+    trainer.graphed_layers = graph_layers(trainer.model) if cfg.train.cuda_graphs and _all_recomputed(args, plan, model) else 0
     trainer.memory_plan = plan
     return trainer
+
+
+def _all_recomputed(args, plan, model) -> bool:
+    """Every decoder layer recomputed in the backward: the case graphed_layers replays."""
+    return bool(args.gradient_checkpointing) and (plan is None or plan.recomputed_layers >= model.config.num_hidden_layers)
 
 
 def build_trainer(cfg: Config, model_dir: str, train_path: str | Path, out_dir: str | Path):
