@@ -1217,3 +1217,21 @@ def test_graphed_layers_stay_off_on_the_cpu_and_inputs_outside_tensors_are_refus
     deep: list = []
     _flatten({"mask_mod": nested}, deep)
     assert len(deep) == 1 and deep[0] is mask
+
+
+def test_graphed_layers_own_the_gradients_the_trainer_cleared_or_kept():
+    """The backward graph sums into fixed buffers: they become .grad, zeroed where the trainer set
+    .grad to None, holding the gradient so far where it kept one (accumulation); a cache is dropped."""
+    from types import SimpleNamespace
+
+    from tasks.training.graphed_layers import LayerGraphs, _without_cache
+
+    layer = torch.nn.Linear(3, 2)
+    graphs = LayerGraphs(layer, [])
+    graphs.grads = [torch.full_like(p, 7.0) for p in graphs.params]  # last step's sums
+    layer.bias.grad = torch.ones(2)  # accumulated this step so far, outside the graph
+    graphs.own_grads()
+    assert layer.weight.grad is graphs.grads[0] and float(layer.weight.grad.abs().sum()) == 0
+    assert layer.bias.grad is graphs.grads[1] and torch.equal(layer.bias.grad, torch.ones(2))
+    kwargs = _without_cache(SimpleNamespace(), {"past_key_values": object(), "use_cache": True, "x": 1})
+    assert kwargs == {"past_key_values": None, "use_cache": False, "x": 1}

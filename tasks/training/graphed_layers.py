@@ -10,13 +10,13 @@ What a graph replays is fixed at capture: the addresses it reads and writes. All
 captured at the first training forward, with that call's tensors (the position embeddings, the
 attention mask's tensors and those its mask function closes over) kept as the ones every graph
 reads; each later step copies its own into them once, and each call copies the hidden states into
-a buffer shared by all layers; the graphs write into shared outputs, cloned out. The layer input is saved for the backward as the
-checkpoint saves it (trl's offloader takes it to host memory where the plan says so). The adapter's
-gradients are summed inside the backward graph into buffers that are the parameters' .grad.
-Anything that does not fit (other shapes than the first call's, a cache, not training) runs the
-layer eagerly under torch's checkpoint, as without graphs.
+a buffer shared by all layers; the graphs write into shared outputs, cloned out. The layer input
+is saved for the backward as the checkpoint saves it (trl's offloader takes it to host memory
+where the plan says so). The adapter's gradients are summed inside the backward graph into
+buffers that are the parameters' .grad. Anything that does not fit (other shapes than the first
+call's, a cache, not training) runs the layer eagerly under torch's checkpoint, as without graphs.
 
-    python -m pytest -q tests/test_train.py -k graphed       # GPU: same losses and adapter as eagerly
+    python -m pytest -q tests/test_train.py -k graphed       # GPU: same losses and adapter updates as eagerly
 """
 from __future__ import annotations
 
