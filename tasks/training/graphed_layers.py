@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import types
 
 import torch
 from torch.autograd.graph import saved_tensors_hooks
@@ -62,6 +61,10 @@ def _flatten(obj, tensors: list, depth: int = 0):
     raise Ungraphable(type(obj).__name__)
 
 
+def _same_objects(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
 class _Shared:
     """What every layer's graphs of one model read and write: the memory pool, the hidden states
     in and out, the output gradient in and the input gradient out, and the call's other tensors."""
@@ -75,7 +78,7 @@ class _Shared:
 
     def load(self, tensors: list) -> None:
         """Copy a call's tensors into the captured ones, once for all the layers that share them."""
-        if len(tensors) != len(self.loaded) or any(a is not b for a, b in zip(tensors, self.loaded)):
+        if not _same_objects(tensors, self.loaded):
             for static, new in zip(self.inputs, tensors):
                 if static is not new:
                     static.copy_(new)
@@ -225,9 +228,8 @@ def _replay(graphs: LayerGraphs, hidden: torch.Tensor, args, kwargs):
     elif signature != shared.signature:
         raise Ungraphable("inputs unlike the captured call's")
     if graphs.forward_graph is None:
-        if any(a is not b for a, b in zip(tensors, shared.inputs)):
+        if not _same_objects(tensors, shared.inputs):
             raise Ungraphable("a layer first called after the others were captured")  # its BlockMask holds other tensors
-        shared.loaded = list(tensors)
         shared.x.copy_(hidden)
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
         shared.graphs.append(graphs)
@@ -249,16 +251,10 @@ def graph_layers(model) -> int:
     if not torch.cuda.is_available() or not layers or next(model.parameters()).device.type != "cuda":
         return 0
     holder: list = []  # one _Shared for all the layers, made at the first call
-    hooked = [layer for layer in layers if _reachable(layer)]
-    for layer in hooked:
+    # a forward of the layer's own (accelerate's hook, where a device map spreads the model over
+    # devices) would bypass the class's; one set of shared buffers serves one device anyway
+    plain = [layer for layer in layers if "forward" not in vars(layer)]
+    for layer in plain:
         if mix_in(layer, GraphedLayer):
             layer._loragate_graphs = LayerGraphs(layer, holder)
-            if "forward" in vars(layer):  # accelerate's device hook, which calls the forward it kept
-                layer._old_forward = types.MethodType(type(layer).forward, layer)
-    return len(hooked)
-
-
-def _reachable(layer) -> bool:
-    """Does a call of `layer` reach its class's forward: no forward of its own on the instance, or
-    accelerate's (loading with a device map), which calls the one it kept as _old_forward."""
-    return "forward" not in vars(layer) or hasattr(layer, "_old_forward")
+    return len(plain)
